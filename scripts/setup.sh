@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install everything migconform needs on a Debian bookworm machine, idempotently:
+#   - QEMU 7.2 from bookworm (system package),
+#   - QEMU 10.0 from bookworm-backports, unpacked beside it into the project's cache
+#     (it must not replace 7.2: both versions are needed for cross-version tests),
+#   - a virtualenv (.venv) with migconform and its test dependencies.
+# Downloads are cached under ${MIGCONFORM_CACHE:-~/.cache/migconform}.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${MIGCONFORM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/migconform}
+qemu10_version=${MIGCONFORM_QEMU10_DEB:-1:10.0.2+ds-2+deb13u1~bpo12+1}
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+
+backports=/etc/apt/sources.list.d/migconform-bookworm-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  log "enabling bookworm-backports (priority stays below bookworm: 7.2 is kept)"
+  $sudo tee "$backports" >/dev/null <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_updated=""
+fi
+
+q10="$cache/qemu-10.0"
+if [ ${#need_pkgs[@]} -gt 0 ] || [ ! -x "$q10/root/usr/bin/qemu-system-x86_64" ]; then
+  log "apt-get update"
+  $sudo apt-get update -qq
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x "$q10/root/usr/bin/qemu-system-x86_64" ]; then
+  log "fetching QEMU $qemu10_version from bookworm-backports into $q10"
+  mkdir -p "$q10/debs"
+  rm -rf "$q10/root.tmp"
+  (cd "$q10/debs" && for pkg in qemu-system-x86 qemu-system-common qemu-system-data; do
+     ls "${pkg}_"*.deb >/dev/null 2>&1 || apt-get download -qq "$pkg=$qemu10_version"
+   done)
+  for deb in "$q10"/debs/*.deb; do dpkg -x "$deb" "$q10/root.tmp"; done
+  mv "$q10/root.tmp" "$q10/root"
+fi
+
+if [ ! -x "$here/.venv/bin/python" ]; then
+  log "creating .venv"
+  python3 -m venv "$here/.venv"
+fi
+stamp="$here/.venv/.migconform-installed"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+  log "installing Python dependencies"
+  "$here/.venv/bin/pip" install -q --upgrade pip
+  "$here/.venv/bin/pip" install -q -e "$here[dev]"
+  touch "$stamp"
+fi
+"$here/.venv/bin/migconform" qemu list >&2 || true
