@@ -1,0 +1,524 @@
+"""Streaming reader: bytes of one main-stream channel in, typed records out.
+
+Memory is bounded by the buffer size whatever the stream length or what a length field
+claims: page payloads are memoryviews into the buffer (valid until the next record is
+requested; copy them to keep them), and every length read from the wire is checked
+against a cap before anything is allocated for it.
+
+The reader frames; it does not judge. When the bytes cannot be framed any further
+(truncation, an unknown record type, an unknown RAM flag combination) it raises
+`DecodeError` naming channel, offset and section — what a destination would also stop at.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+from construct import ConstructError
+
+from . import ram as ramcodec
+from .commands import RELEASED, CommandSet
+from .constants import (
+    QEMU_VM_FILE_MAGIC,
+    RAM_SECTION_IDSTR,
+    MigCmd,
+    RamSaveFlag as F,
+    SectionType as T,
+)
+from .mainstream import (
+    ConfigurationStruct,
+    FullSectionHeaderStruct,
+    configuration_from_container,
+)
+from .records import (
+    MAIN,
+    Command,
+    DeviceState,
+    Eof,
+    FileHeader,
+    PackageEnd,
+    RamRecord,
+    Record,
+    SectionFooter,
+    SectionHeader,
+    TrailingData,
+    VmDescription,
+)
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HDR5 = struct.Struct(">BI")  # type byte + be32 section id / footer
+
+PAGE = int(F.RAM_SAVE_FLAG_PAGE)
+ZERO = int(F.RAM_SAVE_FLAG_ZERO)
+CONT = int(F.RAM_SAVE_FLAG_CONTINUE)
+EOS = int(F.RAM_SAVE_FLAG_EOS)
+PAGE_CONT = PAGE | CONT
+ZERO_CONT = ZERO | CONT
+FOOTER = int(T.QEMU_VM_SECTION_FOOTER)
+
+MAX_DEVICE_BODY = 64 << 20
+MAX_VMDESCRIPTION = 64 << 20
+MAX_MACHINE_NAME = 4096
+MAX_COMPRESSED_PAGE = 2 * 65536
+
+
+class DecodeError(ValueError):
+    """The bytes cannot be framed any further."""
+
+    def __init__(self, message: str, *, channel: str = MAIN, offset: int = 0, section: str | None = None, code: str = "malformed"):
+        self.message = message
+        self.channel = channel
+        self.offset = offset
+        self.section = section
+        self.code = code
+        where = f"{channel} @ {offset}" + (f" in section {section}" if section else "")
+        super().__init__(f"{where}: {message}")
+
+
+class _Truncated(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class SectionInfo:
+    section_id: int
+    idstr: str
+    instance_id: int
+    version_id: int
+
+    def describe(self) -> str:
+        return f"'{self.idstr}' (id {self.section_id})"
+
+
+class _Buffer:
+    """A fixed bytearray window over the stream; `pos` is an index into it."""
+
+    def __init__(self, src: BinaryIO, size: int):
+        self.src = src
+        self.size = size
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.pos = 0
+        self.end = 0
+        self.base = 0  # stream offset of buf[0]
+        self.eof = False
+        self._readinto = getattr(src, "readinto", None)
+
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def avail(self) -> int:
+        return self.end - self.pos
+
+    def fill(self, n: int) -> bool:
+        """Make n bytes available at pos; False when the stream ends first."""
+        if self.end - self.pos >= n:
+            return True
+        if n > self.size:
+            raise ValueError(f"record of {n} bytes exceeds the reader window")
+        if self.pos + n > self.size:
+            # Slide the unread tail to the front (earlier memoryviews see new bytes).
+            keep = self.end - self.pos
+            self.buf[0:keep] = self.buf[self.pos : self.end]
+            self.base += self.pos
+            self.pos, self.end = 0, keep
+        while self.end - self.pos < n and not self.eof:
+            if self._readinto is not None:
+                got = self._readinto(self.mv[self.end :])
+            else:
+                data = self.src.read(self.size - self.end)
+                got = len(data) if data else 0
+                self.mv[self.end : self.end + got] = data or b""
+            if not got:
+                self.eof = True
+            else:
+                self.end += got
+        return self.end - self.pos >= n
+
+    def need(self, n: int) -> None:
+        if not self.fill(n):
+            raise _Truncated()
+
+    def take_bytes(self, n: int) -> bytes:
+        """n bytes as an owned copy, for records larger than the window too."""
+        if n <= self.size:
+            self.need(n)
+            out = bytes(self.mv[self.pos : self.pos + n])
+            self.pos += n
+            return out
+        parts, left = [], n
+        while left:
+            if not self.fill(1):
+                raise _Truncated()
+            k = min(left, self.end - self.pos)
+            parts.append(bytes(self.mv[self.pos : self.pos + k]))
+            self.pos += k
+            left -= k
+        return b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        while n:
+            if not self.fill(1):
+                raise _Truncated()
+            k = min(n, self.end - self.pos)
+            self.pos += k
+            n -= k
+
+    def at_end(self) -> bool:
+        return not self.fill(1)
+
+
+# A device body whose VMSD is known: (section, body window) -> length of the body, or None.
+BodySizer = Callable[[SectionInfo, memoryview], "int | None"]
+
+
+class StreamReader:
+    """Iterate the records of one main-stream channel.
+
+    Parameters: `commands` (the command-id space, e.g. with SEND_SRC_DOWNTIME opted in),
+    `body_sizer` (decodes device bodies from a VMSD description, see wireformat.vmstate),
+    `window` (buffer size; also the largest device body framed by footer scanning).
+    `headerless=True` reads a recovery or preempt channel: records only, no file header.
+    """
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        channel: str = MAIN,
+        *,
+        commands: CommandSet = RELEASED,
+        body_sizer: BodySizer | None = None,
+        window: int = 8 << 20,
+        headerless: bool = False,
+    ):
+        self.b = _Buffer(src, max(window, 1 << 16))
+        self.channel = channel
+        self.commands = commands
+        self.body_sizer = body_sizer
+        self.headerless = headerless
+        self.sections: dict[int, SectionInfo] = {}
+        self.ram_params = dict(ramcodec.DEFAULT_PARAMS)
+        self.current: SectionInfo | None = None
+        self._package_end: list[int] = []
+        self.records_read = 0
+
+    # -- public -------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            yield from self._stream()
+        except _Truncated:
+            where = self.current.describe() if self.current else None
+            raise DecodeError("stream ends in the middle of a record", channel=self.channel, offset=self.b.offset(), section=where, code="truncated") from None
+
+    def _err(self, msg: str, offset: int | None = None, code: str = "malformed") -> DecodeError:
+        return DecodeError(
+            msg,
+            channel=self.channel,
+            offset=self.b.offset() if offset is None else offset,
+            section=self.current.describe() if self.current else None,
+            code=code,
+        )
+
+    # -- top level ------------------------------------------------------------------------
+    def _stream(self) -> Iterator[Record]:
+        b = self.b
+        if not self.headerless:
+            if not b.fill(8):
+                raise self._err(f"stream is {b.avail()} bytes long: too short for the file header", code="truncated")
+            magic, version = struct.unpack_from(">II", b.buf, b.pos)
+            yield FileHeader(offset=0, channel=self.channel, magic=magic, version=version)
+            b.pos += 8
+            if magic != QEMU_VM_FILE_MAGIC:
+                return  # not a migration stream: nothing further can be framed
+            if b.fill(1) and b.buf[b.pos] == T.QEMU_VM_CONFIGURATION:
+                conf = self._configuration()
+                caps = conf.capabilities
+                self.ram_params["ignore_shared"] = "x-ignore-shared" in caps
+                self.ram_params["mapped_ram"] = "mapped-ram" in caps
+                bits = conf.subsection("configuration/target-page-bits")
+                if bits is not None and 9 <= bits.value <= 24:
+                    self.ram_params["page_size"] = 1 << bits.value
+                yield conf
+        while True:
+            if self._package_end and b.offset() >= self._package_end[-1]:
+                end = self._package_end.pop()
+                if b.offset() > end:
+                    raise self._err(f"a record crosses the end of the packaged data at {end}")
+                yield PackageEnd(offset=end, channel=self.channel, depth=len(self._package_end), length=0)
+                continue
+            if not b.fill(1):
+                if self._package_end:
+                    raise _Truncated()
+                return  # EOF missing: the checker reports it
+            t = b.buf[b.pos]
+            if t == T.QEMU_VM_EOF and not self._package_end:
+                yield Eof(offset=b.offset(), channel=self.channel)
+                b.pos += 1
+                yield from self._trailer()
+                return
+            if t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL, T.QEMU_VM_SECTION_PART, T.QEMU_VM_SECTION_END):
+                yield from self._section(t)
+            elif t == T.QEMU_VM_COMMAND:
+                yield from self._command()
+            elif t == T.QEMU_VM_EOF:
+                yield Eof(offset=b.offset(), channel=self.channel, depth=len(self._package_end))
+                b.pos += 1
+            else:
+                raise self._err(f"unknown savevm section type {t}", code="unknown-section-type")
+
+    def _depth(self) -> int:
+        return len(self._package_end)
+
+    def _configuration(self) -> Record:
+        b = self.b
+        off = b.offset()
+        b.fill(5)
+        if b.avail() >= 5:
+            (n,) = _U32.unpack_from(b.buf, b.pos + 1)
+            if n > MAX_MACHINE_NAME:
+                raise self._err(f"configuration machine-type length {n} exceeds {MAX_MACHINE_NAME}", code="hostile-length")
+        want = 4096
+        while True:
+            b.fill(want)
+            window = bytes(b.mv[b.pos + 1 : b.end])
+            try:
+                c = ConfigurationStruct.parse(window)
+                used = len(ConfigurationStruct.build(c))
+            except ConstructError:
+                if b.eof or want >= 1 << 20:
+                    raise self._err("configuration record does not decode", code="truncated" if b.eof else "malformed")
+                want *= 4
+                continue
+            if used == len(window) and not b.eof and want < 1 << 20:
+                want *= 4  # the subsection list may go on past the window
+                continue
+            b.pos += 1 + used
+            return configuration_from_container(c, offset=off, channel=self.channel)
+
+    def _trailer(self) -> Iterator[Record]:
+        b = self.b
+        if not b.fill(1):
+            return
+        off = b.offset()
+        if b.buf[b.pos] == T.QEMU_VM_VMDESCRIPTION and b.fill(5):
+            (n,) = _U32.unpack_from(b.buf, b.pos + 1)
+            if n <= MAX_VMDESCRIPTION:
+                b.pos += 5
+                try:
+                    data = b.take_bytes(n)
+                except _Truncated:
+                    raise self._err(f"VMDESCRIPTION announces {n} bytes but the stream ends first", offset=off, code="truncated") from None
+                yield VmDescription(offset=off, channel=self.channel, json=data)
+        if b.fill(1):
+            off = b.offset()
+            head = bytes(b.mv[b.pos : b.pos + 16])
+            total = 0
+            while b.fill(1):
+                total += b.avail()
+                b.pos = b.end
+            yield TrailingData(offset=off, channel=self.channel, length=total, head=head)
+
+    # -- commands ------------------------------------------------------------------------
+    def _command(self) -> Iterator[Record]:
+        b = self.b
+        off = b.offset()
+        b.need(5)
+        cmd, n = struct.unpack_from(">HH", b.buf, b.pos + 1)
+        b.pos += 5
+        data = b.take_bytes(n)
+        args = self.commands.decode(cmd, data)
+        yield Command(offset=off, channel=self.channel, depth=self._depth(), cmd=cmd, data=data, args=args)
+        if cmd == MigCmd.MIG_CMD_POSTCOPY_ADVISE and len(data) == 16:
+            self.ram_params["postcopy_advised"] = True
+        if cmd == MigCmd.MIG_CMD_PACKAGED and args is not None and cmd != self.commands.send_src_downtime_id:
+            end = b.offset() + args["length"]
+            if self._package_end and end > self._package_end[-1]:
+                raise self._err("packaged data extends past the package that holds it", offset=off)
+            self._package_end.append(end)
+
+    # -- sections ------------------------------------------------------------------------
+    def _section(self, t: int) -> Iterator[Record]:
+        b = self.b
+        off = b.offset()
+        depth = self._depth()
+        if t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL):
+            b.need(6)
+            namelen = b.buf[b.pos + 5]
+            b.need(1 + 4 + 1 + namelen + 8)
+            h = FullSectionHeaderStruct.parse(b.mv[b.pos + 1 : b.pos + 14 + namelen])
+            b.pos += 14 + namelen
+            info = SectionInfo(h.section_id, h.idstr, h.instance_id, h.version_id)
+            self.sections[h.section_id] = info
+            yield SectionHeader(
+                offset=off, channel=self.channel, depth=depth, section_type=t, section_id=h.section_id,
+                idstr=h.idstr, instance_id=h.instance_id, version_id=h.version_id,
+            )
+        else:
+            b.need(5)
+            (sid,) = _U32.unpack_from(b.buf, b.pos + 1)
+            b.pos += 5
+            yield SectionHeader(offset=off, channel=self.channel, depth=depth, section_type=t, section_id=sid)
+            info = self.sections.get(sid)
+            if info is None:
+                # The payload format is unknown; a destination stops here too.
+                raise self._err(f"unknown savevm section {sid}", offset=off, code="unknown-section-id")
+        self.current = info
+        if info.idstr == RAM_SECTION_IDSTR and info.instance_id == 0:
+            yield from self._ram_records(depth)
+        else:
+            yield self._device_body(info, depth)
+        if b.fill(5) and b.buf[b.pos] == FOOTER:
+            (fid,) = _U32.unpack_from(b.buf, b.pos + 1)
+            yield SectionFooter(offset=b.offset(), channel=self.channel, depth=depth, section_id=fid)
+            b.pos += 5
+        self.current = None
+
+    def _device_body(self, info: SectionInfo, depth: int) -> DeviceState:
+        b = self.b
+        off = b.offset()
+        if self.body_sizer is not None:
+            b.fill(b.size)  # a description-driven body must fit the window
+            size = self.body_sizer(info, b.mv[b.pos : b.end])
+            if size is not None:
+                data = bytes(b.mv[b.pos : b.pos + size])
+                b.pos += size
+                return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by="description")
+        size = self._scan_footer(info)
+        data = bytes(b.mv[b.pos : b.pos + size])
+        b.pos += size
+        return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by="footer")
+
+    def _scan_footer(self, info: SectionInfo) -> int:
+        """Length of the body: up to the first footer for this section followed by
+        something that can start the next record."""
+        b = self.b
+        needle = bytes([FOOTER]) + _U32.pack(info.section_id)
+        limit = min(b.size, MAX_DEVICE_BODY)
+        b.fill(min(limit, 1 << 16))
+        rel = 0  # searched up to here, relative to pos (pos is stable, the buffer may slide)
+        while True:
+            i = b.buf.find(needle, b.pos + rel, b.end)
+            while i >= 0 and (i + 64 <= b.end or b.eof):
+                if self._plausible_next(i + 5):
+                    return i - b.pos
+                i = b.buf.find(needle, i + 1, b.end)
+            if b.eof:
+                raise self._err(f"no section footer for {info.describe()} before the stream ends", code="missing-footer")
+            if b.avail() >= limit:
+                raise self._err(f"no section footer for {info.describe()} within {limit} bytes", code="missing-footer")
+            rel = (i - b.pos) if i >= 0 else max(0, b.avail() - 4)
+            b.fill(min(limit, b.avail() + (1 << 16)))
+
+    def _plausible_next(self, at: int) -> bool:
+        b = self.b
+        if at >= b.end:
+            return b.eof
+        t = b.buf[at]
+        if t in (T.QEMU_VM_EOF,):
+            return True
+        if t in (T.QEMU_VM_SECTION_PART, T.QEMU_VM_SECTION_END):
+            return at + 5 > b.end or _U32.unpack_from(b.buf, at + 1)[0] in self.sections
+        if t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL):
+            if at + 6 > b.end:
+                return True
+            n = b.buf[at + 5]
+            name = bytes(b.mv[at + 6 : min(at + 6 + n, b.end)])
+            return n > 0 and all(0x20 <= c < 0x7F for c in name)
+        if t == T.QEMU_VM_COMMAND:
+            return at + 3 > b.end or 0 < _U16.unpack_from(b.buf, at + 1)[0] < 64
+        return False
+
+    # -- RAM -----------------------------------------------------------------------------
+    def _ram_records(self, depth: int) -> Iterator[RamRecord]:
+        b = self.b
+        ch = self.channel
+        params = self.ram_params
+        page_size = params["page_size"]
+        page_rec = 8 + page_size
+        unpack_word = _U64.unpack_from
+        while True:
+            if b.end - b.pos < page_rec and not b.fill(page_rec):
+                b.need(8)
+            buf = b.buf
+            pos = b.pos
+            (word,) = unpack_word(buf, pos)
+            flags = word & 0x3FF
+            # Fast path: the records that make up almost all of a stream.
+            if flags == PAGE_CONT and b.end - pos >= page_rec:
+                b.pos = pos + page_rec
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags,
+                                data=b.mv[pos + 8 : pos + page_rec])
+                continue
+            if flags == ZERO_CONT:
+                b.need(9)
+                b.pos = pos + 9
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags, fill=buf[pos + 8])
+                continue
+            if flags == EOS:
+                b.pos = pos + 8
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags)
+                return
+            kind = flags & ~CONT
+            if kind not in ramcodec.KNOWN_KINDS:
+                raise self._err(f"unknown combination of RAM flags {flags:#x}", offset=b.base + pos, code="ram-unknown-flags")
+            if kind == PAGE:  # named page (first of a block)
+                b.need(9)
+                n = buf[pos + 8]
+                total = 9 + n + page_size
+                b.need(total)
+                block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
+                b.pos = pos + total
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags, block=block,
+                                data=b.mv[pos + 9 + n : pos + total])
+                continue
+            if kind == ZERO:
+                b.need(9)
+                n = buf[pos + 8]
+                b.need(10 + n)
+                block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
+                b.pos = pos + 10 + n
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags, block=block,
+                                fill=buf[pos + 9 + n])
+                continue
+            yield self._ram_generic(pos, depth)
+
+    def _ram_generic(self, pos: int, depth: int) -> RamRecord:
+        """Any other RAM record, through the construct definition."""
+        b = self.b
+        off = b.base + pos
+        (word,) = _U64.unpack_from(b.buf, pos)
+        kind = word & 0x3FF & ~CONT
+        if kind == F.RAM_SAVE_FLAG_COMPRESS_PAGE:
+            named = 0 if word & CONT else 1 + b.buf[pos + 8] if b.fill(9) else 0
+            b.need(8 + named + 4)
+            (n,) = _U32.unpack_from(b.buf, pos + 8 + named)
+            if n > MAX_COMPRESSED_PAGE:
+                raise self._err(f"compressed page length {n} is out of range", offset=off, code="hostile-length")
+        want = 4096 + 512
+        while True:
+            have = b.fill(want)
+            try:
+                c = ramcodec.RamRecordStruct.parse(b.mv[pos : min(b.end, pos + want)], **self.ram_params)
+            except ConstructError as e:
+                if not have and b.eof:
+                    raise _Truncated() from None
+                if want >= b.size or (have and want > 1 << 20):
+                    raise self._err(f"RAM record does not decode: {str(e).splitlines()[-1]}", offset=off) from None
+                want = min(b.size, want * 4)
+                continue
+            rec = ramcodec.record_from_container(c, offset=off, channel=self.channel, depth=depth)
+            b.pos = pos + len(ramcodec.build_record(rec, **self.ram_params))
+            if rec.data is not None and not isinstance(rec.data, bytes):
+                rec.data = bytes(rec.data)
+            if rec.blocks and any(blk.mapped_ram for blk in rec.blocks):
+                raise self._err("mapped-ram streams are not supported by this reader yet", offset=off, code="unsupported")
+            return rec
+
+
+def iter_records(src: BinaryIO, channel: str = MAIN, **kw) -> Iterator[Record]:
+    return iter(StreamReader(src, channel, **kw))

@@ -1,0 +1,162 @@
+"""Typed records: what the reader yields and what the codecs build from.
+
+Every record knows the channel it came from and the byte offset where it starts there.
+Fields are the wire fields; nothing here is a judgement about whether they are allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import MigCmd, RamSaveFlag, SectionType
+
+MAIN = "main"
+
+
+@dataclass(slots=True, kw_only=True)
+class Record:
+    offset: int = 0
+    channel: str = MAIN
+    # nesting depth inside MIG_CMD_PACKAGED data (0 = top level)
+    depth: int = 0
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(slots=True, kw_only=True)
+class FileHeader(Record):
+    magic: int
+    version: int
+
+
+@dataclass(slots=True, kw_only=True)
+class ConfigSubsection:
+    name: str
+    version_id: int
+    value: Any  # int (target page bits), list[str] (capabilities), bytes (uuid)
+
+
+@dataclass(slots=True, kw_only=True)
+class Configuration(Record):
+    machine_type: str
+    subsections: list[ConfigSubsection] = field(default_factory=list)
+
+    def subsection(self, name: str) -> ConfigSubsection | None:
+        return next((s for s in self.subsections if s.name == name), None)
+
+    @property
+    def capabilities(self) -> list[str]:
+        sub = self.subsection("configuration/capabilities")
+        return list(sub.value) if sub else []
+
+    @property
+    def uuid(self) -> bytes | None:
+        sub = self.subsection("configuration/uuid")
+        return sub.value if sub else None
+
+
+@dataclass(slots=True, kw_only=True)
+class SectionHeader(Record):
+    section_type: int
+    section_id: int
+    # full headers (START, FULL) only; None for PART / END
+    idstr: str | None = None
+    instance_id: int | None = None
+    version_id: int | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.section_type in (SectionType.QEMU_VM_SECTION_START, SectionType.QEMU_VM_SECTION_FULL)
+
+    @property
+    def type_name(self) -> str:
+        return SectionType(self.section_type).name.removeprefix("QEMU_VM_")
+
+
+@dataclass(slots=True, kw_only=True)
+class SectionFooter(Record):
+    section_id: int
+
+
+@dataclass(slots=True, kw_only=True)
+class DeviceState(Record):
+    """The body of a non-RAM section, as raw bytes (decode with wireformat.vmstate)."""
+
+    section_id: int
+    idstr: str | None
+    data: bytes
+    # how the end was found: "description" (decoded by a VMSD) or "footer" (scanned)
+    framed_by: str = "footer"
+    decoded: Any = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Eof(Record):
+    pass
+
+
+@dataclass(slots=True, kw_only=True)
+class Command(Record):
+    cmd: int
+    data: bytes  # raw payload (exactly `len` bytes on the wire)
+    args: Any = None  # decoded payload, or None when it does not decode
+
+    @property
+    def name(self) -> str:
+        try:
+            return MigCmd(self.cmd).name
+        except ValueError:
+            return f"MIG_CMD_0x{self.cmd:x}"
+
+
+@dataclass(slots=True, kw_only=True)
+class PackageEnd(Record):
+    """End of the nested stream announced by MIG_CMD_PACKAGED (not a wire record)."""
+
+    length: int
+
+
+@dataclass(slots=True, kw_only=True)
+class VmDescription(Record):
+    json: bytes
+
+
+@dataclass(slots=True, kw_only=True)
+class TrailingData(Record):
+    """Bytes after the VMDESCRIPTION trailer (or after EOF when there is none)."""
+
+    length: int
+    head: bytes
+
+
+@dataclass(slots=True, kw_only=True)
+class RamBlockInfo:
+    name: str
+    used_length: int
+    page_size: int | None = None  # postcopy, huge-page backed blocks
+    mr_addr: int | None = None  # x-ignore-shared
+    mapped_ram: Any = None  # mapped-ram header (dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class RamRecord(Record):
+    """One record of the `ram` section payload."""
+
+    addr: int  # page-aligned offset in the block, or total size for MEM_SIZE
+    flags: int  # as on the wire, CONTINUE included
+    block: str | None = None  # None when CONTINUE (or the record names no block)
+    fill: int | None = None  # ZERO
+    encoding: int | None = None  # XBZRLE
+    data: Any = None  # PAGE bytes (memoryview on the fast path), XBZRLE / COMPRESS data
+    blocks: list[RamBlockInfo] | None = None  # MEM_SIZE
+
+    @property
+    def ram_flag(self) -> int:
+        return self.flags & ~RamSaveFlag.RAM_SAVE_FLAG_CONTINUE
+
+    @property
+    def continued(self) -> bool:
+        return bool(self.flags & RamSaveFlag.RAM_SAVE_FLAG_CONTINUE)
