@@ -1,0 +1,252 @@
+"""The `migconform` command line.
+
+Exit codes: 0 the stream conforms, 1 it has violations, 2 usage or I/O error.
+Errors are one line on stderr; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from wireformat.commands import RELEASED, CommandSet
+
+from .check import Report, StreamReadError, check_stream
+from .dump import dump_stream, format_dump
+from .inputs import InputError, open_stream
+from .targets import PROFILES, NEWEST, UnknownTarget, profile
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _commands(args) -> CommandSet:
+    if getattr(args, "send_src_downtime_id", None) is not None:
+        return CommandSet.with_send_src_downtime(args.send_src_downtime_id)
+    return RELEASED
+
+
+def _vmstate_lookup(path: str | None):
+    if not path:
+        return None
+    from wireformat import vmstate
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    try:
+        table = vmstate.parse_dump_vmstate(text)
+    except ValueError as e:
+        raise UsageError(f"{path}: not a -dump-vmstate JSON: {e}") from None
+    return lambda idstr: vmstate.lookup_idstr(table, idstr)
+
+
+def _body_checker():
+    try:
+        from wireformat import vmstate
+    except ImportError:  # pragma: no cover - vmstate decoding is optional
+        return None
+
+    def check(desc: dict, data: bytes) -> str | None:
+        try:
+            decoded = vmstate.decode_body(desc, data)
+        except vmstate.VmstateDecodeError as e:
+            return f"body does not decode with the stream's own VMSD description: {e}"
+        except (KeyError, TypeError, ValueError) as e:
+            return f"the stream's VMSD description cannot be applied: {e}"
+        if decoded.consumed != len(data):
+            return f"VMSD description accounts for {decoded.consumed} of {len(data)} body bytes"
+        return None
+
+    return check
+
+
+class _Progress:
+    """Progress on stderr for long checks, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled, self.total = enabled, total
+
+    def __call__(self, offset: int) -> None:
+        if not self.enabled:
+            return
+        if self.total:
+            sys.stderr.write(f"\r  {offset / self.total:6.1%}  {offset >> 20} MiB")
+        else:
+            sys.stderr.write(f"\r  {offset >> 20} MiB")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+
+
+def format_report(rep: Report) -> str:
+    s = rep.stats
+    conf = s.get("configuration") or {}
+    lines = []
+    head = f"{rep.source}: {rep.verdict.upper()} as a QEMU {rep.target} destination"
+    lines.append(head)
+    pages = sum(b.get("page", 0) for b in s.get("ram_blocks", {}).values())
+    zeros = sum(b.get("zero", 0) for b in s.get("ram_blocks", {}).values())
+    lines.append(f"  {s.get('bytes', 0)} bytes, machine {conf.get('machine_type', '?')}, {s.get('sections', 0)} sections, "
+                 f"{pages} pages + {zeros} zero pages, {rep.seconds:.2f} s")
+    if rep.violations:
+        lines.append("")
+        for v in rep.violations:
+            lines.append("  " + v.one_line())
+        if s.get("violations_dropped"):
+            lines.append(f"  … {s['violations_dropped']} more violations not listed")
+    return "\n".join(lines)
+
+
+def cmd_check(args) -> int:
+    try:
+        target = profile(args.target)
+    except UnknownTarget as e:
+        raise UsageError(str(e)) from None
+    vm = _vmstate_lookup(args.vmstate)
+    src, name = open_stream(args.path)
+    total = os.path.getsize(args.path) if args.path != "-" and not name.endswith(")") else None
+    prog = _Progress(sys.stderr.isatty() and not args.json, total)
+    try:
+        rep = check_stream(src, name=name, target=target, commands=_commands(args), vmstate=vm,
+                           body_checker=_body_checker(), progress=prog)
+    finally:
+        prog.done()
+    if args.json:
+        print(json.dumps(rep.as_json(), indent=2))
+    else:
+        print(format_report(rep))
+    return EXIT_VIOLATIONS if rep.violations else EXIT_OK
+
+
+def cmd_dump(args) -> int:
+    src, name = open_stream(args.path)
+    d = dump_stream(src, commands=_commands(args), name=name)
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        print(format_dump(d))
+    return EXIT_USAGE if d["error"] and args.strict else EXIT_OK
+
+
+def cmd_qemu_list(args) -> int:
+    from .qemu import discover, QemuNotFound
+
+    try:
+        found = discover(_pairs(args.qemu))
+    except QemuNotFound as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps({v: {"path": str(b.path), "full_version": b.full_version, "source": b.source} for v, b in found.items()}, indent=2))
+    else:
+        if not found:
+            print("no QEMU found (run scripts/setup.sh, or pass --qemu VERSION=PATH)")
+        for v, b in sorted(found.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("."))):
+            print(f"QEMU {v:<5} {b.full_version:<10} {b.path}  ({b.source})")
+    return EXIT_OK
+
+
+def _pairs(items) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--qemu takes VERSION=PATH, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_demo(args) -> int:
+    """The built-in default job: capture a stream from each installed QEMU and check it
+    as a destination of every modelled version would."""
+    from .qemu import discover, capture_stream, QemuNotFound
+
+    try:
+        found = discover(_pairs(args.qemu))
+    except QemuNotFound as e:
+        raise UsageError(str(e)) from None
+    if not found:
+        raise UsageError("no QEMU found: run scripts/setup.sh or pass --qemu VERSION=PATH")
+    worst = EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
+        for version, binary in sorted(found.items()):
+            machine = args.machine
+            out = Path(tmp) / f"qemu-{version}.mig"
+            print(f"== capturing a {args.mem_mb} MiB {machine} guest from QEMU {binary.full_version}", flush=True)
+            try:
+                capture_stream(binary, out, machine=machine, mem_mb=args.mem_mb, devices=args.devices)
+            except Exception as e:  # the adapter's errors are one line
+                print(f"   capture failed: {e}")
+                worst = max(worst, EXIT_USAGE)
+                continue
+            for tgt in sorted(PROFILES):
+                with open(out, "rb") as f:
+                    rep = check_stream(f, name=out.name, target=tgt, body_checker=_body_checker())
+                print("   " + format_report(rep).replace("\n", "\n   "))
+            print()
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="migconform", description="Conformance checks for QEMU live-migration streams.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="validate a stream (exit 0 conforms, 1 violations, 2 error)")
+    c.add_argument("path", help="stream file (.gz/.xz/.zst read transparently) or - for stdin")
+    c.add_argument("--json", action="store_true", help="machine-readable report")
+    c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
+    c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate, to check section idstrs and versions")
+    c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
+                   help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("dump", help="print the decoded structure of a stream")
+    d.add_argument("path")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--strict", action="store_true", help="exit 2 when the stream cannot be decoded to its end")
+    d.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID")
+    d.set_defaults(func=cmd_dump)
+
+    q = sub.add_parser("qemu", help="QEMU binaries migconform can use")
+    qs = q.add_subparsers(dest="qemu_command", required=True)
+    ql = qs.add_parser("list", help="list discovered QEMU binaries")
+    ql.add_argument("--qemu", action="append", metavar="VERSION=PATH")
+    ql.add_argument("--json", action="store_true")
+    ql.set_defaults(func=cmd_qemu_list)
+
+    m = sub.add_parser("demo", help="capture a stream from each installed QEMU and check it")
+    m.add_argument("--qemu", action="append", metavar="VERSION=PATH")
+    m.add_argument("--machine", default="pc-i440fx-7.2", help="a machine type every installed QEMU has")
+    m.add_argument("--devices", default="virtio-net+virtio-blk")
+    m.add_argument("--mem-mb", type=int, default=128)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, InputError, StreamReadError) as e:
+        print(f"migconform: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("migconform: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""`migconform dump`: the decoded structure of a stream, without judgement."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import BinaryIO
+
+from wireformat.commands import RELEASED, CommandSet
+from wireformat.reader import DecodeError, StreamReader
+from wireformat.records import (
+    Command,
+    Configuration,
+    DeviceState,
+    Eof,
+    FileHeader,
+    RamRecord,
+    SectionHeader,
+    TrailingData,
+    VmDescription,
+)
+from wireformat.constants import RamSaveFlag as F
+
+_KIND = {
+    int(F.RAM_SAVE_FLAG_PAGE): "page",
+    int(F.RAM_SAVE_FLAG_ZERO): "zero",
+    int(F.RAM_SAVE_FLAG_XBZRLE): "xbzrle",
+    int(F.RAM_SAVE_FLAG_COMPRESS_PAGE): "compressed",
+}
+
+
+def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "<stream>") -> dict:
+    out: dict = {"source": name, "header": None, "configuration": None, "sections": [], "commands": [],
+                 "ram": {"blocks": {}, "records": {}}, "eof": None, "vmdescription": None, "trailing": None,
+                 "error": None}
+    pages: dict[str, Counter] = defaultdict(Counter)
+    other = Counter()
+    last_block: dict[str, str] = {}
+    section_by_id: dict[int, dict] = {}
+    cur = None
+    reader = StreamReader(src, commands=commands)
+    try:
+        for rec in reader:
+            t = type(rec)
+            if t is RamRecord:
+                kind = rec.flags & ~0x20
+                label = _KIND.get(kind)
+                if label is not None:
+                    if rec.block is not None:
+                        last_block[rec.channel] = rec.block
+                    pages[last_block.get(rec.channel, "?")][label] += 1
+                elif kind == F.RAM_SAVE_FLAG_MEM_SIZE:
+                    for b in rec.blocks:
+                        out["ram"]["blocks"].setdefault(b.name, {"used_length": b.used_length})
+                        extra = {k: getattr(b, k) for k in ("page_size", "mr_addr") if getattr(b, k) is not None}
+                        out["ram"]["blocks"][b.name].update(extra)
+                    other["mem_size"] += 1
+                else:
+                    other[F(kind).name.removeprefix("RAM_SAVE_FLAG_").lower()] += 1
+            elif t is SectionHeader:
+                if rec.is_full:
+                    cur = {"type": rec.type_name, "offset": rec.offset, "section_id": rec.section_id, "idstr": rec.idstr,
+                           "instance_id": rec.instance_id, "version_id": rec.version_id, "parts": 0, "bytes": 0}
+                    out["sections"].append(cur)
+                    section_by_id[rec.section_id] = cur
+                else:
+                    cur = section_by_id.get(rec.section_id)
+                    if cur is not None:
+                        cur["parts"] += 1
+            elif t is DeviceState:
+                if cur is not None:
+                    cur["bytes"] += len(rec.data)
+            elif t is Command:
+                out["commands"].append({"offset": rec.offset, "name": commands.name(rec.cmd), "len": len(rec.data),
+                                        "args": rec.args, "depth": rec.depth})
+            elif t is FileHeader:
+                out["header"] = {"magic": f"{rec.magic:#010x}", "version": rec.version}
+            elif t is Configuration:
+                out["configuration"] = {"machine_type": rec.machine_type, "capabilities": rec.capabilities,
+                                        "uuid": rec.uuid.hex() if rec.uuid else None,
+                                        "subsections": [s.name for s in rec.subsections]}
+            elif t is Eof:
+                if rec.depth == 0:
+                    out["eof"] = rec.offset
+            elif t is VmDescription:
+                out["vmdescription"] = {"offset": rec.offset, "length": len(rec.json)}
+                try:
+                    desc = json.loads(rec.json)
+                    out["vmdescription"]["devices"] = len(desc.get("devices", []))
+                    out["vmdescription"]["page_size"] = desc.get("page_size")
+                except (ValueError, AttributeError):
+                    out["vmdescription"]["devices"] = None
+            elif t is TrailingData:
+                out["trailing"] = {"offset": rec.offset, "length": rec.length}
+    except DecodeError as e:
+        out["error"] = str(e)
+    for blk, counts in pages.items():
+        out["ram"]["blocks"].setdefault(blk, {}).update(counts)
+    out["ram"]["records"] = dict(other)
+    out["bytes"] = reader.b.offset()
+    return out
+
+
+def format_dump(d: dict) -> str:
+    lines = [f"{d['source']}: {d['bytes']} bytes"]
+    h = d["header"]
+    if h:
+        lines.append(f"header      magic {h['magic']} version {h['version']}")
+    c = d["configuration"]
+    if c:
+        caps = ", ".join(c["capabilities"]) or "none"
+        lines.append(f"machine     {c['machine_type']}  (validated capabilities: {caps}{', uuid ' + c['uuid'] if c['uuid'] else ''})")
+    lines.append("")
+    lines.append("RAM blocks:")
+    lines.append(f"  {'block':<28} {'length':>12} {'pages':>9} {'zero':>9} {'xbzrle':>7}")
+    for name, b in d["ram"]["blocks"].items():
+        ln = b.get("used_length")
+        lines.append(f"  {name:<28} {('%#x' % ln) if ln is not None else '?':>12} {b.get('page', 0):>9} {b.get('zero', 0):>9} {b.get('xbzrle', 0):>7}")
+    if d["ram"]["records"]:
+        lines.append("  other records: " + ", ".join(f"{k} {v}" for k, v in sorted(d["ram"]["records"].items())))
+    lines.append("")
+    lines.append(f"sections ({len(d['sections'])}):")
+    lines.append(f"  {'offset':>10} {'type':<6} {'id':>4}  {'idstr':<32} {'inst':>4} {'ver':>4} {'parts':>5} {'bytes':>8}")
+    for s in d["sections"]:
+        lines.append(f"  {s['offset']:>10} {s['type'].removeprefix('SECTION_'):<6} {s['section_id']:>4}  {s['idstr']:<32} "
+                     f"{s['instance_id']:>4} {s['version_id']:>4} {s['parts']:>5} {s['bytes']:>8}")
+    if d["commands"]:
+        lines.append("")
+        lines.append("commands:")
+        for cmd in d["commands"]:
+            args = "" if not cmd["args"] else " " + json.dumps(cmd["args"])
+            lines.append(f"  {cmd['offset']:>10} {'  ' * cmd['depth']}{cmd['name']} (len {cmd['len']}){args}")
+    lines.append("")
+    lines.append(f"EOF at {d['eof']}" if d["eof"] is not None else "no EOF")
+    v = d["vmdescription"]
+    lines.append(f"VMDESCRIPTION at {v['offset']}: {v['length']} bytes, {v.get('devices')} devices" if v else "no VMDESCRIPTION")
+    if d["trailing"]:
+        lines.append(f"trailing data at {d['trailing']['offset']}: {d['trailing']['length']} bytes")
+    if d["error"]:
+        lines.append(f"decoding stopped: {d['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Opening what a user points us at: a file (plain or .gz/.xz/.zst, recognised by its
+magic bytes, not its name), or standard input for `-`. Errors are one line."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import sys
+from typing import BinaryIO
+
+import zstandard
+
+_MAGICS = {
+    b"\x1f\x8b": "gzip",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+}
+
+
+class InputError(Exception):
+    """A path that cannot be read as a stream; the message is one line."""
+
+
+def _detect(head: bytes) -> str | None:
+    for magic, name in _MAGICS.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+class _Peekable(io.RawIOBase):
+    """Lets us look at the first bytes of a pipe and still hand all of it on."""
+
+    def __init__(self, raw: BinaryIO, head: bytes):
+        self.raw, self.head = raw, head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        return self.raw.readinto(b)
+
+
+def open_stream(path: str) -> tuple[BinaryIO, str]:
+    """(binary file object, description) for a path or '-'."""
+    if path == "-":
+        raw = sys.stdin.buffer
+        name = "<stdin>"
+    else:
+        if os.path.isdir(path):
+            raise InputError(f"{path}: is a directory (capture directories need the multifd reader)")
+        try:
+            raw = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise InputError(f"{path}: {e.strerror}") from None
+        name = path
+    head = raw.read(6) or b""
+    kind = _detect(head)
+    src = _Peekable(raw, head)
+    if kind is None:
+        return src, name
+    try:
+        if kind == "gzip":
+            return gzip.GzipFile(fileobj=io.BufferedReader(src, 1 << 20)), f"{name} (gzip)"
+        if kind == "xz":
+            return lzma.LZMAFile(io.BufferedReader(src, 1 << 20)), f"{name} (xz)"
+        if kind == "bzip2":
+            return bz2.BZ2File(io.BufferedReader(src, 1 << 20)), f"{name} (bzip2)"
+        return zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20), f"{name} (zstd)"
+    except (OSError, zstandard.ZstdError) as e:
+        raise InputError(f"{name}: cannot open {kind} data: {e}") from None

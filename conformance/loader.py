@@ -1,0 +1,504 @@
+"""The reference loader: a sans-IO model of a QEMU destination reading the main stream.
+
+In the manner of h11: explicit phases, a transitions table, records in, violations out,
+no I/O. `feed(record)` returns the violations that record causes; `close()` those the end
+of the stream causes. The stream's framing comes from wireformat's reader; what is
+allowed, and what a destination of the target version does otherwise, is decided here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from enum import Enum
+from typing import Callable
+
+from wireformat.constants import (
+    MIG_CMD_FIXED_LEN,
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_FILE_VERSION,
+    QEMU_VM_FILE_VERSION_COMPAT,
+    RAM_SECTION_IDSTR,
+    RAM_SECTION_VERSION,
+    MigCmd,
+    RamSaveFlag as F,
+    SectionType as T,
+)
+from wireformat.commands import RELEASED, CommandSet
+from wireformat.ram import XbzrleError, xbzrle_decode
+from wireformat.records import (
+    Command,
+    Configuration,
+    DeviceState,
+    Eof,
+    FileHeader,
+    PackageEnd,
+    RamRecord,
+    Record,
+    SectionFooter,
+    SectionHeader,
+    TrailingData,
+    VmDescription,
+)
+
+from .targets import DestinationProfile, profile
+from .violations import Severity, Violation
+
+R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
+
+PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
+ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
+MAX_VIOLATIONS = 1000
+MAX_KEPT_BODIES = 32 << 20  # device bodies kept for the VMDESCRIPTION cross-check
+
+
+class Phase(Enum):
+    HEADER = "header"  # expecting the file header
+    CONFIGURATION = "configuration"  # expecting QEMU_VM_CONFIGURATION
+    RECORDS = "records"  # between top-level records
+    IN_SECTION = "in-section"  # inside a section body, expecting payload or footer
+    AFTER_EOF = "after-eof"  # expecting the VMDESCRIPTION trailer
+    DONE = "done"
+
+
+class PostcopyState(Enum):
+    """The destination's incoming postcopy sub-state (numbers appear in QEMU's errors)."""
+
+    NONE = 0
+    ADVISE = 1
+    DISCARD = 2
+    LISTENING = 3
+    RUNNING = 4
+
+
+# (phase, record type) -> next phase. Anything else is handled as a framing violation.
+TRANSITIONS: dict[tuple[Phase, type], Phase] = {
+    (Phase.HEADER, FileHeader): Phase.CONFIGURATION,
+    (Phase.CONFIGURATION, Configuration): Phase.RECORDS,
+    (Phase.RECORDS, SectionHeader): Phase.IN_SECTION,
+    (Phase.RECORDS, Command): Phase.RECORDS,
+    (Phase.RECORDS, PackageEnd): Phase.RECORDS,
+    (Phase.RECORDS, Eof): Phase.AFTER_EOF,
+    (Phase.IN_SECTION, RamRecord): Phase.IN_SECTION,
+    (Phase.IN_SECTION, DeviceState): Phase.IN_SECTION,
+    (Phase.IN_SECTION, SectionFooter): Phase.RECORDS,
+    (Phase.AFTER_EOF, VmDescription): Phase.DONE,
+    (Phase.AFTER_EOF, TrailingData): Phase.DONE,
+    (Phase.DONE, TrailingData): Phase.DONE,
+}
+
+# VmsdLookup(idstr) -> object with .version_id and .minimum_version_id, or None if unknown
+VmsdLookup = Callable[[str], object]
+
+
+class Loader:
+    def __init__(
+        self,
+        target: DestinationProfile | str | None = None,
+        *,
+        commands: CommandSet = RELEASED,
+        vmstate: VmsdLookup | None = None,
+        body_checker: Callable[[dict, bytes], str | None] | None = None,
+        expect_configuration: bool = True,
+    ):
+        self.target = target if isinstance(target, DestinationProfile) else profile(target)
+        self.commands = commands
+        self.vmstate = vmstate
+        self.body_checker = body_checker
+        self.expect_configuration = expect_configuration
+        self.phase = Phase.HEADER
+        self.violations: list[Violation] = []
+        self.dropped = 0
+        # destination state
+        self.configuration: Configuration | None = None
+        self.sections: dict[int, SectionHeader] = {}
+        self.open_iterables: set[int] = set()
+        self.loaded_devices: set[tuple[str, int]] = set()
+        self.current: SectionHeader | None = None
+        self.current_is_ram = False
+        self.footers: bool | None = None  # learnt from the first section
+        self.return_path = False
+        self.postcopy = PostcopyState.NONE
+        self.package_depth = 0
+        self.blocks: dict[str, int] = {}
+        self.last_block: dict[str, str] = {}  # per channel, survives section boundaries
+        self.device_bodies: list[tuple[str | None, int, bytes]] = []
+        self._kept = 0
+        self.vmdescription: bytes | None = None
+        self.saw_eof = False
+        # statistics
+        self.stats_records = Counter()
+        self.stats_commands = Counter()
+        self.pages = defaultdict(Counter)  # block -> kind -> count
+        self.section_list: list[dict] = []
+        self.bytes_seen = 0
+        self._handlers = {
+            FileHeader: self._header,
+            Configuration: self._configuration,
+            SectionHeader: self._section_header,
+            SectionFooter: self._footer,
+            RamRecord: self._ram,
+            DeviceState: self._device_state,
+            Command: self._command,
+            PackageEnd: self._package_end,
+            Eof: self._eof,
+            VmDescription: self._vmdescription,
+            TrailingData: self._trailing,
+        }
+
+    # -- events in, violations out ------------------------------------------------------
+    def feed(self, rec: Record) -> list[Violation]:
+        start = len(self.violations)
+        kind = type(rec)
+        if kind is RamRecord and self.phase is Phase.IN_SECTION:
+            self._ram(rec)  # hot path: skip the table lookup
+        else:
+            self.stats_records[kind.__name__] += 1
+            nxt = TRANSITIONS.get((self.phase, kind))
+            if nxt is None:
+                self._out_of_phase(rec)
+                nxt = TRANSITIONS.get((self.phase, kind), self.phase)
+            self._handlers[kind](rec)
+            self.phase = nxt
+        return self.violations[start:]
+
+    def close(self, end_offset: int | None = None, channel: str = "main") -> list[Violation]:
+        start = len(self.violations)
+        off = end_offset if end_offset is not None else self.bytes_seen
+        if self.phase in (Phase.HEADER,):
+            self._v("truncated", R, channel, off, "the stream is empty")
+        elif self.phase in (Phase.CONFIGURATION, Phase.RECORDS, Phase.IN_SECTION) and not self.saw_eof:
+            where = f" inside section {self._describe(self.current)}" if self.phase is Phase.IN_SECTION else ""
+            self._v("missing-eof", R, channel, off, f"the stream ends{where} without QEMU_VM_EOF")
+        elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE:
+            self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
+        self._check_device_bodies()
+        return self.violations[start:]
+
+    def fail(self, code: str, channel: str, offset: int, message: str, section: str | None = None) -> None:
+        """A point past which the stream cannot be framed (reported by the reader)."""
+        sev = R
+        self._v(code, sev, channel, offset, message, section)
+        self.phase = Phase.DONE
+
+    # -- helpers ------------------------------------------------------------------------
+    def _v(self, code, severity, channel, offset, message, section=None):
+        if len(self.violations) >= MAX_VIOLATIONS:
+            self.dropped += 1
+            return
+        if section is None and self.current is not None:
+            section = self._describe(self.current)
+        self.violations.append(Violation(code, severity, channel, offset, message, section))
+
+    def _describe(self, h: SectionHeader | None) -> str | None:
+        if h is None:
+            return None
+        full = self.sections.get(h.section_id, h)
+        return f"{full.idstr or '?'} (id {h.section_id})"
+
+    def _out_of_phase(self, rec: Record) -> None:
+        if self.phase is Phase.CONFIGURATION and self.expect_configuration:
+            self._v("configuration-missing", R, rec.channel, rec.offset, "Configuration section missing")
+            self.phase = Phase.RECORDS
+        elif self.phase is Phase.CONFIGURATION:
+            self.phase = Phase.RECORDS
+        elif self.phase is Phase.IN_SECTION:
+            self._missing_footer(rec)
+            self.phase = Phase.RECORDS
+        elif self.phase is Phase.DONE:
+            pass
+        else:
+            self._v("malformed", R, rec.channel, rec.offset, f"{rec.kind} not expected in phase {self.phase.value}")
+
+    def _missing_footer(self, rec: Record) -> None:
+        sec = self.current
+        if self.footers is None:
+            self.footers = False  # a stream of a machine type without footers (<= 2.3)
+        elif self.footers:
+            name = self.sections.get(sec.section_id, sec).idstr if sec else "?"
+            self._v("missing-footer", R, rec.channel, rec.offset, f"Missing section footer for {name}")
+        self.current = None
+
+    # -- handlers -----------------------------------------------------------------------
+    def _header(self, r: FileHeader) -> None:
+        if r.magic != QEMU_VM_FILE_MAGIC:
+            self._v("bad-magic", R, r.channel, r.offset, f"Not a migration stream (magic {r.magic:#010x})")
+            self.phase = Phase.DONE
+        elif r.version == QEMU_VM_FILE_VERSION_COMPAT:
+            self._v("obsolete-version", R, r.channel, 4, "SaveVM v2 format is obsolete and don't work anymore")
+        elif r.version != QEMU_VM_FILE_VERSION:
+            self._v("unsupported-version", R, r.channel, 4, f"Unsupported migration stream version {r.version}")
+
+    def _configuration(self, r: Configuration) -> None:
+        self.configuration = r
+        if not self.expect_configuration:
+            self._v("unknown-section-type", R, r.channel, r.offset, "Unknown savevm section type 7")
+
+    def _section_header(self, h: SectionHeader) -> None:
+        ch, off = h.channel, h.offset
+        if h.is_full:
+            if h.section_type == T.QEMU_VM_SECTION_START:
+                if h.section_id in self.open_iterables or (
+                    h.section_id in self.sections and self.sections[h.section_id].section_type == T.QEMU_VM_SECTION_START
+                ):
+                    self._v("reused-section-id", D, ch, off, f"START reuses section id {h.section_id}", self._describe(h))
+                self.open_iterables.add(h.section_id)
+            else:
+                key = (h.idstr, h.instance_id)
+                if key in self.loaded_devices and h.idstr != RAM_SECTION_IDSTR:
+                    self._v("duplicate-device-section", D, ch, off, f"device '{h.idstr}' instance {h.instance_id} sent twice", self._describe(h))
+                self.loaded_devices.add(key)
+            self.sections[h.section_id] = h
+            self._check_entry(h)
+            self.section_list.append({"type": h.type_name, "section_id": h.section_id, "idstr": h.idstr,
+                                      "instance_id": h.instance_id, "version_id": h.version_id, "offset": off})
+        else:
+            full = self.sections.get(h.section_id)
+            if full is None:
+                self._v("unknown-section-id", R, ch, off, f"Unknown savevm section {h.section_id}", f"? (id {h.section_id})")
+            elif h.section_id not in self.open_iterables:
+                self._v("section-not-open", D, ch, off, f"{h.type_name} for section {self._describe(h)} that is not open")
+            if h.section_type == T.QEMU_VM_SECTION_END:
+                self.open_iterables.discard(h.section_id)
+        self.current = h
+        full = self.sections.get(h.section_id, h)
+        self.current_is_ram = full.idstr == RAM_SECTION_IDSTR and full.instance_id == 0
+
+    def _check_entry(self, h: SectionHeader) -> None:
+        ch, off, name = h.channel, h.offset, self._describe(h)
+        if h.idstr == RAM_SECTION_IDSTR and h.instance_id == 0:
+            if h.version_id != RAM_SECTION_VERSION:
+                self._v("ram-version", R, ch, off, f"ram section version {h.version_id}, destination loads only {RAM_SECTION_VERSION}", name)
+            return
+        if self.vmstate is None:
+            return
+        info = self.vmstate(h.idstr)
+        if info is None:
+            self._v("unknown-section", R, ch, off, f"Unknown savevm section or instance '{h.idstr}' {h.instance_id}", name)
+            return
+        if h.version_id > info.version_id:
+            self._v("section-version-too-new", R, ch, off, f"savevm: unsupported version {h.version_id} for '{h.idstr}' v{info.version_id}", name)
+        elif h.version_id < info.minimum_version_id:
+            self._v("section-version-too-old", R, ch, off,
+                    f"{h.idstr}: incoming version_id {h.version_id} is too old for local minimum version_id {info.minimum_version_id}", name)
+
+    def _footer(self, f: SectionFooter) -> None:
+        sec = self.current
+        if self.footers is None:
+            self.footers = True
+        elif not self.footers:
+            self._v("unknown-section-type", R, f.channel, f.offset, "Unknown savevm section type 126 (footer in a stream without footers)")
+        if sec is not None and f.section_id != sec.section_id:
+            name = self.sections.get(sec.section_id, sec).idstr
+            self._v("footer-mismatch", R, f.channel, f.offset,
+                    f"Mismatched section id in footer for {name} - read {f.section_id:#x} expected {sec.section_id:#x}")
+        self.current = None
+
+    def _device_state(self, d: DeviceState) -> None:
+        sec = self.current
+        if sec is not None and sec.section_type == T.QEMU_VM_SECTION_FULL and self._kept + len(d.data) <= MAX_KEPT_BODIES:
+            full = self.sections.get(sec.section_id, sec)
+            self.device_bodies.append((full.idstr, full.instance_id or 0, d.data, d.offset))
+            self._kept += len(d.data)
+
+    # -- RAM ------------------------------------------------------------------------------
+    def _ram(self, r: RamRecord) -> None:
+        flags = r.flags
+        if flags == PAGE_CONT or flags == ZERO_CONT:
+            name = self.last_block.get(r.channel)
+            if name is None:
+                self._v("ram-continue-without-block", R, r.channel, r.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
+                return
+            length = self.blocks.get(name)
+            if length is None or r.addr >= length:
+                self._bad_offset(r, name, length)
+            if flags == ZERO_CONT and r.fill:
+                self._zero_fill(r)
+            self.pages[name]["page" if flags == PAGE_CONT else "zero"] += 1
+            return
+        self._ram_slow(r)
+
+    def _ram_slow(self, r: RamRecord) -> None:
+        kind = r.flags & ~int(F.RAM_SAVE_FLAG_CONTINUE)
+        ch, off = r.channel, r.offset
+        self.stats_records[f"ram:{F(kind).name.removeprefix('RAM_SAVE_FLAG_')}"] += 1
+        if kind == F.RAM_SAVE_FLAG_MEM_SIZE:
+            seen = set()
+            for b in r.blocks or []:
+                if b.name in seen:
+                    self._v("ram-mem-size-duplicate", D, ch, off, f"MEM_SIZE announces block {b.name} twice")
+                seen.add(b.name)
+                self.blocks[b.name] = b.used_length
+            return
+        if kind in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE, F.RAM_SAVE_FLAG_COMPRESS_PAGE):
+            if r.continued:
+                name = self.last_block.get(ch)
+                if name is None:
+                    self._v("ram-continue-without-block", R, ch, off, "Ack, bad migration stream! (CONTINUE with no block named before)")
+                    return
+            else:
+                name = r.block
+                if name not in self.blocks:
+                    code = "ram-page-before-mem-size" if not self.blocks else "ram-unknown-block"
+                    self._v(code, R, ch, off, f"Can't find block {name}")
+                    return
+                self.last_block[ch] = name
+            length = self.blocks.get(name)
+            if length is None or r.addr >= length:
+                self._bad_offset(r, name, length)
+            if kind == F.RAM_SAVE_FLAG_ZERO:
+                if r.fill:
+                    self._zero_fill(r)
+                self.pages[name]["zero"] += 1
+            elif kind == F.RAM_SAVE_FLAG_PAGE:
+                self.pages[name]["page"] += 1
+            elif kind == F.RAM_SAVE_FLAG_XBZRLE:
+                self.pages[name]["xbzrle"] += 1
+                self._xbzrle(r)
+            else:
+                self.pages[name]["compressed"] += 1
+                if not self.target.compress_page_known:
+                    self._v("ram-compressed-page", R, ch, off, "Unknown combination of migration flags: 0x100")
+            return
+        if kind == F.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+            if not self.target.multifd_flush_understood:
+                self._v("ram-multifd-flush-unsupported", R, ch, off, f"Unknown combination of migration flags: {r.flags:#x}")
+        elif kind == F.RAM_SAVE_FLAG_HOOK:
+            self._v("ram-hook-without-rdma", R if self.target.hook_fails else D, ch, off, "RAM_SAVE_FLAG_HOOK outside an RDMA migration")
+
+    def _bad_offset(self, r: RamRecord, name: str, length: int | None) -> None:
+        if length is None:
+            self._v("ram-unknown-block", R, r.channel, r.offset, f"Can't find block {name}")
+        else:
+            self._v("ram-offset-out-of-range", R, r.channel, r.offset, f"Illegal RAM offset {r.addr:x} (block {name} is {length:#x} bytes)")
+
+    def _zero_fill(self, r: RamRecord) -> None:
+        if self.target.zero_fill_must_be_zero:
+            msg = f"Found a zero page with value {r.fill}"
+        else:
+            msg = f"ZERO record with fill byte {r.fill:#x}: QEMU {self.target.version} fills the page with it; no current source writes it"
+        self._v("ram-zero-fill", self.target.zero_fill_severity, r.channel, r.offset, msg)
+
+    def _xbzrle(self, r: RamRecord) -> None:
+        if r.encoding != 0x01:
+            self._v("ram-xbzrle", R, r.channel, r.offset, "Failed to load XBZRLE page - wrong compression!")
+            return
+        try:
+            xbzrle_decode(bytes(r.data), bytes(4096))
+        except XbzrleError as e:
+            what = "len overflow!" if "overflow" in str(e) else "decode error!"
+            self._v("ram-xbzrle", R, r.channel, r.offset, f"Failed to load XBZRLE page - {what}")
+
+    # -- commands -------------------------------------------------------------------------
+    def _command(self, c: Command) -> None:
+        ch, off, cmd, n = c.channel, c.offset, c.cmd, len(c.data)
+        name = self.commands.name(cmd)
+        self.stats_commands[name] += 1
+        is_opt_in = cmd == self.commands.send_src_downtime_id
+        if not is_opt_in and (cmd == 0 or cmd >= self.target.mig_cmd_max):
+            self._v("unknown-command", R, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x})")
+            return
+        if is_opt_in:
+            if c.args is None:
+                self._v("command-malformed", R, ch, off, f"{name} payload of {n} bytes does not decode")
+            return
+        mc = MigCmd(cmd)
+        fixed = MIG_CMD_FIXED_LEN.get(mc)
+        if fixed is not None and n != fixed:
+            label = "(null)" if mc == MigCmd.MIG_CMD_ENABLE_COLO else name.removeprefix("MIG_CMD_")
+            self._v("command-bad-length", R, ch, off, f"{label} received with bad length - expecting {fixed}, got {n}")
+            return
+        if mc == MigCmd.MIG_CMD_OPEN_RETURN_PATH:
+            self.return_path = True
+        elif mc == MigCmd.MIG_CMD_PING:
+            if not self.return_path:
+                self._v("ping-without-return-path", R, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
+        elif mc == MigCmd.MIG_CMD_POSTCOPY_ADVISE:
+            if n not in (0, 16):
+                self._v("postcopy-advise-length", R, ch, off, f"CMD_POSTCOPY_ADVISE invalid length ({n})")
+            elif self.postcopy is not PostcopyState.NONE:
+                self._postcopy_state(c, "CMD_POSTCOPY_ADVISE")
+            else:
+                self.postcopy = PostcopyState.ADVISE
+        elif mc == MigCmd.MIG_CMD_POSTCOPY_RAM_DISCARD:
+            if self.postcopy not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
+                self._postcopy_state(c, "CMD_POSTCOPY_RAM_DISCARD")
+            elif c.args is None or n < 20 or c.args.get("version") != 0:
+                self._v("command-malformed", R, ch, off, f"CMD_POSTCOPY_RAM_DISCARD malformed payload (len {n})")
+            else:
+                self.postcopy = PostcopyState.DISCARD
+        elif mc == MigCmd.MIG_CMD_POSTCOPY_LISTEN:
+            if self.postcopy not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
+                self._postcopy_state(c, "CMD_POSTCOPY_LISTEN")
+            else:
+                self.postcopy = PostcopyState.LISTENING
+        elif mc == MigCmd.MIG_CMD_POSTCOPY_RUN:
+            if self.postcopy is not PostcopyState.LISTENING:
+                self._postcopy_state(c, "CMD_POSTCOPY_RUN")
+            else:
+                self.postcopy = PostcopyState.RUNNING
+        elif mc == MigCmd.MIG_CMD_PACKAGED:
+            self.package_depth += 1
+        elif mc == MigCmd.MIG_CMD_RECV_BITMAP:
+            if c.args is None:
+                self._v("command-malformed", R, ch, off, f"CMD_RECV_BITMAP: invalid payload length ({n})")
+        elif mc == MigCmd.MIG_CMD_POSTCOPY_RESUME:
+            self._v("recovery-command-outside-recovery", D, ch, off, "illegal resume received (POSTCOPY_RESUME outside postcopy recovery)")
+
+    def _postcopy_state(self, c: Command, label: str) -> None:
+        self._v("postcopy-wrong-state", R, c.channel, c.offset, f"{label} in wrong postcopy state ({self.postcopy.value})")
+
+    def _package_end(self, p: PackageEnd) -> None:
+        self.package_depth = max(0, self.package_depth - 1)
+
+    # -- end of stream --------------------------------------------------------------------
+    def _eof(self, e: Eof) -> None:
+        self.saw_eof = True
+        self.bytes_seen = e.offset + 1
+
+    def _vmdescription(self, v: VmDescription) -> None:
+        self.vmdescription = v.json
+        self.bytes_seen = v.offset + 5 + len(v.json)
+
+    def _trailing(self, t: TrailingData) -> None:
+        self._v("trailing-data", D, t.channel, t.offset, f"{t.length} bytes after the end of the stream (first: {t.head[:8].hex()})")
+        self.bytes_seen = t.offset + t.length
+
+    def _check_device_bodies(self) -> None:
+        """Each FULL body must be exactly what the stream's own VMSD description says."""
+        if self.vmdescription is None or self.body_checker is None:
+            return
+        try:
+            desc = json.loads(self.vmdescription)
+            devices = desc["devices"]
+        except (ValueError, KeyError, TypeError) as e:
+            self._v("vmdescription-malformed", D, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e}")
+            return
+        by_key = {}
+        for dev in devices:
+            if isinstance(dev, dict):
+                by_key.setdefault((dev.get("name"), dev.get("instance_id", 0)), dev)
+        for idstr, inst, data, off in self.device_bodies:
+            dev = by_key.get((idstr, inst))
+            if dev is None:
+                continue
+            problem = self.body_checker(dev, data)
+            if problem:
+                self._v("device-body-mismatch", R, "main", off, problem, f"{idstr} instance {inst}")
+
+    # -- report ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        conf = self.configuration
+        return {
+            "bytes": self.bytes_seen,
+            "records": dict(self.stats_records),
+            "commands": dict(self.stats_commands),
+            "configuration": None
+            if conf is None
+            else {"machine_type": conf.machine_type, "capabilities": conf.capabilities,
+                  "uuid": conf.uuid.hex() if conf.uuid else None},
+            "sections": len(self.section_list),
+            "ram_blocks": {name: {"used_length": self.blocks.get(name), **dict(self.pages.get(name, {}))} for name in self.blocks},
+            "postcopy": self.postcopy.name,
+            "violations_dropped": self.dropped,
+        }

@@ -1,0 +1,101 @@
+"""Typed violations and their catalogue.
+
+Severity says what a destination of the target version does with the stream:
+  reject       it fails the load (or hangs)
+  silent-loss  it accepts, but guest state is lost or wrong
+  deviation    it accepts harmlessly, yet no conforming source writes it
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class Severity(str, Enum):
+    REJECT = "reject"
+    SILENT_LOSS = "silent-loss"
+    DEVIATION = "deviation"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    code: str
+    severity: Severity
+    channel: str
+    offset: int
+    message: str
+    section: str | None = None
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d["severity"] = self.severity.value
+        return d
+
+    def one_line(self) -> str:
+        where = f"{self.channel} @ {self.offset}" + (f" [{self.section}]" if self.section else "")
+        return f"{self.severity.value:<11} {self.code:<28} {where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    code: str
+    meaning: str
+    qemu: str  # the QEMU behaviour or text it mirrors
+
+
+_C = CatalogueEntry
+CATALOGUE: dict[str, CatalogueEntry] = {
+    e.code: e
+    for e in [
+        _C("bad-magic", "the file does not start with QEVM", "Not a migration stream"),
+        _C("obsolete-version", "stream version 2", "SaveVM v2 format is obsolete and don't work anymore"),
+        _C("unsupported-version", "stream version other than 2 or 3", "Unsupported migration stream version"),
+        _C("configuration-missing", "no CONFIGURATION record after the header", "Configuration section missing"),
+        _C("configuration-malformed", "the CONFIGURATION record does not decode", "load of the configuration vmstate fails"),
+        _C("machine-type-mismatch", "machine type differs from the destination's (compared over the received length)", "Machine type received is '%s' and local is '%s'"),
+        _C("unknown-section-type", "a top-level record type byte QEMU does not know", "Unknown savevm section type N"),
+        _C("unknown-section-id", "PART/END for a section id no START/FULL introduced", "Unknown savevm section N"),
+        _C("reused-section-id", "a START reuses the id of an earlier START", "accepted: the newer entry shadows the older"),
+        _C("duplicate-device-section", "a FULL section for an idstr/instance already loaded", "accepted: the state is loaded twice"),
+        _C("unknown-section", "idstr/instance the destination does not have", "Unknown savevm section or instance '%s' %u"),
+        _C("section-version-too-new", "section version above the destination's", "savevm: unsupported version %d for '%s' v%d"),
+        _C("section-version-too-old", "section version below the VMSD's minimum_version_id", "%s: incoming version_id %d is too old for local minimum version_id %d"),
+        _C("section-not-open", "PART/END for an iterable section that already ended or was never started", "accepted by QEMU; no source writes it"),
+        _C("missing-footer", "no 0x7e footer after a section body", "Missing section footer for %s"),
+        _C("footer-mismatch", "footer carries another section id", "Mismatched section id in footer for %s - read 0x%x expected 0x%x"),
+        _C("device-body-mismatch", "a device body does not match its VMSD description", "the destination reads another length and fails at the footer"),
+        _C("unknown-command", "MIG_CMD id 0 or beyond the destination's table", "MIG_CMD 0x%x unknown (len 0x%x)"),
+        _C("command-bad-length", "a fixed-length command with another length", "%s received with bad length - expecting %zu, got %d"),
+        _C("command-malformed", "a variable-length command whose payload does not decode", "CMD_* invalid length / missing nil / invalid version"),
+        _C("ping-without-return-path", "PING before OPEN_RETURN_PATH", "CMD_PING (0x%x) received with no return path"),
+        _C("postcopy-wrong-state", "a postcopy command out of ADVISE -> DISCARD -> LISTEN -> RUN order", "CMD_POSTCOPY_* in wrong postcopy state (%d)"),
+        _C("postcopy-advise-length", "ADVISE payload neither 0 nor 16 bytes", "CMD_POSTCOPY_ADVISE invalid length (%d)"),
+        _C("packaged-too-large", "PACKAGED length beyond the stream or its package", "CMD_PACKAGED: Buffer receive fail"),
+        _C("recovery-command-outside-recovery", "POSTCOPY_RESUME outside postcopy recovery", "illegal resume received (not fatal)"),
+        _C("ram-version", "ram section version is not 4", "error while loading state for instance 0x0 of device 'ram'"),
+        _C("ram-unknown-flags", "RAM record flags are no known combination", "Unknown combination of migration flags: 0x%x"),
+        _C("ram-multifd-flush-unsupported", "MULTIFD_FLUSH sent to a destination older than 8.0", "Unknown combination of migration flags: 0x200"),
+        _C("ram-hook-without-rdma", "RAM_SAVE_FLAG_HOOK on a non-RDMA stream", "7.2 fails the section; 10.0 ignores it"),
+        _C("ram-compressed-page", "COMPRESS_PAGE record", "7.2: Received an unexpected compressed page unless compress is on; 10.0: unknown flags 0x100"),
+        _C("ram-zero-fill", "ZERO record with a non-zero fill byte", "7.2 fills the page with it; 8.2+: Found a zero page with value %d"),
+        _C("ram-continue-without-block", "CONTINUE before any page record named a block on this channel", "Ack, bad migration stream! / Illegal RAM offset 0"),
+        _C("ram-unknown-block", "a page record names a block MEM_SIZE did not announce", "Can't find block %s"),
+        _C("ram-offset-out-of-range", "page offset not inside its block", "Illegal RAM offset %lx"),
+        _C("ram-mem-size-duplicate", "a MEM_SIZE list announces a block twice", "the second announcement overwrites the first"),
+        _C("ram-xbzrle", "XBZRLE record that does not decode", "Failed to load XBZRLE page - wrong compression! / len overflow! / decode error!"),
+        _C("ram-page-before-mem-size", "page records before any MEM_SIZE block list", "Can't find block %s"),
+        _C("truncated", "the stream ends inside a record", "load of migration failed: Input/output error"),
+        _C("malformed", "bytes that cannot be framed any further", "the destination fails at the same place"),
+        _C("hostile-length", "a length field beyond any sane bound", "the destination fails allocating or reading it"),
+        _C("missing-eof", "the stream ends without QEMU_VM_EOF", "load of migration failed: Input/output error"),
+        _C("missing-vmdescription", "no VMDESCRIPTION trailer after EOF", "Expected vmdescription section, but got %d (warning only)"),
+        _C("vmdescription-malformed", "the VMDESCRIPTION trailer is not valid JSON", "not read by the destination"),
+        _C("trailing-data", "bytes after the trailer", "ignored by the destination"),
+        _C("unsupported", "a stream feature migconform cannot decode yet", "—"),
+    ]
+}
+
+
+def describe(code: str) -> CatalogueEntry | None:
+    return CATALOGUE.get(code)
