@@ -15,6 +15,7 @@ from wireformat.records import (
     Eof,
     FileHeader,
     RamRecord,
+    RamRun,
     SectionHeader,
     TrailingData,
     VmDescription,
@@ -42,7 +43,9 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     try:
         for rec in reader:
             t = type(rec)
-            if t is RamRecord:
+            if t is RamRun:
+                pages[last_block.get(rec.channel, "?")]["page" if rec.flags & 0x8 else "zero"] += rec.count
+            elif t is RamRecord:
                 kind = rec.flags & ~0x20
                 label = _KIND.get(kind)
                 if label is not None:

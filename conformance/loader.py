@@ -34,6 +34,7 @@ from wireformat.records import (
     FileHeader,
     PackageEnd,
     RamRecord,
+    RamRun,
     Record,
     SectionFooter,
     SectionHeader,
@@ -80,6 +81,7 @@ TRANSITIONS: dict[tuple[Phase, type], Phase] = {
     (Phase.RECORDS, PackageEnd): Phase.RECORDS,
     (Phase.RECORDS, Eof): Phase.AFTER_EOF,
     (Phase.IN_SECTION, RamRecord): Phase.IN_SECTION,
+    (Phase.IN_SECTION, RamRun): Phase.IN_SECTION,
     (Phase.IN_SECTION, DeviceState): Phase.IN_SECTION,
     (Phase.IN_SECTION, SectionFooter): Phase.RECORDS,
     (Phase.AFTER_EOF, VmDescription): Phase.DONE,
@@ -138,6 +140,7 @@ class Loader:
             SectionHeader: self._section_header,
             SectionFooter: self._footer,
             RamRecord: self._ram,
+            RamRun: self._ram_run,
             DeviceState: self._device_state,
             Command: self._command,
             PackageEnd: self._package_end,
@@ -150,8 +153,10 @@ class Loader:
     def feed(self, rec: Record) -> list[Violation]:
         start = len(self.violations)
         kind = type(rec)
-        if kind is RamRecord and self.phase is Phase.IN_SECTION:
-            self._ram(rec)  # hot path: skip the table lookup
+        if kind is RamRun and self.phase is Phase.IN_SECTION:
+            self._ram_run(rec)  # hot path: skip the table lookup
+        elif kind is RamRecord and self.phase is Phase.IN_SECTION:
+            self._ram(rec)
         else:
             self.stats_records[kind.__name__] += 1
             nxt = TRANSITIONS.get((self.phase, kind))
@@ -317,6 +322,26 @@ class Loader:
             self.pages[name]["page" if flags == PAGE_CONT else "zero"] += 1
             return
         self._ram_slow(r)
+
+    def _ram_run(self, run: RamRun) -> None:
+        name = self.last_block.get(run.channel)
+        if name is None:
+            self._v("ram-continue-without-block", R, run.channel, run.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
+            return
+        length = self.blocks.get(name)
+        if length is None or run.max_addr() >= length:
+            for r in run.records():  # rare: find the records at fault
+                self._ram(r)
+            return
+        if run.flags == ZERO_CONT:
+            fills = bytes(run.region[8 :: run.stride])
+            if fills.count(0) != run.count:
+                for r in run.records():
+                    if r.fill:
+                        self._zero_fill(r)
+            self.pages[name]["zero"] += run.count
+        else:
+            self.pages[name]["page"] += run.count
 
     def _ram_slow(self, r: RamRecord) -> None:
         kind = r.flags & ~int(F.RAM_SAVE_FLAG_CONTINUE)

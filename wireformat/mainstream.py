@@ -38,6 +38,7 @@ from .records import (
     FileHeader,
     PackageEnd,
     RamRecord,
+    RamRun,
     Record,
     SectionFooter,
     SectionHeader,
@@ -108,6 +109,8 @@ def build_record(rec: Record, **ram_params) -> bytes:
             return SectionFooterStruct.build({"section_id": rec.section_id})
         case RamRecord():
             return ram.build_record(rec, **ram_params)
+        case RamRun():
+            return b"".join(ram.build_record(r, **ram_params) for r in rec.records())
         case DeviceState():
             return bytes(rec.data)
         case Eof():

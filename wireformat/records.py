@@ -160,3 +160,36 @@ class RamRecord(Record):
     @property
     def continued(self) -> bool:
         return bool(self.flags & RamSaveFlag.RAM_SAVE_FLAG_CONTINUE)
+
+
+@dataclass(slots=True, kw_only=True)
+class RamRun(Record):
+    """A run of consecutive CONTINUE records of one kind (PAGE or ZERO), as they lie in
+    the stream: the reader's fast path. It is exactly the records `records()` returns;
+    `region` (a memoryview, valid until the next record is read) holds their bytes."""
+
+    flags: int  # PAGE|CONTINUE or ZERO|CONTINUE
+    count: int
+    stride: int  # bytes per record
+    words: Any  # array('Q') of the record words (address | flags)
+    region: Any
+
+    def addrs(self):
+        mask = ~0x3FF
+        return [w & mask for w in self.words]
+
+    def max_addr(self) -> int:
+        return max(self.words) & ~0x3FF if self.count else 0
+
+    def records(self) -> list[RamRecord]:
+        out, st, reg = [], self.stride, self.region
+        zero = self.flags & 0x2 and not self.flags & 0x8
+        for i, w in enumerate(self.words):
+            base = i * st
+            rec = RamRecord(offset=self.offset + base, channel=self.channel, depth=self.depth, addr=w & ~0x3FF, flags=w & 0x3FF)
+            if zero:
+                rec.fill = reg[base + 8]
+            else:
+                rec.data = reg[base + 8 : base + st]
+            out.append(rec)
+        return out
