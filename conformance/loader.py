@@ -482,8 +482,12 @@ class Loader:
         self.bytes_seen = e.offset + 1
 
     def _vmdescription(self, v: VmDescription) -> None:
-        self.vmdescription = v.json
         self.bytes_seen = v.offset + 5 + len(v.json)
+        if not v.complete:
+            self._v("vmdescription-truncated", D, v.channel, self.bytes_seen,
+                    f"VMDESCRIPTION announces {v.announced} bytes, the stream ends after {len(v.json)} (a destination completes)")
+            return
+        self.vmdescription = v.json
 
     def _trailing(self, t: TrailingData) -> None:
         self._v("trailing-data", D, t.channel, t.offset, f"{t.length} bytes after the end of the stream (first: {t.head[:8].hex()})")

@@ -90,6 +90,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         _C("hostile-length", "a length field beyond any sane bound", "the destination fails allocating or reading it"),
         _C("missing-eof", "the stream ends without QEMU_VM_EOF", "load of migration failed: Input/output error"),
         _C("missing-vmdescription", "no VMDESCRIPTION trailer after EOF", "Expected vmdescription section, but got %d (warning only)"),
+        _C("vmdescription-truncated", "the stream ends inside the VMDESCRIPTION trailer", "accepted: 7.2 and 10.0 complete (checked on both)"),
         _C("vmdescription-malformed", "the VMDESCRIPTION trailer is not valid JSON", "not read by the destination"),
         _C("trailing-data", "bytes after the trailer", "ignored by the destination"),
         _C("unsupported", "a stream feature migconform cannot decode yet", "—"),

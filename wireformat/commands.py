@@ -15,6 +15,7 @@ from construct import (
     Int32ub,
     Int64ub,
     Prefixed,
+    Select,
     Struct,
     Terminated,
     ConstructError,
@@ -46,6 +47,7 @@ EmptyPayload = Terminated
 PAYLOADS = {
     MigCmd.MIG_CMD_OPEN_RETURN_PATH: EmptyPayload,
     MigCmd.MIG_CMD_PING: PingPayload,
+    MigCmd.MIG_CMD_POSTCOPY_ADVISE: Select(PostcopyAdvisePayload, EmptyPayload),
     MigCmd.MIG_CMD_POSTCOPY_LISTEN: EmptyPayload,
     MigCmd.MIG_CMD_POSTCOPY_RUN: EmptyPayload,
     MigCmd.MIG_CMD_POSTCOPY_RAM_DISCARD: PostcopyRamDiscardPayload,

@@ -11,7 +11,8 @@ QEMU_VM_FILE_VERSION_COMPAT = 2  # obsolete v2 format
 QEMU_VM_FILE_VERSION = 3
 
 TARGET_PAGE_SIZE = 4096  # x86
-RAM_FLAGS_MASK = 0x3FF  # flags live below the smallest page size (1 KiB)
+# A RAM record word is page-aligned address | flags: the destination takes every bit below
+# the target page size as flags (0xfff on x86); the defined flags all fit below 0x400.
 
 
 class SectionType(IntEnum):

@@ -120,6 +120,8 @@ def build_record(rec: Record, **ram_params) -> bytes:
         case PackageEnd():
             return b""
         case VmDescription():
+            if not rec.complete:  # as it was on the wire: the announced length, then what came
+                return bytes([T.QEMU_VM_VMDESCRIPTION]) + rec.announced.to_bytes(4, "big") + rec.json
             return VmDescriptionStruct.build({"json": rec.json})
         case TrailingData():
             raise ValueError("trailing data is summarised, not kept: it cannot be rebuilt")

@@ -2,7 +2,6 @@
 
 from construct import Adapter, Int8ub, Int64ub, PascalString
 
-from .constants import RAM_FLAGS_MASK
 
 # u8 length + bytes, no NUL (idstr, RAMBlock names, subsection names). latin-1 keeps every
 # byte value, so hostile names round-trip exactly.
@@ -13,7 +12,8 @@ class _RamWord(Adapter):
     """The be64 that starts every RAM record: page-aligned address | flags."""
 
     def _decode(self, obj, context, path):
-        return {"addr": obj & ~RAM_FLAGS_MASK, "flags": obj & RAM_FLAGS_MASK}
+        mask = context._params.get("page_size", 4096) - 1
+        return {"addr": obj & ~mask, "flags": obj & mask}
 
     def _encode(self, obj, context, path):
         return obj["addr"] | obj["flags"]

@@ -60,6 +60,13 @@ def _peek(stream, n):
     return data
 
 
+def _is_page_size(raw: bytes) -> bool:
+    if len(raw) != 8:
+        return False
+    v = int.from_bytes(raw, "big")
+    return 4096 <= v <= 1 << 40 and v & (v - 1) == 0
+
+
 class _MemSizeBlocks(Construct):
     """MEM_SIZE block list: entries until their used_length add up to the record's total."""
 
@@ -74,9 +81,14 @@ class _MemSizeBlocks(Construct):
                 raise StreamError(f"MEM_SIZE block {name!r} length {used:#x} overruns total {total:#x}", path=path)
             info = RamBlockInfo(name=name, used_length=used)
             if params.get("postcopy_advised"):
-                # A name can never be empty, so a zero byte here is the be64 page size
-                # QEMU adds for blocks whose page size differs from the host's.
-                if _peek(stream, 1) == b"\x00":
+                # QEMU adds a be64 page size for blocks whose page size differs from the
+                # host's. The destination knows which from its own blocks (pass their
+                # names as huge_page_blocks); from the bytes alone it is recognisable as a
+                # power of two, where a block name starts with a non-zero length and a
+                # record word always has flag bits set — unless x-ignore-shared puts a
+                # power-of-two mr_addr in the same place.
+                huge = params.get("huge_page_blocks")
+                if name in huge if huge is not None else _is_page_size(_peek(stream, 8)):
                     info.page_size = Int64ub._parsereport(stream, context, path)
             if params.get("ignore_shared"):
                 info.mr_addr = Int64ub._parsereport(stream, context, path)

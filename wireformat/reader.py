@@ -65,8 +65,6 @@ ZERO_CONT = ZERO | CONT
 FOOTER = int(T.QEMU_VM_SECTION_FOOTER)
 
 _LITTLE = sys.byteorder == "little"
-# byte -> 1 when either of its two low bits (RAM flag bits 8 and 9) is set
-_LOW2_SET = bytes(1 if i & 3 else 0 for i in range(256))
 
 MAX_DEVICE_BODY = 64 << 20
 MAX_VMDESCRIPTION = 64 << 20
@@ -212,6 +210,7 @@ class StreamReader:
         self.ram_params = dict(ramcodec.DEFAULT_PARAMS)
         self.current: SectionInfo | None = None
         self._package_end: list[int] = []
+        self._byte6_table: tuple[int, bytes] | None = None
         self.records_read = 0
 
     # -- public -------------------------------------------------------------------------
@@ -316,11 +315,13 @@ class StreamReader:
             (n,) = _U32.unpack_from(b.buf, b.pos + 1)
             if n <= MAX_VMDESCRIPTION:
                 b.pos += 5
-                try:
-                    data = b.take_bytes(n)
-                except _Truncated:
-                    raise self._err(f"VMDESCRIPTION announces {n} bytes but the stream ends first", offset=off, code="truncated") from None
-                yield VmDescription(offset=off, channel=self.channel, json=data)
+                parts, left = [], n
+                while left and b.fill(1):
+                    k = min(left, b.avail())
+                    parts.append(bytes(b.mv[b.pos : b.pos + k]))
+                    b.pos += k
+                    left -= k
+                yield VmDescription(offset=off, channel=self.channel, json=b"".join(parts), announced=n if left else None)
         if b.fill(1):
             off = b.offset()
             head = bytes(b.mv[b.pos : b.pos + 16])
@@ -415,9 +416,9 @@ class StreamReader:
                     return i - b.pos
                 i = b.buf.find(needle, i + 1, b.end)
             if b.eof:
-                raise self._err(f"no section footer for {info.describe()} before the stream ends", code="missing-footer")
+                raise self._err(f"Missing section footer for {info.idstr}: none before the stream ends", code="missing-footer")
             if b.avail() >= limit:
-                raise self._err(f"no section footer for {info.describe()} within {limit} bytes", code="missing-footer")
+                raise self._err(f"Missing section footer for {info.idstr}: none within {limit} bytes", code="missing-footer")
             rel = (i - b.pos) if i >= 0 else max(0, b.avail() - 4)
             b.fill(min(limit, b.avail() + (1 << 16)))
 
@@ -448,13 +449,15 @@ class StreamReader:
         page_size = params["page_size"]
         page_rec = 8 + page_size
         unpack_word = _U64.unpack_from
+        fmask = page_size - 1
+        amask = ~fmask
         while True:
             if b.end - b.pos < page_rec and not b.fill(page_rec):
                 b.need(8)
             buf = b.buf
             pos = b.pos
             (word,) = unpack_word(buf, pos)
-            flags = word & 0x3FF
+            flags = word & fmask
             # Fast path: runs of CONTINUE pages / zero pages make up almost all of a stream.
             if flags == PAGE_CONT and b.end - pos >= page_rec:
                 yield self._run(pos, page_rec, PAGE_CONT, depth)
@@ -464,7 +467,7 @@ class StreamReader:
                 continue
             if flags == EOS:
                 b.pos = pos + 8
-                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags)
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags)
                 return
             kind = flags & ~CONT
             if kind not in ramcodec.KNOWN_KINDS:
@@ -476,7 +479,7 @@ class StreamReader:
                 b.need(total)
                 block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
                 b.pos = pos + total
-                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags, block=block,
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags, block=block,
                                 data=b.mv[pos + 9 + n : pos + total])
                 continue
             if kind == ZERO:
@@ -485,10 +488,18 @@ class StreamReader:
                 b.need(10 + n)
                 block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
                 b.pos = pos + 10 + n
-                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & ~0x3FF, flags=flags, block=block,
+                yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags, block=block,
                                 fill=buf[pos + 9 + n])
                 continue
             yield self._ram_generic(pos, depth)
+
+    @property
+    def _byte6_flags(self) -> bytes:
+        """byte -> 1 when it has flag bits set, for byte 6 of a record word."""
+        high = (self.ram_params["page_size"] - 1) >> 8
+        if self._byte6_table is None or self._byte6_table[0] != high:
+            self._byte6_table = (high, bytes(1 if i & high else 0 for i in range(256)))
+        return self._byte6_table[1]
 
     def _run(self, pos: int, stride: int, flags: int, depth: int) -> RamRun:
         """The longest run of `flags` records of `stride` bytes starting at pos within the
@@ -497,11 +508,11 @@ class StreamReader:
         buf = b.buf
         n = (b.end - pos) // stride
         stop = pos + n * stride
-        # flags are the low 10 bits: all of byte 7 and the two low bits of byte 6
+        # flags are the bits below the page size: all of byte 7, the low bits of byte 6
         lows = buf[pos + 7 : stop : stride]
         n -= len(lows.lstrip(bytes([flags])))
         if n > 1:
-            bad = buf[pos + 6 : pos + n * stride : stride].translate(_LOW2_SET).find(1)
+            bad = buf[pos + 6 : pos + n * stride : stride].translate(self._byte6_flags).find(1)
             if bad >= 0:
                 n = max(bad, 1)
         stop = pos + n * stride
@@ -513,14 +524,14 @@ class StreamReader:
             words.byteswap()
         b.pos = stop
         return RamRun(offset=b.base + pos, channel=self.channel, depth=depth, flags=flags, count=n, stride=stride,
-                      words=words, region=b.mv[pos:stop])
+                      words=words, region=b.mv[pos:stop], page_size=self.ram_params["page_size"])
 
     def _ram_generic(self, pos: int, depth: int) -> RamRecord:
         """Any other RAM record, through the construct definition."""
         b = self.b
         off = b.base + pos
         (word,) = _U64.unpack_from(b.buf, pos)
-        kind = word & 0x3FF & ~CONT
+        kind = word & (self.ram_params["page_size"] - 1) & ~CONT
         if kind == F.RAM_SAVE_FLAG_COMPRESS_PAGE:
             named = 0 if word & CONT else 1 + b.buf[pos + 8] if b.fill(9) else 0
             b.need(8 + named + 4)

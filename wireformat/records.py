@@ -122,6 +122,11 @@ class PackageEnd(Record):
 @dataclass(slots=True, kw_only=True)
 class VmDescription(Record):
     json: bytes
+    announced: int | None = None  # the be32 length; more than len(json) when the stream ends early
+
+    @property
+    def complete(self) -> bool:
+        return self.announced is None or self.announced == len(self.json)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -173,20 +178,22 @@ class RamRun(Record):
     stride: int  # bytes per record
     words: Any  # array('Q') of the record words (address | flags)
     region: Any
+    page_size: int = 4096
 
     def addrs(self):
-        mask = ~0x3FF
+        mask = -self.page_size
         return [w & mask for w in self.words]
 
     def max_addr(self) -> int:
-        return max(self.words) & ~0x3FF if self.count else 0
+        return max(self.words) & -self.page_size if self.count else 0
 
     def records(self) -> list[RamRecord]:
         out, st, reg = [], self.stride, self.region
         zero = self.flags & 0x2 and not self.flags & 0x8
         for i, w in enumerate(self.words):
             base = i * st
-            rec = RamRecord(offset=self.offset + base, channel=self.channel, depth=self.depth, addr=w & ~0x3FF, flags=w & 0x3FF)
+            rec = RamRecord(offset=self.offset + base, channel=self.channel, depth=self.depth, addr=w & -self.page_size,
+                            flags=w & (self.page_size - 1))
             if zero:
                 rec.fill = reg[base + 8]
             else:

@@ -301,12 +301,16 @@ def _decode_subsections(r: _Reader, desc: Mapping, pos: int, where: str,
         known[_want(s, "vmsd_name", str, where + " subsection", pos)] = s
     out: list[VmSubsection] = []
     buf = r.buf
-    while pos < r.end and buf[pos] == SUBSECTION_MARKER:
-        r.need(pos, 2, f"{where}: subsection header")
+    while known and pos < r.end and buf[pos] == SUBSECTION_MARKER:
+        # Peek like the loader: a marker whose length byte or name is not all
+        # there, is too short for "<parent>/x", or lacks the parent prefix is
+        # not a subsection of ours; stop and leave the bytes to the caller.
+        if pos + 2 > r.end:
+            break
         n = buf[pos + 1]
-        if n < len(prefix) + 1:
-            break  # cannot be "<parent>/<something>": not ours
-        raw = bytes(r.take(pos + 2, n, f"{where}: subsection name"))
+        if n < len(prefix) + 1 or pos + 2 + n > r.end:
+            break
+        raw = bytes(buf[pos + 2 : pos + 2 + n])
         if not raw.startswith(prefix):
             break
         name = _name_str(raw)
@@ -349,9 +353,11 @@ def decode_body(desc: Mapping, data: bytes | bytearray | memoryview, offset: int
     and may not go past ``end`` (default: end of ``data``).
 
     Subsections follow the loader's rule: while the next byte is 0x05 and the
-    counted name is longer than the parent vmsd name, starts with it, and is
-    among the description's subsections, it is decoded; otherwise decoding
-    stops there and the bytes are left to the caller.  With
+    counted name is complete in the data, longer than the parent vmsd name,
+    starts with it, and is among the description's subsections, it is decoded;
+    otherwise decoding stops there and the bytes are left to the caller (so a
+    body cut inside a subsection *header* decodes short rather than failing;
+    a cut after the name, in the version or the subsection body, raises).  With
     ``require_subsections`` every subsection listed in the description must
     have been read (the trailer lists only subsections that were written).
     """

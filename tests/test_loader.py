@@ -1,0 +1,213 @@
+"""The reference loader judges streams as QEMU 7.2 / 10.0 destinations do (spec validation.md)."""
+
+import io
+import struct
+
+import pytest
+from hypothesis import given, strategies as st
+
+from conformance.check import check_stream
+from conformance.loader import Loader, Phase, TRANSITIONS
+from conformance.violations import CATALOGUE, Severity
+from strategies.streams import precopy_streams
+from wireformat import ram
+from wireformat.records import RamBlockInfo, RamRecord
+
+HEADER = b"QEVM\x00\x00\x00\x03"
+
+
+def cfg(machine=b"pc-i440fx-7.2"):
+    return b"\x07" + len(machine).to_bytes(4, "big") + machine
+
+
+def start(sid, idstr, version, instance=0, kind=1):
+    return bytes([kind]) + sid.to_bytes(4, "big") + bytes([len(idstr)]) + idstr + instance.to_bytes(4, "big") + version.to_bytes(4, "big")
+
+
+def footer(sid):
+    return b"\x7e" + sid.to_bytes(4, "big")
+
+
+def cmd(c, payload=b""):
+    return b"\x08" + c.to_bytes(2, "big") + len(payload).to_bytes(2, "big") + payload
+
+
+def word(addr, flags):
+    return (addr | flags).to_bytes(8, "big")
+
+
+MEM = ram.build_record(RamRecord(addr=0x10000, flags=4, blocks=[RamBlockInfo(name="pc.ram", used_length=0x10000)]))
+EOS = word(0, 0x10)
+
+
+def ram_stream(*page_records: bytes, extra_cmds=b"", tail=b"\x00"):
+    return (HEADER + cfg() + extra_cmds + start(2, b"ram", 4) + MEM + EOS + footer(2)
+            + b"\x02" + (2).to_bytes(4, "big") + b"".join(page_records) + EOS + footer(2) + tail)
+
+
+def check(data: bytes, target="10.0"):
+    return check_stream(io.BytesIO(data), target=target)
+
+
+def codes(data: bytes, target="10.0"):
+    return [(v.code, v.severity.value) for v in check(data, target).violations]
+
+
+ZERO_NAMED = word(0, 0x02) + b"\x06pc.ram" + b"\x00"
+
+
+@given(precopy_streams())
+def test_generated_streams_conform_for_their_targets(gen):
+    for target in ("7.2", "10.0"):
+        rep = check(gen.data, target)
+        if target in gen.targets:
+            assert rep.violations == [], (target, [v.one_line() for v in rep.violations])
+        else:
+            assert rep.rejected
+
+
+@given(precopy_streams(), st.data())
+def test_cut_streams_never_conform(gen, data):
+    cut = data.draw(st.integers(8, len(gen.data) - 1))
+    rep = check(gen.data[:cut])
+    assert rep.violations
+    # a cut after EOF only loses the trailer: a destination still completes
+    eof_at = gen.data.rindex(b"\x00\x06")
+    if cut > eof_at:
+        assert not rep.rejected
+    else:
+        assert rep.rejected
+
+
+def test_minimal_stream_conforms():
+    assert codes(ram_stream(ZERO_NAMED)) == [("missing-vmdescription", "deviation")]
+
+
+@pytest.mark.parametrize(
+    "data, code, text",
+    [
+        (b"QEVX\x00\x00\x00\x03", "bad-magic", "Not a migration stream"),
+        (b"QEVM\x00\x00\x00\x02\x00", "obsolete-version", "obsolete"),
+        (b"QEVM\x00\x00\x00\x04\x00", "unsupported-version", "Unsupported migration stream version"),
+        (HEADER + b"\x00", "configuration-missing", "Configuration section missing"),
+        (HEADER + cfg() + b"\x09", "unknown-section-type", "unknown savevm section type 9"),
+        (HEADER + cfg() + b"\x02" + (99).to_bytes(4, "big"), "unknown-section-id", "section 99"),
+        (HEADER + cfg() + cmd(0), "unknown-command", "MIG_CMD 0x0 unknown (len 0x0)"),
+        (HEADER + cfg() + cmd(12), "unknown-command", "MIG_CMD 0xc unknown"),
+        (HEADER + cfg() + cmd(2, b"\x00\x00\x01"), "command-bad-length", "PING received with bad length - expecting 4, got 3"),
+        (HEADER + cfg() + cmd(1, b"\x00"), "command-bad-length", "OPEN_RETURN_PATH received with bad length - expecting 0, got 1"),
+        (HEADER + cfg() + cmd(8, b"\x00"), "command-bad-length", "(null) received with bad length"),
+        (HEADER + cfg() + cmd(2, b"\x00\x00\x00\x01"), "ping-without-return-path", "CMD_PING (0x1) received with no return path"),
+        (HEADER + cfg() + cmd(4), "postcopy-wrong-state", "CMD_POSTCOPY_LISTEN in wrong postcopy state (0)"),
+        (HEADER + cfg() + cmd(3, b"\x00" * 5), "postcopy-advise-length", "invalid length (5)"),
+        (HEADER + cfg() + start(2, b"ram", 3) + MEM + EOS + footer(2), "ram-version", "version 3"),
+        (ram_stream(word(0x1000, 0x28) + bytes(4096)), "ram-continue-without-block", "Ack, bad migration stream!"),
+        (ram_stream(word(0, 0x02) + b"\x06pc.rax" + b"\x00"), "ram-unknown-block", "Can't find block pc.rax"),
+        (ram_stream(ZERO_NAMED, word(0x10000, 0x22) + b"\x00"), "ram-offset-out-of-range", "Illegal RAM offset 10000"),
+        (ram_stream(word(0x10000000, 0x02) + b"\x06pc.ram" + b"\x00"), "ram-offset-out-of-range", "Illegal RAM offset 10000000"),
+        (ram_stream(word(0, 0x0A) + b"\x06pc.ram"), "ram-unknown-flags", "0xa"),
+        (ram_stream(word(0, 0x01)), "ram-unknown-flags", "0x1"),
+        (ram_stream(word(0, 0x400)), "ram-unknown-flags", "0x400"),
+        (ram_stream(ZERO_NAMED, word(0x1000, 0x22) + b"\x01"), "ram-zero-fill", "Found a zero page with value 1"),
+        (ram_stream(ZERO_NAMED, word(0x1000, 0x60) + b"\x02\x00\x02\x00\x00"), "ram-xbzrle", "wrong compression"),
+        (ram_stream(ZERO_NAMED, word(0x1000, 0x60) + b"\x01\x00\x02\x00\x00"), "ram-xbzrle", "decode error"),
+        (HEADER + cfg() + start(5, b"timer", 2, kind=4) + b"\x00" * 8 + b"\x00", "missing-footer", "Missing section footer for timer"),
+        (HEADER + cfg() + start(2, b"ram", 4) + MEM + EOS + footer(3) + b"\x00", "footer-mismatch",
+         "Mismatched section id in footer for ram - read 0x3 expected 0x2"),
+        (HEADER + cfg() + start(2, b"ram", 4) + MEM + EOS + footer(2), "missing-eof", "without QEMU_VM_EOF"),
+        (HEADER + cfg() + start(2, b"ram", 4) + MEM, "truncated", "stream ends"),
+    ],
+)
+def test_destination_rules(data, code, text):
+    rep = check(data)
+    found = [v for v in rep.violations if v.code == code]
+    assert found, [v.one_line() for v in rep.violations]
+    assert text in found[0].message
+    assert found[0].severity is Severity.REJECT
+    assert code in CATALOGUE
+
+
+def test_offsets_name_the_faulty_record():
+    bad = word(0x10000, 0x22) + b"\x00"
+    data = ram_stream(ZERO_NAMED, bad)
+    v = [v for v in check(data).violations if v.code == "ram-offset-out-of-range"][0]
+    assert v.offset == data.index(bad) and v.channel == "main" and v.section == "ram (id 2)"
+
+
+def test_version_differences_7_2_and_10_0():
+    flush = ram_stream(ZERO_NAMED, word(0, 0x200))
+    assert ("ram-multifd-flush-unsupported", "reject") in codes(flush, "7.2")
+    assert not [c for c in codes(flush, "10.0") if c[0] != "missing-vmdescription"]
+    switchover = ram_stream(ZERO_NAMED, extra_cmds=cmd(11))
+    assert ("unknown-command", "reject") in codes(switchover, "7.2")
+    assert not [c for c in codes(switchover, "10.0") if c[0] != "missing-vmdescription"]
+    fill = ram_stream(ZERO_NAMED, word(0x1000, 0x22) + b"\x05")
+    assert ("ram-zero-fill", "deviation") in codes(fill, "7.2")
+    assert ("ram-zero-fill", "reject") in codes(fill, "10.0")
+    hook = ram_stream(ZERO_NAMED, word(0, 0x80))
+    assert ("ram-hook-without-rdma", "reject") in codes(hook, "7.2")
+    assert ("ram-hook-without-rdma", "deviation") in codes(hook, "10.0")
+
+
+def test_tolerated_things_are_deviations():
+    base = ram_stream(ZERO_NAMED, tail=b"\x00" + b"\x06" + (2).to_bytes(4, "big") + b"{}")
+    assert codes(base) == []
+    assert codes(base + b"garbage") == [("trailing-data", "deviation")]
+    assert codes(ram_stream(ZERO_NAMED, tail=b"\x00\x05")) == [("trailing-data", "deviation")]
+    dev = start(7, b"timer", 2, kind=4) + b"\x00" * 8 + footer(7)
+    dup = (HEADER + cfg() + start(2, b"ram", 4) + MEM + EOS + footer(2) + dev + dev.replace(b"\x00\x00\x00\x07", b"\x00\x00\x00\x08")
+           + b"\x00\x06\x00\x00\x00\x02{}")
+    assert codes(dup) == [("duplicate-device-section", "deviation")]
+
+
+def test_continue_survives_section_boundaries():
+    # the first record of a PART may continue the block named in an earlier section
+    data = ram_stream(ZERO_NAMED).replace(b"\x00\x06\x00", b"\x00\x06\x00")  # no-op, for clarity
+    extra = b"\x02" + (2).to_bytes(4, "big") + word(0x2000, 0x22) + b"\x00" + EOS + footer(2)
+    data = data[:-1] + extra + b"\x00"
+    assert codes(data) == [("missing-vmdescription", "deviation")]
+
+
+def test_postcopy_command_order():
+    advise = cmd(3, (0x1000).to_bytes(8, "big") * 2)
+    discard = cmd(6, b"\x00\x06pc.ram\x00" + (0).to_bytes(8, "big") + (0x1000).to_bytes(8, "big"))
+    ok = HEADER + cfg() + cmd(1) + advise + discard + cmd(4) + cmd(5) + b"\x00"
+    assert codes(ok) == []  # no trailer in postcopy
+    assert ("postcopy-wrong-state", "reject") in codes(HEADER + cfg() + cmd(1) + advise + cmd(5) + b"\x00")
+    assert ("postcopy-wrong-state", "reject") in codes(HEADER + cfg() + cmd(1) + advise + advise + b"\x00")
+    bad_discard = cmd(6, b"\x01\x06pc.ram\x00" + bytes(16))
+    assert ("command-malformed", "reject") in codes(HEADER + cfg() + advise + bad_discard + b"\x00")
+
+
+def test_vmstate_lookup_checks_versions():
+    class Info:
+        def __init__(self, v, m):
+            self.version_id, self.minimum_version_id = v, m
+
+    table = {"timer": Info(2, 1)}
+    def run(version, idstr=b"timer"):
+        data = HEADER + cfg() + start(7, idstr, version, kind=4) + b"\x00" * 8 + footer(7) + b"\x00\x06\x00\x00\x00\x02{}"
+        return [(v.code, v.message) for v in check_stream(io.BytesIO(data), vmstate=table.get).violations]
+
+    assert run(2) == []
+    assert run(3) == [("section-version-too-new", "savevm: unsupported version 3 for 'timer' v2")]
+    assert run(0)[0][0] == "section-version-too-old"
+    assert run(1, b"timex")[0] == ("unknown-section", "Unknown savevm section or instance 'timex' 0")
+
+
+def test_transitions_table_is_explicit():
+    # every phase but DONE has at least one way forward, and HEADER only takes the header
+    phases = {p for p, _ in TRANSITIONS}
+    assert phases == set(Phase)
+    assert {k for p, k in TRANSITIONS if p is Phase.HEADER} == {__import__("wireformat.records").records.FileHeader}
+
+
+def test_loader_is_fed_incrementally():
+    from wireformat.reader import StreamReader
+
+    loader = Loader("10.0")
+    out = []
+    for rec in StreamReader(io.BytesIO(ram_stream(ZERO_NAMED, word(0x10000, 0x22) + b"\x00"))):
+        out.append((rec.kind, [v.code for v in loader.feed(rec)]))
+    assert ("RamRun", ["ram-offset-out-of-range"]) in out
+    assert [v.code for v in loader.close()] == ["missing-vmdescription"]
