@@ -1,0 +1,145 @@
+"""The migconform CLI as a user and a CI job meet it: exit codes, JSON, one-line errors."""
+
+import gzip
+import json
+import lzma
+import subprocess
+import sys
+
+import pytest
+import zstandard
+
+from tests.test_loader import HEADER, ZERO_NAMED, cfg, cmd, ram_stream, word
+
+DESC = b'{"page_size": 4096, "devices": []}'
+TRAILER = b"\x06" + len(DESC).to_bytes(4, "big") + DESC
+GOOD = ram_stream(ZERO_NAMED, tail=b"\x00" + TRAILER)
+BAD = ram_stream(ZERO_NAMED, word(0x10000, 0x22) + b"\x00", tail=b"\x00" + TRAILER)
+SWITCHOVER = ram_stream(ZERO_NAMED, extra_cmds=cmd(11), tail=b"\x00" + TRAILER)
+
+
+def run(*args, stdin=None):
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", *args], input=stdin, capture_output=True, timeout=60)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+@pytest.fixture
+def streams(tmp_path):
+    paths = {}
+    for name, data in (("good", GOOD), ("bad", BAD), ("switchover", SWITCHOVER)):
+        p = tmp_path / f"{name}.mig"
+        p.write_bytes(data)
+        paths[name] = p
+    return paths
+
+
+def test_check_exit_codes(streams):
+    assert run("check", str(streams["good"]))[0] == 0
+    code, out, err = run("check", str(streams["bad"]))
+    assert code == 1
+    assert "ram-offset-out-of-range" in out and "Illegal RAM offset 10000" in out
+    assert err == ""
+
+
+def test_check_json_schema(streams):
+    code, out, _ = run("check", str(streams["bad"]), "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["verdict"] == "violations"
+    v = doc["violations"][0]
+    assert set(v) >= {"code", "severity", "channel", "offset", "message"}
+    assert v["severity"] == "reject" and v["channel"] == "main" and v["offset"] == BAD.index(word(0x10000, 0x22))
+    assert doc["stats"]["ram_blocks"]["pc.ram"]["zero"] == 2
+    code, out, _ = run("check", str(streams["good"]), "--json")
+    assert code == 0 and json.loads(out)["verdict"] == "conforms" and json.loads(out)["violations"] == []
+
+
+def test_target_changes_the_verdict(streams):
+    assert run("check", str(streams["switchover"]), "--target", "10.0")[0] == 0
+    code, out, _ = run("check", str(streams["switchover"]), "--target", "7.2", "--json")
+    assert code == 1
+    assert [v["code"] for v in json.loads(out)["violations"]] == ["unknown-command"]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, zstandard.ZstdCompressor().compress])
+def test_compressed_inputs_are_read_transparently(tmp_path, compress):
+    p = tmp_path / "capture.bin"  # named without an extension: detected by content
+    p.write_bytes(compress(BAD))
+    code, out, _ = run("check", str(p), "--json")
+    assert code == 1
+    assert json.loads(out)["violations"][0]["offset"] == BAD.index(word(0x10000, 0x22))
+
+
+def test_stdin(streams):
+    assert run("check", "-", stdin=GOOD)[0] == 0
+    assert run("check", "-", stdin=gzip.compress(BAD))[0] == 1
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["check", "/nonexistent/stream"], "No such file or directory"),
+        (["check", "."], "is a directory"),
+        (["check", "GOOD", "--target", "6.0"], "target '6.0' is not modelled"),
+        (["check", "GOOD", "--vmstate", "/nonexistent.json"], "No such file"),
+    ],
+)
+def test_usage_and_io_errors_are_one_line(streams, args, fragment):
+    args = [str(streams["good"]) if a == "GOOD" else a for a in args]
+    code, out, err = run(*args)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_compressed_data_is_an_io_error(tmp_path):
+    p = tmp_path / "broken.gz"
+    data = bytearray(gzip.compress(GOOD * 50))
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    code, _, err = run("check", str(p))
+    assert code == 2 and "read error at byte" in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_file_is_a_violation_not_a_crash(tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("this is not a migration stream\n")
+    code, out, err = run("check", str(p))
+    assert code == 1 and "bad-magic" in out and err == ""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    code, out, _ = run("check", str(empty), "--json")
+    assert code == 1 and json.loads(out)["violations"][0]["code"] == "truncated"
+
+
+def test_dump_human_and_json(streams):
+    code, out, _ = run("dump", str(streams["switchover"]))
+    assert code == 0
+    assert "pc-i440fx-7.2" in out and "MIG_CMD_SWITCHOVER_START" in out and "pc.ram" in out
+    code, out, _ = run("dump", str(streams["switchover"]), "--json")
+    doc = json.loads(out)
+    assert doc["configuration"]["machine_type"] == "pc-i440fx-7.2"
+    assert [s["idstr"] for s in doc["sections"]] == ["ram"]
+    assert doc["sections"][0]["parts"] == 1
+    assert doc["ram"]["blocks"]["pc.ram"] == {"used_length": 0x10000, "zero": 1}
+    assert doc["commands"][0]["name"] == "MIG_CMD_SWITCHOVER_START"
+
+
+def test_dump_reports_where_decoding_stopped(tmp_path):
+    p = tmp_path / "cut.mig"
+    p.write_bytes(GOOD[:40])
+    code, out, _ = run("dump", str(p), "--json")
+    assert code == 0 and "stream ends" in json.loads(out)["error"]
+    assert run("dump", str(p), "--strict")[0] == 2
+
+
+def test_send_src_downtime_opt_in(tmp_path):
+    payload = (300).to_bytes(8, "big") + (120).to_bytes(8, "big")
+    p = tmp_path / "sla.mig"
+    p.write_bytes(ram_stream(ZERO_NAMED, extra_cmds=cmd(11, payload), tail=b"\x00" + TRAILER))
+    code, out, _ = run("check", str(p), "--json")
+    assert code == 1 and json.loads(out)["violations"][0]["code"] == "command-bad-length"  # as SWITCHOVER_START
+    code, out, _ = run("check", str(p), "--send-src-downtime-id", "11", "--json")
+    assert code == 0
+    code, out, _ = run("dump", str(p), "--send-src-downtime-id", "11", "--json")
+    assert json.loads(out)["commands"][0]["args"] == {"abort_limit_ms": 300, "source_downtime_ms": 120}
