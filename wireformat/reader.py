@@ -97,7 +97,7 @@ class SectionInfo:
     version_id: int
 
     def describe(self) -> str:
-        return f"'{self.idstr}' (id {self.section_id})"
+        return f"{self.idstr} (id {self.section_id})"
 
 
 class _Buffer:
@@ -402,23 +402,28 @@ class StreamReader:
         return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by="footer")
 
     def _scan_footer(self, info: SectionInfo) -> int:
-        """Length of the body: up to the first footer for this section followed by
-        something that can start the next record."""
+        """Length of the body: up to the first footer for this section that is followed
+        by something that can start the next record — or, if none is, the first footer
+        at all (the destination reads it and then fails on what follows, as we will)."""
         b = self.b
         needle = bytes([FOOTER]) + _U32.pack(info.section_id)
         limit = min(b.size, MAX_DEVICE_BODY)
         b.fill(min(limit, 1 << 16))
         rel = 0  # searched up to here, relative to pos (pos is stable, the buffer may slide)
+        first = -1
         while True:
             i = b.buf.find(needle, b.pos + rel, b.end)
             while i >= 0 and (i + 64 <= b.end or b.eof):
+                if first < 0:
+                    first = i - b.pos
                 if self._plausible_next(i + 5):
                     return i - b.pos
                 i = b.buf.find(needle, i + 1, b.end)
-            if b.eof:
-                raise self._err(f"Missing section footer for {info.idstr}: none before the stream ends", code="missing-footer")
-            if b.avail() >= limit:
-                raise self._err(f"Missing section footer for {info.idstr}: none within {limit} bytes", code="missing-footer")
+            if b.eof or b.avail() >= limit:
+                if first >= 0:
+                    return first
+                what = "before the stream ends" if b.eof else f"within {limit} bytes"
+                raise self._err(f"Missing section footer for {info.idstr}: none {what}", code="missing-footer")
             rel = (i - b.pos) if i >= 0 else max(0, b.avail() - 4)
             b.fill(min(limit, b.avail() + (1 << 16)))
 
@@ -471,7 +476,7 @@ class StreamReader:
                 return
             kind = flags & ~CONT
             if kind not in ramcodec.KNOWN_KINDS:
-                raise self._err(f"unknown combination of RAM flags {flags:#x}", offset=b.base + pos, code="ram-unknown-flags")
+                raise self._err(f"Unknown combination of migration flags: {flags:#x}", offset=b.base + pos, code="ram-unknown-flags")
             if kind == PAGE:  # named page (first of a block)
                 b.need(9)
                 n = buf[pos + 8]
