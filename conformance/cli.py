@@ -115,7 +115,7 @@ def cmd_check(args) -> int:
         raise UsageError(str(e)) from None
     vm = _vmstate_lookup(args.vmstate)
     src, name = open_stream(args.path)
-    total = os.path.getsize(args.path) if args.path != "-" and not name.endswith(")") else None
+    total = os.path.getsize(args.path) if os.path.isfile(args.path) and not name.endswith(")") else None
     prog = _Progress(sys.stderr.isatty() and not args.json, total)
     try:
         rep = check_stream(src, name=name, target=target, commands=_commands(args), vmstate=vm,
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="validate a stream (exit 0 conforms, 1 violations, 2 error)")
-    c.add_argument("path", help="stream file (.gz/.xz/.zst read transparently) or - for stdin")
+    c.add_argument("path", help="stream file (.gz/.xz/.zst read transparently), - for stdin, or tcp:HOST:PORT to "
+                   "receive a live migration (precopy, no return path) as a destination would")
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate, to check section idstrs and versions")

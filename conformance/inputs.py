@@ -50,8 +50,16 @@ class _Peekable(io.RawIOBase):
         return self.raw.readinto(b)
 
 
-def open_stream(path: str) -> tuple[BinaryIO, str]:
-    """(binary file object, description) for a path or '-'."""
+def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, str]:
+    """(binary file object, description) for a path, '-' (stdin) or tcp:HOST:PORT (wait
+    for a migration source to connect, as a destination does)."""
+    if path.startswith("tcp:"):
+        from .qemu.listener import ListenError, accept_stream
+
+        try:
+            return accept_stream(path, listen_timeout)
+        except ListenError as e:
+            raise InputError(str(e)) from None
     if path == "-":
         raw = sys.stdin.buffer
         name = "<stdin>"

@@ -143,3 +143,32 @@ def test_send_src_downtime_opt_in(tmp_path):
     assert code == 0
     code, out, _ = run("dump", str(p), "--send-src-downtime-id", "11", "--json")
     assert json.loads(out)["commands"][0]["args"] == {"abort_limit_ms": 300, "source_downtime_ms": 120}
+
+
+def test_tcp_listen_receives_a_stream():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "conformance.cli", "check", f"tcp:127.0.0.1:{port}", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                c = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "listener did not come up"
+                time.sleep(0.05)
+        with c:
+            c.sendall(BAD)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 1, err
+    doc = json.loads(out)
+    assert doc["violations"][0]["code"] == "ram-offset-out-of-range"
+    assert doc["source"].startswith(f"tcp:127.0.0.1:{port} (from 127.0.0.1:")
