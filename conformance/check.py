@@ -58,9 +58,10 @@ def check_stream(
     vmstate=None,
     body_checker: Callable | None = None,
     progress: Callable[[int], None] | None = None,
+    machine: str | None = None,
 ) -> Report:
     t0 = time.perf_counter()
-    loader = Loader(target, commands=commands, vmstate=vmstate, body_checker=body_checker)
+    loader = Loader(target, commands=commands, vmstate=vmstate, body_checker=body_checker, machine=machine)
     reader = StreamReader(src, commands=commands)
     feed = loader.feed
     n = 0

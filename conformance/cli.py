@@ -119,7 +119,7 @@ def cmd_check(args) -> int:
     prog = _Progress(sys.stderr.isatty() and not args.json, total)
     try:
         rep = check_stream(src, name=name, target=target, commands=_commands(args), vmstate=vm,
-                           body_checker=_body_checker(), progress=prog)
+                           body_checker=_body_checker(), progress=prog, machine=args.machine)
     finally:
         prog.done()
     if args.json:
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate, to check section idstrs and versions")
+    c.add_argument("--machine", metavar="TYPE", help="the destination's machine type (compared as QEMU does)")
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
     c.set_defaults(func=cmd_check)

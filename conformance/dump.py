@@ -55,7 +55,7 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                 elif kind == F.RAM_SAVE_FLAG_MEM_SIZE:
                     for b in rec.blocks:
                         out["ram"]["blocks"].setdefault(b.name, {"used_length": b.used_length})
-                        extra = {k: getattr(b, k) for k in ("page_size", "mr_addr") if getattr(b, k) is not None}
+                        extra = {k: getattr(b, k) for k in ("page_size", "mr_addr", "mapped_ram") if getattr(b, k) is not None}
                         out["ram"]["blocks"][b.name].update(extra)
                     other["mem_size"] += 1
                 else:
@@ -118,7 +118,9 @@ def format_dump(d: dict) -> str:
     lines.append(f"  {'block':<28} {'length':>12} {'pages':>9} {'zero':>9} {'xbzrle':>7}")
     for name, b in d["ram"]["blocks"].items():
         ln = b.get("used_length")
-        lines.append(f"  {name:<28} {('%#x' % ln) if ln is not None else '?':>12} {b.get('page', 0):>9} {b.get('zero', 0):>9} {b.get('xbzrle', 0):>7}")
+        pages = b["mapped_ram"]["pages_present"] if "mapped_ram" in b else b.get("page", 0)
+        lines.append(f"  {name:<28} {('%#x' % ln) if ln is not None else '?':>12} {pages:>9} {b.get('zero', 0):>9} {b.get('xbzrle', 0):>7}"
+                     + ("  (mapped-ram: pages in place, zero pages are holes)" if "mapped_ram" in b else ""))
     if d["ram"]["records"]:
         lines.append("  other records: " + ", ".join(f"{k} {v}" for k, v in sorted(d["ram"]["records"].items())))
     lines.append("")

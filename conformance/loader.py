@@ -49,6 +49,8 @@ R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
+MAPPED_RAM_FORBIDDEN = frozenset(int(f) for f in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE,
+                                                   F.RAM_SAVE_FLAG_HOOK, F.RAM_SAVE_FLAG_MULTIFD_FLUSH))
 MAX_VIOLATIONS = 1000
 MAX_KEPT_BODIES = 32 << 20  # device bodies kept for the VMDESCRIPTION cross-check
 
@@ -102,12 +104,15 @@ class Loader:
         vmstate: VmsdLookup | None = None,
         body_checker: Callable[[dict, bytes], str | None] | None = None,
         expect_configuration: bool = True,
+        machine: str | None = None,
     ):
         self.target = target if isinstance(target, DestinationProfile) else profile(target)
         self.commands = commands
         self.vmstate = vmstate
         self.body_checker = body_checker
         self.expect_configuration = expect_configuration
+        self.machine = machine  # the destination's machine type, when known
+        self.mapped_ram = False
         self.phase = Phase.HEADER
         self.violations: list[Violation] = []
         self.dropped = 0
@@ -133,6 +138,7 @@ class Loader:
         self.stats_commands = Counter()
         self.pages = defaultdict(Counter)  # block -> kind -> count
         self.section_list: list[dict] = []
+        self.mapped_ram_pages: dict[str, int] = {}
         self.bytes_seen = 0
         self._handlers = {
             FileHeader: self._header,
@@ -238,6 +244,15 @@ class Loader:
         self.configuration = r
         if not self.expect_configuration:
             self._v("unknown-section-type", R, r.channel, r.offset, "Unknown savevm section type 7")
+            return
+        for cap in r.capabilities:
+            if cap not in self.target.validated_capabilities:
+                self._v("unknown-capability", R, r.channel, r.offset, f"Received unknown capability {cap}")
+        self.mapped_ram = "mapped-ram" in r.capabilities
+        # the destination compares only as many bytes as it received (a prefix passes)
+        if self.machine is not None and not self.machine.startswith(r.machine_type):
+            self._v("machine-type-mismatch", R, r.channel, r.offset,
+                    f"Machine type received is '{r.machine_type}' and local is '{self.machine}'")
 
     def _section_header(self, h: SectionHeader) -> None:
         ch, off = h.channel, h.offset
@@ -309,7 +324,7 @@ class Loader:
     # -- RAM ------------------------------------------------------------------------------
     def _ram(self, r: RamRecord) -> None:
         flags = r.flags
-        if flags == PAGE_CONT or flags == ZERO_CONT:
+        if (flags == PAGE_CONT or flags == ZERO_CONT) and not self.mapped_ram:
             name = self.last_block.get(r.channel)
             if name is None:
                 self._v("ram-continue-without-block", R, r.channel, r.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
@@ -324,6 +339,9 @@ class Loader:
         self._ram_slow(r)
 
     def _ram_run(self, run: RamRun) -> None:
+        if self.mapped_ram:
+            self._v("ram-mapped-ram-flags", R, run.channel, run.offset, f"Unexpected RAM flags: {run.flags & ~0x20}")
+            return
         name = self.last_block.get(run.channel)
         if name is None:
             self._v("ram-continue-without-block", R, run.channel, run.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
@@ -347,9 +365,14 @@ class Loader:
         kind = r.flags & ~int(F.RAM_SAVE_FLAG_CONTINUE)
         ch, off = r.channel, r.offset
         self.stats_records[f"ram:{F(kind).name.removeprefix('RAM_SAVE_FLAG_')}"] += 1
+        if self.mapped_ram and kind in MAPPED_RAM_FORBIDDEN:
+            self._v("ram-mapped-ram-flags", R, ch, off, f"Unexpected RAM flags: {kind}")
+            return
         if kind == F.RAM_SAVE_FLAG_MEM_SIZE:
             seen = set()
             for b in r.blocks or []:
+                if b.mapped_ram is not None:
+                    self.mapped_ram_pages[b.name] = b.mapped_ram.get("pages_present")
                 if b.name in seen:
                     self._v("ram-mem-size-duplicate", D, ch, off, f"MEM_SIZE announces block {b.name} twice")
                 seen.add(b.name)
@@ -528,6 +551,7 @@ class Loader:
                   "uuid": conf.uuid.hex() if conf.uuid else None},
             "sections": len(self.section_list),
             "ram_blocks": {name: {"used_length": self.blocks.get(name), **dict(self.pages.get(name, {}))} for name in self.blocks},
+            "mapped_ram_pages": self.mapped_ram_pages or None,
             "postcopy": self.postcopy.name,
             "violations_dropped": self.dropped,
         }

@@ -20,6 +20,8 @@ class DestinationProfile:
     zero_fill_must_be_zero: bool  # 8.2+
     hook_fails: bool  # RAM_SAVE_FLAG_HOOK without RDMA fails the section (7.2), ignored on 10.0
     compress_page_known: bool  # COMPRESS_PAGE exists (removed in 9.1)
+    # capabilities the configuration record may carry (others: "Received unknown capability")
+    validated_capabilities: frozenset = frozenset({"x-ignore-shared"})
 
     @property
     def zero_fill_severity(self) -> Severity:
@@ -27,8 +29,8 @@ class DestinationProfile:
 
 
 PROFILES = {
-    "7.2": DestinationProfile("7.2", 11, False, False, True, True),
-    "10.0": DestinationProfile("10.0", 12, True, True, False, False),
+    "7.2": DestinationProfile("7.2", 11, False, False, True, True, frozenset({"x-ignore-shared"})),
+    "10.0": DestinationProfile("10.0", 12, True, True, False, False, frozenset({"x-ignore-shared", "mapped-ram"})),
 }
 NEWEST = "10.0"
 

@@ -211,3 +211,47 @@ def test_loader_is_fed_incrementally():
         out.append((rec.kind, [v.code for v in loader.feed(rec)]))
     assert ("RamRun", ["ram-offset-out-of-range"]) in out
     assert [v.code for v in loader.close()] == ["missing-vmdescription"]
+
+
+def mapped_ram_stream(pages_present=(0, 3), used=0x10000, page_records=b""):
+    """A mapped-ram file as QEMU 10.0 lays it out: block header, bitmap, page region at a
+    1 MiB boundary, then the stream goes on after the region."""
+    caps = b"\x05\x1aconfiguration/capabilities" + (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x0amapped-ram"
+    head = HEADER + cfg() + caps + start(1, b"ram", 4) + word(used, 0x04) + b"\x06pc.ram" + used.to_bytes(8, "big")
+    bitmap_at = len(head) + 28
+    pages_at = 1 << 20
+    head += struct.pack(">IQQQ", 1, 4096, bitmap_at, pages_at)
+    bits = sum(1 << p for p in pages_present).to_bytes(8, "little")
+    body = head + bits
+    body += bytes(pages_at - len(body)) + b"\xaa" * used
+    return body + page_records + EOS + footer(1) + b"\x00"
+
+
+def test_mapped_ram_file_is_read_through():
+    data = mapped_ram_stream()
+    rep = check(data)
+    assert [v.code for v in rep.violations] == ["missing-vmdescription"]
+    assert rep.stats["mapped_ram_pages"] == {"pc.ram": 2}
+    assert rep.stats["bytes"] == len(data)
+    # 7.2 does not know the capability
+    assert ("unknown-capability", "reject") in codes(data, "7.2")
+    # a page record in a mapped-ram stream
+    bad = mapped_ram_stream(page_records=word(0, 0x02) + b"\x06pc.ram\x00")
+    assert ("ram-mapped-ram-flags", "reject") in codes(bad)
+
+
+def test_mapped_ram_header_that_points_backwards_is_malformed():
+    data = bytearray(mapped_ram_stream())
+    i = data.index(b"\x06pc.ram") + 7 + 8 + 4 + 8  # the bitmap offset
+    data[i : i + 8] = (4).to_bytes(8, "big")
+    assert codes(bytes(data))[0] == ("malformed", "reject")
+
+
+def test_machine_type_is_compared_over_the_received_length():
+    data = ram_stream(ZERO_NAMED)
+    assert not [v for v in check_stream(io.BytesIO(data), machine="pc-i440fx-7.2").violations if v.code == "machine-type-mismatch"]
+    # QEMU compares only as many bytes as it received: a prefix passes (checked on 7.2 and 10.0)
+    short = HEADER + cfg(b"pc-i440fx-7") + data[len(HEADER) + len(cfg()):]
+    assert not [v for v in check_stream(io.BytesIO(short), machine="pc-i440fx-7.2").violations if v.code == "machine-type-mismatch"]
+    v = [v for v in check_stream(io.BytesIO(data), machine="pc-q35-7.2").violations if v.code == "machine-type-mismatch"]
+    assert v and v[0].message == "Machine type received is 'pc-i440fx-7.2' and local is 'pc-q35-7.2'"

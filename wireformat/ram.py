@@ -26,7 +26,7 @@ from construct import (
     StreamError,
 )
 
-from .constants import RamSaveFlag as F
+from .constants import MAPPED_RAM_HEADER_SIZE, RamSaveFlag as F
 from .primitives import CountedString, RamWord
 from .records import RamBlockInfo, RamRecord
 
@@ -93,8 +93,10 @@ class _MemSizeBlocks(Construct):
             if params.get("ignore_shared"):
                 info.mr_addr = Int64ub._parsereport(stream, context, path)
             if params.get("mapped_ram"):
-                info.mapped_ram = dict(MappedRamHeader._parsereport(stream, context, path))
-                info.mapped_ram.pop("_io", None)
+                # only the header: in a file the next block follows the block's page region,
+                # which the streaming reader skips (wireformat.reader)
+                hdr = MappedRamHeader._parsereport(stream, context, path)
+                info.mapped_ram = {k: hdr[k] for k in ("version", "page_size", "bitmap_offset", "pages_offset")}
             blocks.append(info)
             seen += used
         return blocks
@@ -108,7 +110,8 @@ class _MemSizeBlocks(Construct):
             if b.mr_addr is not None:
                 Int64ub._build(b.mr_addr, stream, context, path)
             if b.mapped_ram is not None:
-                MappedRamHeader._build(b.mapped_ram, stream, context, path)
+                MappedRamHeader._build({k: b.mapped_ram[k] for k in ("version", "page_size", "bitmap_offset", "pages_offset")},
+                                       stream, context, path)
         return obj
 
 

@@ -60,6 +60,7 @@ PAGE = int(F.RAM_SAVE_FLAG_PAGE)
 ZERO = int(F.RAM_SAVE_FLAG_ZERO)
 CONT = int(F.RAM_SAVE_FLAG_CONTINUE)
 EOS = int(F.RAM_SAVE_FLAG_EOS)
+MEM_SIZE = int(F.RAM_SAVE_FLAG_MEM_SIZE)
 PAGE_CONT = PAGE | CONT
 ZERO_CONT = ZERO | CONT
 FOOTER = int(T.QEMU_VM_SECTION_FOOTER)
@@ -475,6 +476,9 @@ class StreamReader:
                 yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags)
                 return
             kind = flags & ~CONT
+            if kind == MEM_SIZE and params["mapped_ram"]:
+                yield self._mem_size_mapped_ram(pos, depth)
+                continue
             if kind not in ramcodec.KNOWN_KINDS:
                 raise self._err(f"Unknown combination of migration flags: {flags:#x}", offset=b.base + pos, code="ram-unknown-flags")
             if kind == PAGE:  # named page (first of a block)
@@ -559,9 +563,57 @@ class StreamReader:
             b.pos = pos + len(ramcodec.build_record(rec, **self.ram_params))
             if rec.data is not None and not isinstance(rec.data, bytes):
                 rec.data = bytes(rec.data)
-            if rec.blocks and any(blk.mapped_ram for blk in rec.blocks):
-                raise self._err("mapped-ram streams are not supported by this reader yet", offset=off, code="unsupported")
             return rec
+
+    def _mem_size_mapped_ram(self, pos: int, depth: int) -> RamRecord:
+        """MEM_SIZE of a mapped-ram file: after each block's header the file jumps to where
+        the next block is written (pages_offset + used_length); the bitmap and the page
+        region in between are read through (a hole for zero pages), not kept."""
+        b = self.b
+        off = b.base + pos
+        (word,) = _U64.unpack_from(b.buf, pos)
+        fmask = self.ram_params["page_size"] - 1
+        total, b.pos = word & ~fmask, pos + 8
+        blocks, seen = [], 0
+        while seen < total:
+            b.need(1)
+            n = b.buf[b.pos]
+            b.need(1 + n + 8)
+            name = bytes(b.mv[b.pos + 1 : b.pos + 1 + n]).decode("latin-1")
+            (used,) = _U64.unpack_from(b.buf, b.pos + 1 + n)
+            b.pos += 9 + n
+            if used == 0 or seen + used > total:
+                raise self._err(f"MEM_SIZE block {name!r} length {used:#x} overruns total {total:#x}", offset=off)
+            info = ramcodec.RamBlockInfo(name=name, used_length=used)
+            if self.ram_params["ignore_shared"]:
+                b.need(8)
+                (info.mr_addr,) = _U64.unpack_from(b.buf, b.pos)
+                b.pos += 8
+            b.need(ramcodec.MAPPED_RAM_HEADER_SIZE)
+            hdr = ramcodec.MappedRamHeader.parse(b.mv[b.pos : b.pos + ramcodec.MAPPED_RAM_HEADER_SIZE])
+            b.pos += ramcodec.MAPPED_RAM_HEADER_SIZE
+            info.mapped_ram = {k: hdr[k] for k in ("version", "page_size", "bitmap_offset", "pages_offset")}
+            here = b.offset()
+            psize = hdr.page_size or self.ram_params["page_size"]
+            bitmap_len = ((used // psize) + 63) // 64 * 8
+            if hdr.version != 1 or not here <= hdr.bitmap_offset <= hdr.pages_offset or hdr.bitmap_offset + bitmap_len > hdr.pages_offset:
+                raise self._err(f"mapped-ram header of block {name} (version {hdr.version}, bitmap at {hdr.bitmap_offset:#x}, "
+                                f"pages at {hdr.pages_offset:#x}) does not fit the file at {here:#x}", offset=off)
+            b.skip(hdr.bitmap_offset - here)
+            present = 0
+            left = bitmap_len
+            while left:
+                if not b.fill(1):
+                    raise _Truncated()
+                k = min(left, b.avail())
+                present += int.from_bytes(b.mv[b.pos : b.pos + k], "little").bit_count()
+                b.pos += k
+                left -= k
+            info.mapped_ram["pages_present"] = present
+            b.skip(hdr.pages_offset + used - b.offset())
+            blocks.append(info)
+            seen += used
+        return RamRecord(offset=off, channel=self.channel, depth=depth, addr=total, flags=word & fmask, blocks=blocks)
 
 
 def iter_records(src: BinaryIO, channel: str = MAIN, **kw) -> Iterator[Record]:
