@@ -9,6 +9,7 @@ allowed, and what a destination of the target version does otherwise, is decided
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from enum import Enum
 from typing import Callable
@@ -91,6 +92,12 @@ TRANSITIONS: dict[tuple[Phase, type], Phase] = {
     (Phase.DONE, TrailingData): Phase.DONE,
 }
 
+def is_legacy_machine(machine: str) -> bool:
+    """pc-i440fx-2.3 and older: no CONFIGURATION record, no section footers."""
+    m = re.fullmatch(r"pc-(?:i440fx|q35)-(\d+)\.(\d+)(?:\.\d+)?", machine)
+    return bool(m) and (int(m[1]), int(m[2])) <= (2, 3)
+
+
 # VmsdLookup(idstr) -> object with .version_id and .minimum_version_id, or None if unknown
 VmsdLookup = Callable[[str], object]
 
@@ -103,15 +110,16 @@ class Loader:
         commands: CommandSet = RELEASED,
         vmstate: VmsdLookup | None = None,
         body_checker: Callable[[dict, bytes], str | None] | None = None,
-        expect_configuration: bool = True,
         machine: str | None = None,
     ):
         self.target = target if isinstance(target, DestinationProfile) else profile(target)
         self.commands = commands
         self.vmstate = vmstate
         self.body_checker = body_checker
-        self.expect_configuration = expect_configuration
         self.machine = machine  # the destination's machine type, when known
+        # Machine types up to 2.3 send neither CONFIGURATION nor footers (hw_compat_2_3).
+        # Unknown destination machine: the stream's own first record says which it is.
+        self.legacy_machine = None if machine is None else is_legacy_machine(machine)
         self.mapped_ram = False
         self.phase = Phase.HEADER
         self.violations: list[Violation] = []
@@ -123,7 +131,8 @@ class Loader:
         self.loaded_devices: set[tuple[str, int]] = set()
         self.current: SectionHeader | None = None
         self.current_is_ram = False
-        self.footers: bool | None = None  # learnt from the first section
+        self.footers: bool | None = True  # the destination expects section footers
+        self._no_configuration_at = 0
         self.return_path = False
         self.postcopy = PostcopyState.NONE
         self.package_depth = 0
@@ -208,10 +217,16 @@ class Loader:
         return f"{full.idstr or '?'} (id {h.section_id})"
 
     def _out_of_phase(self, rec: Record) -> None:
-        if self.phase is Phase.CONFIGURATION and self.expect_configuration:
-            self._v("configuration-missing", R, rec.channel, rec.offset, "Configuration section missing")
-            self.phase = Phase.RECORDS
-        elif self.phase is Phase.CONFIGURATION:
+        if self.phase is Phase.CONFIGURATION:
+            # No configuration: the framing of machine types <= 2.3 (no footers either).
+            if self.legacy_machine is False:
+                self._v("configuration-missing", R, rec.channel, rec.offset, "Configuration section missing")
+                self.footers = True
+            elif self.legacy_machine is None:
+                self.footers = None  # the first section end tells: footers mean a modern machine
+                self._no_configuration_at = rec.offset
+            else:
+                self.footers = False
             self.phase = Phase.RECORDS
         elif self.phase is Phase.IN_SECTION:
             self._missing_footer(rec)
@@ -224,7 +239,7 @@ class Loader:
     def _missing_footer(self, rec: Record) -> None:
         sec = self.current
         if self.footers is None:
-            self.footers = False  # a stream of a machine type without footers (<= 2.3)
+            self.footers = False  # no configuration, no footers: consistently <= 2.3
         elif self.footers:
             name = self.sections.get(sec.section_id, sec).idstr if sec else "?"
             self._v("missing-footer", R, rec.channel, rec.offset, f"Missing section footer for {name}")
@@ -242,7 +257,7 @@ class Loader:
 
     def _configuration(self, r: Configuration) -> None:
         self.configuration = r
-        if not self.expect_configuration:
+        if self.legacy_machine:
             self._v("unknown-section-type", R, r.channel, r.offset, "Unknown savevm section type 7")
             return
         for cap in r.capabilities:
@@ -305,9 +320,12 @@ class Loader:
     def _footer(self, f: SectionFooter) -> None:
         sec = self.current
         if self.footers is None:
+            # footers, yet no configuration: every machine type that sends one sends both
+            self._v("configuration-missing", R, f.channel, self._no_configuration_at, "Configuration section missing")
             self.footers = True
         elif not self.footers:
-            self._v("unknown-section-type", R, f.channel, f.offset, "Unknown savevm section type 126 (footer in a stream without footers)")
+            self._v("unknown-section-type", R, f.channel, f.offset,
+                    "Unknown savevm section type 126 (a footer, in a stream framed for a machine type without footers)")
         if sec is not None and f.section_id != sec.section_id:
             name = self.sections.get(sec.section_id, sec).idstr
             self._v("footer-mismatch", R, f.channel, f.offset,

@@ -89,7 +89,7 @@ def test_minimal_stream_conforms():
         (b"QEVX\x00\x00\x00\x03", "bad-magic", "Not a migration stream"),
         (b"QEVM\x00\x00\x00\x02\x00", "obsolete-version", "obsolete"),
         (b"QEVM\x00\x00\x00\x04\x00", "unsupported-version", "Unsupported migration stream version"),
-        (HEADER + b"\x00", "configuration-missing", "Configuration section missing"),
+        (HEADER + start(2, b"ram", 4) + MEM + EOS + footer(2) + b"\x00", "configuration-missing", "Configuration section missing"),
         (HEADER + cfg() + b"\x09", "unknown-section-type", "unknown savevm section type 9"),
         (HEADER + cfg() + b"\x02" + (99).to_bytes(4, "big"), "unknown-section-id", "section 99"),
         (HEADER + cfg() + cmd(0), "unknown-command", "MIG_CMD 0x0 unknown (len 0x0)"),
@@ -245,6 +245,19 @@ def test_mapped_ram_header_that_points_backwards_is_malformed():
     i = data.index(b"\x06pc.ram") + 7 + 8 + 4 + 8  # the bitmap offset
     data[i : i + 8] = (4).to_bytes(8, "big")
     assert codes(bytes(data))[0] == ("malformed", "reject")
+
+
+def test_legacy_framing_without_configuration_and_footers():
+    # machine types <= 2.3: no CONFIGURATION, no footers — consistent, so it conforms
+    legacy = HEADER + start(2, b"ram", 4) + MEM + EOS + b"\x00"
+    assert codes(legacy) == [("missing-vmdescription", "deviation")]
+    assert check_stream(io.BytesIO(legacy), machine="pc-i440fx-2.3").violations[0].code == "missing-vmdescription"
+    # the same bytes to a destination of a newer machine type
+    v = check_stream(io.BytesIO(legacy), machine="pc-i440fx-2.4").violations
+    assert v[0].code == "configuration-missing"
+    # and a modern stream to a legacy destination
+    v = check_stream(io.BytesIO(ram_stream(ZERO_NAMED)), machine="pc-i440fx-2.3").violations
+    assert v[0].code == "unknown-section-type" and "type 7" in v[0].message
 
 
 def test_machine_type_is_compared_over_the_received_length():
