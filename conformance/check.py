@@ -59,10 +59,11 @@ def check_stream(
     body_checker: Callable | None = None,
     progress: Callable[[int], None] | None = None,
     machine: str | None = None,
+    body_sizer: Callable | None = None,
 ) -> Report:
     t0 = time.perf_counter()
     loader = Loader(target, commands=commands, vmstate=vmstate, body_checker=body_checker, machine=machine)
-    reader = StreamReader(src, commands=commands)
+    reader = StreamReader(src, commands=commands, body_sizer=body_sizer)
     feed = loader.feed
     n = 0
     try:

@@ -17,7 +17,7 @@ from wireformat.commands import RELEASED, CommandSet
 
 from .check import Report, StreamReadError, check_stream
 from .dump import dump_stream, format_dump
-from .inputs import InputError, open_stream
+from .inputs import InputError, open_stream, read_vmdescription
 from .targets import PROFILES, NEWEST, UnknownTarget, profile
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE = 0, 1, 2
@@ -67,6 +67,22 @@ def _body_checker():
         return None
 
     return check
+
+
+def _body_sizer(path: str):
+    """Frame device bodies by the stream's own trailer when it can be read first."""
+    import json as _json
+
+    from wireformat.reader import vmdescription_body_sizer
+
+    raw = read_vmdescription(path)
+    if raw is None:
+        return None
+    try:
+        devices = _json.loads(raw)["devices"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return vmdescription_body_sizer(devices) if isinstance(devices, list) else None
 
 
 class _Progress:
@@ -119,7 +135,8 @@ def cmd_check(args) -> int:
     prog = _Progress(sys.stderr.isatty() and not args.json, total)
     try:
         rep = check_stream(src, name=name, target=target, commands=_commands(args), vmstate=vm,
-                           body_checker=_body_checker(), progress=prog, machine=args.machine)
+                           body_checker=_body_checker(), progress=prog, machine=args.machine,
+                           body_sizer=_body_sizer(args.path))
     finally:
         prog.done()
     if args.json:
@@ -131,7 +148,7 @@ def cmd_check(args) -> int:
 
 def cmd_dump(args) -> int:
     src, name = open_stream(args.path)
-    d = dump_stream(src, commands=_commands(args), name=name)
+    d = dump_stream(src, commands=_commands(args), name=name, body_sizer=_body_sizer(args.path))
     if args.json:
         print(json.dumps(d, indent=2, default=str))
     else:

@@ -30,7 +30,7 @@ _KIND = {
 }
 
 
-def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "<stream>") -> dict:
+def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "<stream>", body_sizer=None) -> dict:
     out: dict = {"source": name, "header": None, "configuration": None, "sections": [], "commands": [],
                  "ram": {"blocks": {}, "records": {}}, "eof": None, "vmdescription": None, "trailing": None,
                  "error": None}
@@ -39,7 +39,7 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     last_block: dict[str, str] = {}
     section_by_id: dict[int, dict] = {}
     cur = None
-    reader = StreamReader(src, commands=commands)
+    reader = StreamReader(src, commands=commands, body_sizer=body_sizer)
     try:
         for rec in reader:
             t = type(rec)

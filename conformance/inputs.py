@@ -86,3 +86,34 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
         return zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20), f"{name} (zstd)"
     except (OSError, zstandard.ZstdError) as e:
         raise InputError(f"{name}: cannot open {kind} data: {e}") from None
+
+
+TRAILER_WINDOW = 16 << 20
+
+
+def read_vmdescription(path: str) -> bytes | None:
+    """The VMDESCRIPTION JSON at the end of a plain stream file, read before the stream
+    itself so device bodies can be framed by their descriptions (machine types without
+    section footers need it). None for pipes, compressed files, or no trailer."""
+    if path == "-" or path.startswith("tcp:") or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            if _detect(f.read(6)) is not None:
+                return None
+            size = f.seek(0, os.SEEK_END)
+            n = min(size, TRAILER_WINDOW)
+            f.seek(size - n)
+            tail = f.read(n)
+    except OSError:
+        return None
+    # EOF (0x00), QEMU_VM_VMDESCRIPTION (0x06), be32 length reaching exactly the end, '{'
+    end = len(tail)
+    while True:
+        p = tail.rfind(b"\x00\x06", 0, end)
+        if p < 0:
+            return None
+        body = p + 6
+        if body < len(tail) and int.from_bytes(tail[p + 2 : body], "big") == len(tail) - body and tail[body : body + 1] == b"{":
+            return tail[body:]
+        end = p + 1

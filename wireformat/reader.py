@@ -212,6 +212,7 @@ class StreamReader:
         self.current: SectionInfo | None = None
         self._package_end: list[int] = []
         self._byte6_table: tuple[int, bytes] | None = None
+        self._current_type = 0
         self.records_read = 0
 
     # -- public -------------------------------------------------------------------------
@@ -377,6 +378,7 @@ class StreamReader:
                 # The payload format is unknown; a destination stops here too.
                 raise self._err(f"unknown savevm section {sid}", offset=off, code="unknown-section-id")
         self.current = info
+        self._current_type = t
         if info.idstr == RAM_SECTION_IDSTR and info.instance_id == 0:
             yield from self._ram_records(depth)
         else:
@@ -390,8 +392,8 @@ class StreamReader:
     def _device_body(self, info: SectionInfo, depth: int) -> DeviceState:
         b = self.b
         off = b.offset()
-        if self.body_sizer is not None:
-            b.fill(b.size)  # a description-driven body must fit the window
+        if self.body_sizer is not None and self._current_type == T.QEMU_VM_SECTION_FULL:
+            b.fill(min(b.size, MAX_DEVICE_BODY))  # a description-driven body must fit the window
             size = self.body_sizer(info, b.mv[b.pos : b.end])
             if size is not None:
                 data = bytes(b.mv[b.pos : b.pos + size])
@@ -618,3 +620,28 @@ class StreamReader:
 
 def iter_records(src: BinaryIO, channel: str = MAIN, **kw) -> Iterator[Record]:
     return iter(StreamReader(src, channel, **kw))
+
+
+def vmdescription_body_sizer(devices: list) -> BodySizer:
+    """A BodySizer from the stream's own VMDESCRIPTION devices (in FULL-section order):
+    each FULL body is as long as its description decodes. Streams of machine types
+    without footers can only be framed this way; with footers it is exact where footer
+    scanning has to guess. A body the description does not fit falls back to scanning."""
+    from . import vmstate
+
+    queues: dict[tuple, list] = {}
+    for dev in devices:
+        if isinstance(dev, dict):
+            queues.setdefault((dev.get("name"), dev.get("instance_id", 0)), []).append(dev)
+
+    def size(info: SectionInfo, window: memoryview) -> int | None:
+        queue = queues.get((info.idstr, info.instance_id))
+        if not queue:
+            return None
+        dev = queue.pop(0)
+        try:
+            return vmstate.decode_body(dev, window).consumed
+        except (vmstate.VmstateDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    return size

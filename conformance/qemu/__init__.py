@@ -1,0 +1,24 @@
+"""The only room of migconform that starts processes, speaks QMP or opens sockets."""
+
+from .binaries import (
+    QemuBinary,
+    QemuError,
+    QemuNotFound,
+    cache_dir,
+    discover,
+    dump_vmstate,
+    machine_types,
+    parse_pairs,
+    require,
+)
+from .capture import CaptureResult, capture_stream, vm_args
+from .destination import LoadVerdict, feed, load_stream, start_destination
+from .devices import DEVICE_SETS, device_args, make_ram_file, ram_args
+from .process import MigrationFailed, QemuExited, QemuProcess, QemuTimeout, QmpCommandError, error_lines
+
+__all__ = [
+    "CaptureResult", "DEVICE_SETS", "LoadVerdict", "MigrationFailed", "QemuBinary", "QemuError", "QemuExited",
+    "QemuNotFound", "QemuProcess", "QemuTimeout", "QmpCommandError", "cache_dir", "capture_stream",
+    "device_args", "discover", "dump_vmstate", "error_lines", "feed", "load_stream", "machine_types",
+    "make_ram_file", "parse_pairs", "ram_args", "require", "start_destination", "vm_args",
+]

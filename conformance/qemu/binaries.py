@@ -236,14 +236,17 @@ def require(version: str, pairs: Mapping[str, str] | None = None) -> QemuBinary:
 
 # ---------------------------------------------------------------- queries
 
-@functools.lru_cache(maxsize=32)
 def machine_types(binary: QemuBinary) -> list[str]:
     """Machine type names (aliases such as "pc" included) from `-machine help`."""
+    return list(_machine_types(binary))
+
+
+@functools.lru_cache(maxsize=32)
+def _machine_types(binary: QemuBinary) -> tuple[str, ...]:
     r = binary.run("-machine", "help", timeout=30)
     if r.returncode != 0:
         raise QemuError(f"{binary.path} -machine help failed: {_last_line(r.stderr)}")
-    names = [line.split()[0] for line in r.stdout.splitlines()[1:] if line.strip()]
-    return list(names)
+    return tuple(line.split()[0] for line in r.stdout.splitlines()[1:] if line.strip())
 
 
 def dump_vmstate(binary: QemuBinary, machine: str, path: Path | str, timeout: float = 60.0) -> Path:

@@ -1,0 +1,257 @@
+"""One QEMU process with a QMP connection; always killed on exit, every wait bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from .binaries import QemuBinary, QemuError
+
+DEFAULT_ARGS = ("-nodefaults", "-display", "none", "-S")
+STDERR_PREFIX = "qemu-system-x86_64: "
+
+
+class QemuExited(QemuError):
+    """The process ended when it should not have (message: its stderr's last line)."""
+
+    def __init__(self, message: str, returncode: int | None, stderr: str):
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class QemuTimeout(QemuError):
+    pass
+
+
+class QmpCommandError(QemuError):
+    """QEMU answered a QMP command with an error."""
+
+    def __init__(self, command: str, error_class: str, desc: str):
+        super().__init__(f"QMP {command}: {desc}")
+        self.command, self.error_class, self.desc = command, error_class, desc
+
+
+class MigrationFailed(QemuError):
+    def __init__(self, status: str, info: Mapping[str, Any]):
+        super().__init__(f"migration {status}: {info.get('error-desc', 'no error-desc')}")
+        self.status, self.info = status, dict(info)
+
+
+_live: "weakref.WeakSet[QemuProcess]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:  # a crashed test must not leave QEMUs behind
+    for p in list(_live):
+        p.terminate()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Non-empty stderr lines without QEMU's "qemu-system-x86_64: " prefix."""
+    out = []
+    for line in stderr.splitlines():
+        line = line.rstrip()
+        if line:
+            out.append(line.removeprefix(STDERR_PREFIX))
+    return out
+
+
+class QemuProcess:
+    """`with QemuProcess(binary, ["-machine", "pc"]) as q: q.cmd("query-status")`."""
+
+    def __init__(self, binary: QemuBinary, args: Iterable[object] = (), *,
+                 defaults: Iterable[str] = DEFAULT_ARGS, start_timeout: float = 15.0,
+                 cmd_timeout: float = 30.0, name: str = "qemu"):
+        self.binary = binary
+        self.name = name
+        self.start_timeout = start_timeout
+        self.cmd_timeout = cmd_timeout
+        # the socket path must stay short (108 bytes), so a private dir under $TMPDIR
+        self._dir = Path(tempfile.mkdtemp(prefix="migconform-"))
+        self.qmp_path = self._dir / "qmp.sock"
+        self.stderr_path = self._dir / "stderr.log"
+        self.argv = binary.argv(*defaults, "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *args)
+        self._proc: subprocess.Popen | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._qmp: QMPClient | None = None
+        self._stderr_cache: str | None = None
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "QemuProcess":
+        try:
+            self.start()
+        except BaseException:
+            self.terminate()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def start(self) -> "QemuProcess":
+        with open(self.stderr_path, "wb") as err:
+            # own session: terminate() kills QEMU together with its exec: helpers
+            self._proc = subprocess.Popen(self.argv, env=self.binary.env(), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        _live.add(self)
+        self.started_at = time.monotonic()
+        self._loop = asyncio.new_event_loop()
+        deadline = self.started_at + self.start_timeout
+        while True:
+            self._check_alive("while starting")
+            if self.qmp_path.exists():
+                self._qmp = QMPClient(self.name)
+                try:
+                    self._run(self._qmp.connect(str(self.qmp_path)), max(0.1, deadline - time.monotonic()))
+                    return self
+                except (QMPError, OSError):
+                    self._qmp = None  # socket bound but not yet listening: retry
+                except asyncio.TimeoutError:
+                    raise QemuTimeout(f"QEMU {self.binary.version}: no QMP greeting within {self.start_timeout:.0f} s") from None
+            if time.monotonic() > deadline:
+                raise QemuTimeout(f"QEMU {self.binary.version}: QMP socket not ready within {self.start_timeout:.0f} s")
+            time.sleep(0.01)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Kill (no graceful shutdown: nothing here is worth keeping) and clean up. Idempotent."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet, so the group id is still ours
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise QemuError(f"QEMU pid {proc.pid} did not die within {timeout:.0f} s of SIGKILL") from None
+        if self._qmp is not None:
+            try:
+                self._run(self._qmp.disconnect(), 2.0)
+            except BaseException:  # the peer is gone; whatever the client says about it is moot
+                pass
+            self._qmp = None
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+        if self._stderr_cache is None and self._dir.exists():
+            self._stderr_cache = self._read_stderr()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        _live.discard(self)
+
+    # ------------------------------------------------------------ state
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def stderr(self) -> str:
+        if self._stderr_cache is not None:
+            return self._stderr_cache
+        return self._read_stderr()
+
+    @property
+    def error_lines(self) -> list[str]:
+        return error_lines(self.stderr)
+
+    def _read_stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Exit code, or None if still running after `timeout`."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _check_alive(self, during: str) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            lines = error_lines(self.stderr)
+            raise QemuExited(f"QEMU {self.binary.version} exited with code {self._proc.returncode} {during}: "
+                             f"{lines[-1] if lines else 'no error output'}", self._proc.returncode, self.stderr)
+
+    # ------------------------------------------------------------ QMP
+    def _run(self, coro, timeout: float):
+        assert self._loop is not None
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def cmd(self, name: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None,
+            **kwargs: Any) -> Any:
+        """Run a QMP command (arguments as a dict, for hyphenated names, or as keywords)."""
+        if self._qmp is None:
+            self._check_alive(f"before QMP {name}")
+            raise QemuError(f"QMP {name}: not connected")
+        arguments = {**(args or {}), **kwargs}
+        t = self.cmd_timeout if timeout is None else timeout
+        try:
+            return self._run(self._qmp.execute(name, arguments or None), t)
+        except ExecuteError as e:
+            raise QmpCommandError(name, e.error_class, str(e)) from None
+        except asyncio.TimeoutError:
+            self._check_alive(f"during QMP {name}")
+            raise QemuTimeout(f"QMP {name}: no answer within {t:.0f} s") from None
+        except (QMPError, OSError, EOFError) as e:
+            self.wait_exit(2.0)  # the connection drops just before the process is gone
+            self._check_alive(f"during QMP {name}")
+            raise QemuError(f"QMP {name}: connection lost: {e!r}") from None
+
+    def send_fd(self, fdname: str, fd: int) -> None:
+        """Pass an open file descriptor to QEMU (SCM_RIGHTS) under `fdname` (QMP getfd)."""
+        assert self._qmp is not None
+        self._qmp.send_fd_scm(fd)
+        self.cmd("getfd", fdname=fdname)
+
+    def set_capabilities(self, caps: Mapping[str, bool]) -> None:
+        if caps:
+            self.cmd("migrate-set-capabilities",
+                     capabilities=[{"capability": k, "state": bool(v)} for k, v in caps.items()])
+
+    def set_parameters(self, params: Mapping[str, Any]) -> None:
+        if params:
+            self.cmd("migrate-set-parameters", dict(params))
+
+    def query_migrate(self) -> dict:
+        return self.cmd("query-migrate")
+
+    def wait_migration(self, statuses: Iterable[str] = ("completed",), timeout: float = 60.0, *,
+                       fail: Iterable[str] = ("failed", "cancelled")) -> dict:
+        """Poll query-migrate until its status is one of `statuses` (returned); a status in
+        `fail` raises MigrationFailed, the process ending raises QemuExited."""
+        want, bad = set(statuses), set(fail) - set(statuses)
+        deadline = time.monotonic() + timeout
+        delay, info = 0.005, {}
+        while True:
+            info = self.cmd("query-migrate", timeout=max(1.0, min(self.cmd_timeout, deadline - time.monotonic())))
+            status = info.get("status")
+            if status in want:
+                return info
+            if status in bad:
+                raise MigrationFailed(status, info)
+            if time.monotonic() > deadline:
+                raise QemuTimeout(f"migration still {status!r} after {timeout:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
