@@ -55,14 +55,14 @@ def check_stream(
     name: str = "<stream>",
     target: DestinationProfile | str | None = None,
     commands: CommandSet = RELEASED,
-    vmstate=None,
+    tables=None,
     body_checker: Callable | None = None,
     progress: Callable[[int], None] | None = None,
     machine: str | None = None,
     body_sizer: Callable | None = None,
 ) -> Report:
     t0 = time.perf_counter()
-    loader = Loader(target, commands=commands, vmstate=vmstate, body_checker=body_checker, machine=machine)
+    loader = Loader(target, commands=commands, tables=tables, body_checker=body_checker, machine=machine)
     reader = StreamReader(src, commands=commands, body_sizer=body_sizer)
     feed = loader.feed
     n = 0

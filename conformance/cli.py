@@ -33,20 +33,29 @@ def _commands(args) -> CommandSet:
     return RELEASED
 
 
-def _vmstate_lookup(path: str | None):
-    if not path:
+def _tables(dump_path: str | None, reference: str | None):
+    """The destination's tables from its -dump-vmstate and/or a stream it saved itself."""
+    if not dump_path and not reference:
         return None
     from wireformat import vmstate
 
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror}") from None
-    try:
-        table = vmstate.parse_dump_vmstate(text)
-    except ValueError as e:
-        raise UsageError(f"{path}: not a -dump-vmstate JSON: {e}") from None
-    return lambda idstr: vmstate.lookup_idstr(table, idstr)
+    from .tables import DestinationTables
+
+    dump = None
+    if dump_path:
+        try:
+            text = Path(dump_path).read_text()
+        except OSError as e:
+            raise UsageError(f"{dump_path}: {e.strerror}") from None
+        try:
+            dump = vmstate.parse_dump_vmstate(text)
+        except ValueError as e:
+            raise UsageError(f"{dump_path}: not a -dump-vmstate JSON: {str(e).splitlines()[0]}") from None
+    if reference:
+        src, _ = open_stream(reference)
+        with src:
+            return DestinationTables.from_reference_stream(src, dump)
+    return DestinationTables(dump=dump)
 
 
 def _body_checker():
@@ -129,12 +138,12 @@ def cmd_check(args) -> int:
         target = profile(args.target)
     except UnknownTarget as e:
         raise UsageError(str(e)) from None
-    vm = _vmstate_lookup(args.vmstate)
+    tables = _tables(args.vmstate, args.reference)
     src, name = open_stream(args.path)
     total = os.path.getsize(args.path) if os.path.isfile(args.path) and not name.endswith(")") else None
     prog = _Progress(sys.stderr.isatty() and not args.json, total)
     try:
-        rep = check_stream(src, name=name, target=target, commands=_commands(args), vmstate=vm,
+        rep = check_stream(src, name=name, target=target, commands=_commands(args), tables=tables,
                            body_checker=_body_checker(), progress=prog, machine=args.machine,
                            body_sizer=_body_sizer(args.path))
     finally:
@@ -223,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "receive a live migration (precopy, no return path) as a destination would")
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
-    c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate, to check section idstrs and versions")
+    c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")
+    c.add_argument("--reference", metavar="REF", help="a stream the destination binary saved with the same machine and "
+                   "devices: the sections it registers (unknown idstr/instance, versions too new)")
     c.add_argument("--machine", metavar="TYPE", help="the destination's machine type (compared as QEMU does)")
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")

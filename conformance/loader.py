@@ -43,6 +43,7 @@ from wireformat.records import (
     VmDescription,
 )
 
+from .tables import DestinationTables
 from .targets import DestinationProfile, profile
 from .violations import Severity, Violation
 
@@ -98,23 +99,19 @@ def is_legacy_machine(machine: str) -> bool:
     return bool(m) and (int(m[1]), int(m[2])) <= (2, 3)
 
 
-# VmsdLookup(idstr) -> object with .version_id and .minimum_version_id, or None if unknown
-VmsdLookup = Callable[[str], object]
-
-
 class Loader:
     def __init__(
         self,
         target: DestinationProfile | str | None = None,
         *,
         commands: CommandSet = RELEASED,
-        vmstate: VmsdLookup | None = None,
+        tables: DestinationTables | None = None,
         body_checker: Callable[[dict, bytes], str | None] | None = None,
         machine: str | None = None,
     ):
         self.target = target if isinstance(target, DestinationProfile) else profile(target)
         self.commands = commands
-        self.vmstate = vmstate
+        self.tables = tables  # the destination's registered entries, when known
         self.body_checker = body_checker
         self.machine = machine  # the destination's machine type, when known
         # Machine types up to 2.3 send neither CONFIGURATION nor footers (hw_compat_2_3).
@@ -305,17 +302,11 @@ class Loader:
             if h.version_id != RAM_SECTION_VERSION:
                 self._v("ram-version", R, ch, off, f"ram section version {h.version_id}, destination loads only {RAM_SECTION_VERSION}", name)
             return
-        if self.vmstate is None:
+        if self.tables is None:
             return
-        info = self.vmstate(h.idstr)
-        if info is None:
-            self._v("unknown-section", R, ch, off, f"Unknown savevm section or instance '{h.idstr}' {h.instance_id}", name)
-            return
-        if h.version_id > info.version_id:
-            self._v("section-version-too-new", R, ch, off, f"savevm: unsupported version {h.version_id} for '{h.idstr}' v{info.version_id}", name)
-        elif h.version_id < info.minimum_version_id:
-            self._v("section-version-too-old", R, ch, off,
-                    f"{h.idstr}: incoming version_id {h.version_id} is too old for local minimum version_id {info.minimum_version_id}", name)
+        finding = self.tables.judge(h.idstr, h.instance_id, h.version_id)
+        if finding is not None:
+            self._v(finding.code, R, ch, off, finding.message, name)
 
     def _footer(self, f: SectionFooter) -> None:
         sec = self.current

@@ -179,20 +179,23 @@ def test_postcopy_command_order():
     assert ("command-malformed", "reject") in codes(HEADER + cfg() + advise + bad_discard + b"\x00")
 
 
-def test_vmstate_lookup_checks_versions():
-    class Info:
-        def __init__(self, v, m):
-            self.version_id, self.minimum_version_id = v, m
+def test_destination_tables_check_entries_and_versions():
+    from conformance.tables import DestinationTables
 
-    table = {"timer": Info(2, 1)}
-    def run(version, idstr=b"timer"):
-        data = HEADER + cfg() + start(7, idstr, version, kind=4) + b"\x00" * 8 + footer(7) + b"\x00\x06\x00\x00\x00\x02{}"
-        return [(v.code, v.message) for v in check_stream(io.BytesIO(data), vmstate=table.get).violations]
+    ref = HEADER + cfg() + start(7, b"timer", 2, kind=4) + b"\x00" * 8 + footer(7) + b"\x00"
+    tables = DestinationTables.from_reference_stream(io.BytesIO(ref))
+    assert tables.entries == {("timer", 0): 2}
+
+    def run(version, idstr=b"timer", instance=0):
+        data = HEADER + cfg() + start(7, idstr, version, instance, kind=4) + b"\x00" * 8 + footer(7) + b"\x00\x06\x00\x00\x00\x02{}"
+        return [(v.code, v.message) for v in check_stream(io.BytesIO(data), tables=tables).violations]
 
     assert run(2) == []
+    assert run(1) == []  # older is fine unless below the VMSD minimum (from -dump-vmstate)
     assert run(3) == [("section-version-too-new", "savevm: unsupported version 3 for 'timer' v2")]
-    assert run(0)[0][0] == "section-version-too-old"
-    assert run(1, b"timex")[0] == ("unknown-section", "Unknown savevm section or instance 'timex' 0")
+    assert run(2, b"timex")[0][0] == "unknown-section"
+    assert run(2, b"timex")[0][1].startswith("Unknown savevm section or instance 'timex' 0. Make sure")
+    assert run(2, b"timer", 1)[0][0] == "unknown-section"
 
 
 def test_transitions_table_is_explicit():

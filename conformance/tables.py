@@ -1,0 +1,63 @@
+"""What the destination has registered: the entries a section header must match.
+
+A real destination looks each START/FULL header up in its own SaveStateEntry list (idstr
+and instance id), refuses a version newer than the entry's, and a vmstate version below
+the VMSD's minimum. We learn those tables from what the destination binary itself says:
+
+* a reference stream saved by the destination binary with the same machine type and
+  devices: its section headers are the entries it registers, with their current versions;
+* its `-dump-vmstate` JSON: version and minimum_version_id per VMSD — but only for
+  devices with a class-level VMSD (timer, cpu, apic … are missing from it), so a name it
+  does not list is not evidence that the destination lacks the section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from wireformat import vmstate
+from wireformat.reader import StreamReader
+from wireformat.records import SectionHeader
+
+
+@dataclass
+class Finding:
+    code: str
+    message: str
+
+
+@dataclass
+class DestinationTables:
+    entries: dict[tuple[str, int], int] = field(default_factory=dict)  # (idstr, instance) -> version
+    dump: vmstate.DumpVmstate | None = None
+
+    @classmethod
+    def from_reference_stream(cls, src: BinaryIO, dump: vmstate.DumpVmstate | None = None) -> "DestinationTables":
+        entries = {}
+        try:
+            for rec in StreamReader(src):
+                if isinstance(rec, SectionHeader) and rec.is_full:
+                    entries[(rec.idstr, rec.instance_id)] = rec.version_id
+        except ValueError:
+            pass  # a reference cut short still lists the entries it reached
+        return cls(entries, dump)
+
+    def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
+        if self.entries:
+            local = self.entries.get((idstr, instance_id))
+            if local is None:
+                return Finding("unknown-section",
+                               f"Unknown savevm section or instance '{idstr}' {instance_id}. Make sure that your current VM "
+                               "setup matches your saved VM setup, including any hotplugged devices")
+            if version_id > local:
+                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{local}")
+        info = self.dump.lookup_idstr(idstr) if self.dump is not None else None
+        if info is not None:
+            if not self.entries and version_id > max(v.version_id for v in (info, *info.alternatives)):
+                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{info.version_id}")
+            if version_id < min(v.minimum_version_id for v in (info, *info.alternatives)):
+                return Finding("section-version-too-old",
+                               f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id "
+                               f"{info.minimum_version_id}")
+        return None
