@@ -174,8 +174,8 @@ def _layout(path: Path) -> tuple[tuple[Path, ...], Path | None]:
 def make_binary(path: Path | str, source: str, expect: str | None = None) -> QemuBinary:
     """Describe the binary at `path`; `expect` ("10.0") must match what it reports."""
     p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = Path(shutil.which(str(p)) or p.absolute())
+    if not p.is_absolute():  # a bare name is looked up on PATH
+        p = Path(shutil.which(str(p)) or p).absolute()
     full = probe_version(p)
     version = ".".join(full.split(".")[:2])
     if expect is not None and expect != version:

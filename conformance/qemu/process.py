@@ -10,7 +10,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -23,7 +22,7 @@ STDERR_PREFIX = "qemu-system-x86_64: "
 
 
 class QemuExited(QemuError):
-    """The process ended when it should not have (message: its stderr's last line)."""
+    """The process ended when it should not have (message: its stderr in one line)."""
 
     def __init__(self, message: str, returncode: int | None, stderr: str):
         super().__init__(message)
@@ -49,7 +48,8 @@ class MigrationFailed(QemuError):
         self.status, self.info = status, dict(info)
 
 
-_live: "weakref.WeakSet[QemuProcess]" = weakref.WeakSet()
+# strong references: a QemuProcess dropped without terminate() is still killed at exit
+_live: "set[QemuProcess]" = set()
 
 
 @atexit.register
@@ -66,6 +66,14 @@ def error_lines(stderr: str) -> list[str]:
         if line:
             out.append(line.removeprefix(STDERR_PREFIX))
     return out
+
+
+def summary(stderr: str, limit: int = 400) -> str:
+    """stderr as one line: its error lines (warnings dropped) joined; QEMU often puts the
+    cause first and a hint or a summary last ("Use -machine help ...")."""
+    lines = [ln for ln in error_lines(stderr) if not ln.startswith("warning:")] or error_lines(stderr)
+    text = " | ".join(lines) or "no error output"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class QemuProcess:
@@ -88,11 +96,13 @@ class QemuProcess:
         self._qmp: QMPClient | None = None
         self._stderr_cache: str | None = None
         self.started_at = 0.0
+        _live.add(self)  # even unstarted: terminate() removes the private dir
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "QemuProcess":
         try:
-            self.start()
+            if self._proc is None:
+                self.start()
         except BaseException:
             self.terminate()
             raise
@@ -102,6 +112,8 @@ class QemuProcess:
         self.terminate()
 
     def start(self) -> "QemuProcess":
+        if self._proc is not None:
+            raise QemuError("QemuProcess.start() called twice")
         with open(self.stderr_path, "wb") as err:
             # own session: terminate() kills QEMU together with its exec: helpers
             self._proc = subprocess.Popen(self.argv, env=self.binary.env(), stdin=subprocess.DEVNULL,
@@ -113,14 +125,20 @@ class QemuProcess:
         while True:
             self._check_alive("while starting")
             if self.qmp_path.exists():
-                self._qmp = QMPClient(self.name)
+                client = QMPClient(self.name)
+                self._qmp = client  # so terminate() disconnects it whatever happens
                 try:
-                    self._run(self._qmp.connect(str(self.qmp_path)), max(0.1, deadline - time.monotonic()))
+                    self._run(client.connect(str(self.qmp_path)), max(0.1, deadline - time.monotonic()))
                     return self
-                except (QMPError, OSError):
-                    self._qmp = None  # socket bound but not yet listening: retry
-                except asyncio.TimeoutError:
+                except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+                    self._check_alive("while starting")
                     raise QemuTimeout(f"QEMU {self.binary.version}: no QMP greeting within {self.start_timeout:.0f} s") from None
+                except (QMPError, OSError):  # socket bound but not yet listening: retry
+                    self._qmp = None
+                    try:
+                        self._run(client.disconnect(), 1.0)
+                    except Exception:
+                        pass
             if time.monotonic() > deadline:
                 raise QemuTimeout(f"QEMU {self.binary.version}: QMP socket not ready within {self.start_timeout:.0f} s")
             time.sleep(0.01)
@@ -144,12 +162,25 @@ class QemuProcess:
                 pass
             self._qmp = None
         if self._loop is not None:
-            self._loop.close()
-            self._loop = None
+            self._close_loop()
         if self._stderr_cache is None and self._dir.exists():
             self._stderr_cache = self._read_stderr()
         shutil.rmtree(self._dir, ignore_errors=True)
         _live.discard(self)
+
+    def _close_loop(self) -> None:
+        # cancel what the QMP client left behind, or its tasks complain when collected
+        loop, self._loop = self._loop, None
+        assert loop is not None
+        pending = asyncio.all_tasks(loop)
+        for t in pending:
+            t.cancel()
+        if pending:
+            try:
+                loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+            except BaseException:
+                pass
+        loop.close()
 
     # ------------------------------------------------------------ state
     @property
@@ -190,9 +221,8 @@ class QemuProcess:
 
     def _check_alive(self, during: str) -> None:
         if self._proc is not None and self._proc.poll() is not None:
-            lines = error_lines(self.stderr)
             raise QemuExited(f"QEMU {self.binary.version} exited with code {self._proc.returncode} {during}: "
-                             f"{lines[-1] if lines else 'no error output'}", self._proc.returncode, self.stderr)
+                             f"{summary(self.stderr)}", self._proc.returncode, self.stderr)
 
     # ------------------------------------------------------------ QMP
     def _run(self, coro, timeout: float):
