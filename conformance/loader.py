@@ -194,8 +194,11 @@ class Loader:
 
     def fail(self, code: str, channel: str, offset: int, message: str, section: str | None = None) -> None:
         """A point past which the stream cannot be framed (reported by the reader)."""
-        sev = R
-        self._v(code, sev, channel, offset, message, section)
+        if code == "unknown-section-type" and self.phase is Phase.IN_SECTION and self.footers and self.current is not None:
+            # right after a section body a destination expects the footer, and says so
+            name = self.sections.get(self.current.section_id, self.current).idstr
+            code, message = "missing-footer", f"Missing section footer for {name}"
+        self._v(code, R, channel, offset, message, section)
         self.phase = Phase.DONE
 
     # -- helpers ------------------------------------------------------------------------

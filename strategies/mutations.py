@@ -33,6 +33,7 @@ class Mutation:
     code: str  # first violation the loader reports
     apply: Callable[[bytes], bytes | None]
     accepted_by: frozenset[str] = frozenset()
+    conforming_for: frozenset[str] = frozenset()  # versions for which the result is a conforming stream
     qemu_text: str | None = None  # what the destination prints (a fragment), when it rejects
 
     def __repr__(self) -> str:
@@ -160,7 +161,8 @@ MUTATIONS = [
     Mutation("ram-unknown-flags", "ram-unknown-flags", ram_unknown_flags, qemu_text="Unknown combination of migration flags: 0x2a"),
     Mutation("ram-zero-fill", "ram-zero-fill", ram_zero_fill, accepted_by=frozenset({"7.2"}), qemu_text="Found a zero page with value 1"),
     Mutation("ram-unknown-block", "ram-unknown-block", ram_unknown_block, qemu_text="Can't find block"),
-    Mutation("switchover-start", "unknown-command", switchover_start, accepted_by=frozenset({"10.0"}), qemu_text="MIG_CMD 0xb unknown (len 0x0)"),
+    Mutation("switchover-start", "unknown-command", switchover_start, accepted_by=frozenset({"10.0"}),
+             conforming_for=frozenset({"10.0"}), qemu_text="MIG_CMD 0xb unknown (len 0x0)"),
     Mutation("truncate-in-ram", "truncated", truncate_in_ram),
     Mutation("drop-trailer", "missing-vmdescription", drop_trailer, accepted_by=ALL_VERSIONS),
     Mutation("garbage-after-trailer", "trailing-data", garbage_after_trailer, accepted_by=ALL_VERSIONS),
