@@ -193,34 +193,10 @@ def _pairs(items) -> dict[str, str]:
 
 
 def cmd_demo(args) -> int:
-    """The built-in default job: capture a stream from each installed QEMU and check it
-    as a destination of every modelled version would."""
-    from .qemu import discover, capture_stream, QemuNotFound
+    from .demo import run_demo
 
-    try:
-        found = discover(_pairs(args.qemu))
-    except QemuNotFound as e:
-        raise UsageError(str(e)) from None
-    if not found:
-        raise UsageError("no QEMU found: run scripts/setup.sh or pass --qemu VERSION=PATH")
-    worst = EXIT_OK
-    with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
-        for version, binary in sorted(found.items()):
-            machine = args.machine
-            out = Path(tmp) / f"qemu-{version}.mig"
-            print(f"== capturing a {args.mem_mb} MiB {machine} guest from QEMU {binary.full_version}", flush=True)
-            try:
-                capture_stream(binary, out, machine=machine, mem_mb=args.mem_mb, devices=args.devices)
-            except Exception as e:  # the adapter's errors are one line
-                print(f"   capture failed: {e}")
-                worst = max(worst, EXIT_USAGE)
-                continue
-            for tgt in sorted(PROFILES):
-                with open(out, "rb") as f:
-                    rep = check_stream(f, name=out.name, target=tgt, body_checker=_body_checker())
-                print("   " + format_report(rep).replace("\n", "\n   "))
-            print()
-    return worst
+    return run_demo(_pairs(args.qemu), machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
+                    body_checker=_body_checker(), body_sizer=_body_sizer, report=format_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -172,3 +172,13 @@ def test_tcp_listen_receives_a_stream():
     doc = json.loads(out)
     assert doc["violations"][0]["code"] == "ram-offset-out-of-range"
     assert doc["source"].startswith(f"tcp:127.0.0.1:{port} (from 127.0.0.1:")
+
+
+@pytest.mark.qemu
+def test_demo_runs_and_agrees_with_real_destinations(qemu):
+    qemu("7.2"), qemu("10.0")  # both present (skip, or fail under CI, otherwise)
+    code, out, err = run("demo", "--mem-mb", "32")
+    assert code == 0, err
+    assert out.count("== QEMU") == 3  # 7.2 and 10.0 on pc-i440fx-7.2, 10.0 on its newest type
+    assert "5 verdicts agree with real destinations, 0 disagree" in out
+    assert "MIG_CMD 0xb unknown" in out  # the 10.0 machine type's SWITCHOVER_START, judged for 7.2
