@@ -157,7 +157,7 @@ def cmd_check(args) -> int:
 
 def cmd_dump(args) -> int:
     src, name = open_stream(args.path)
-    d = dump_stream(src, commands=_commands(args), name=name, body_sizer=_body_sizer(args.path))
+    d = dump_stream(src, commands=_commands(args), name=name, body_sizer=_body_sizer(args.path), fields=args.fields)
     if args.json:
         print(json.dumps(d, indent=2, default=str))
     else:
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("path")
     d.add_argument("--json", action="store_true")
     d.add_argument("--strict", action="store_true", help="exit 2 when the stream cannot be decoded to its end")
+    d.add_argument("--fields", action="store_true", help="decode device sections field by field from the stream's VMDESCRIPTION")
     d.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID")
     d.set_defaults(func=cmd_dump)
 

@@ -30,7 +30,52 @@ _KIND = {
 }
 
 
-def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "<stream>", body_sizer=None) -> dict:
+MAX_KEPT_BODIES = 32 << 20
+
+
+def _plain(v):
+    """A decoded vmstate value as JSON-friendly data."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        return b.hex() if len(b) <= 64 else b[:64].hex() + f"… ({len(b)} bytes)"
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if hasattr(v, "fields"):  # VmStruct / VmSubsection
+        out = {f.name: _plain(f.value) for f in v.fields}
+        for sub in getattr(v, "subsections", ()):
+            out[sub.name] = _plain(sub)
+        return out
+    return v
+
+
+def _decode_devices(sections: list[dict], bodies: list[tuple[dict, bytes]], vmdesc: bytes | None) -> None:
+    """Field by field, from the stream's own VMDESCRIPTION; say so where it cannot be done."""
+    from wireformat import vmstate
+
+    devices = None
+    if vmdesc is not None:
+        try:
+            devices = vmstate.parse_vmdescription(vmdesc)
+        except vmstate.VmstateDecodeError:
+            devices = None
+    for sec, body in bodies:
+        desc = devices.find(sec["idstr"], sec["instance_id"]) if devices is not None else None
+        if desc is None:
+            sec["decoded"] = "no description: content not decoded"
+            continue
+        try:
+            dec = vmstate.decode_body(desc, body)
+        except vmstate.VmstateDecodeError as e:
+            sec["decoded"] = f"does not decode with its description: {e}"
+            continue
+        sec["decoded"] = "yes" if dec.consumed == len(body) else f"description covers {dec.consumed} of {len(body)} bytes"
+        sec["fields"] = {f.name: _plain(f.value) for f in dec.fields}
+        for sub in dec.subsections:
+            sec["fields"][sub.name] = _plain(sub)
+
+
+def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "<stream>", body_sizer=None,
+                fields: bool = False) -> dict:
     out: dict = {"source": name, "header": None, "configuration": None, "sections": [], "commands": [],
                  "ram": {"blocks": {}, "records": {}}, "eof": None, "vmdescription": None, "trailing": None,
                  "error": None}
@@ -39,6 +84,9 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     last_block: dict[str, str] = {}
     section_by_id: dict[int, dict] = {}
     cur = None
+    bodies: list[tuple[dict, bytes]] = []
+    kept = 0
+    vmdesc = None
     reader = StreamReader(src, commands=commands, body_sizer=body_sizer)
     try:
         for rec in reader:
@@ -73,6 +121,9 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
             elif t is DeviceState:
                 if cur is not None:
                     cur["bytes"] += len(rec.data)
+                    if fields and cur["type"] == "SECTION_FULL" and kept + len(rec.data) <= MAX_KEPT_BODIES:
+                        bodies.append((cur, rec.data))
+                        kept += len(rec.data)
             elif t is Command:
                 out["commands"].append({"offset": rec.offset, "name": commands.name(rec.cmd), "len": len(rec.data),
                                         "args": rec.args, "depth": rec.depth})
@@ -86,6 +137,7 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                 if rec.depth == 0:
                     out["eof"] = rec.offset
             elif t is VmDescription:
+                vmdesc = rec.json if rec.complete else None
                 out["vmdescription"] = {"offset": rec.offset, "length": len(rec.json)}
                 try:
                     desc = json.loads(rec.json)
@@ -100,6 +152,8 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     for blk, counts in pages.items():
         out["ram"]["blocks"].setdefault(blk, {}).update(counts)
     out["ram"]["records"] = dict(other)
+    if fields:
+        _decode_devices(out["sections"], bodies, vmdesc)
     out["bytes"] = reader.b.offset()
     return out
 
@@ -129,6 +183,11 @@ def format_dump(d: dict) -> str:
     for s in d["sections"]:
         lines.append(f"  {s['offset']:>10} {s['type'].removeprefix('SECTION_'):<6} {s['section_id']:>4}  {s['idstr']:<32} "
                      f"{s['instance_id']:>4} {s['version_id']:>4} {s['parts']:>5} {s['bytes']:>8}")
+        if "fields" in s:
+            for k, v in s["fields"].items():
+                lines.append(f"{'':>16}{k} = {json.dumps(v)[:100]}")
+        elif s.get("decoded") and s["decoded"] != "yes":
+            lines.append(f"{'':>16}({s['decoded']})")
     if d["commands"]:
         lines.append("")
         lines.append("commands:")

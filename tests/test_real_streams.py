@@ -182,3 +182,21 @@ def test_legacy_stream_loads_and_conforms(capture, qemu):
     # the same stream to a destination of a newer machine type is rejected, and we say so
     rep = _check(cap.path, "7.2", machine="pc-i440fx-2.4")
     assert rep.violations[0].code == "configuration-missing"
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_dump_decodes_device_fields_from_the_streams_description(capture, version):
+    import subprocess
+    import sys
+
+    cap = capture(version, "pc-i440fx-7.2", "none")
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "dump", str(cap.path), "--fields", "--json"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    full = [s for s in doc["sections"] if s["type"] == "SECTION_FULL"]
+    assert full and all(s["decoded"] == "yes" for s in full)
+    cpu = next(s for s in full if s["idstr"] == "cpu")
+    assert cpu["fields"]["env.eip"] == 0xFFF0  # a stopped, never-run x86 CPU sits at the reset vector
+    glob = next(s for s in full if s["idstr"] == "globalstate")
+    assert bytes.fromhex(glob["fields"]["runstate"].split("…")[0]).rstrip(b"\0") == b"prelaunch"
