@@ -30,7 +30,6 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  apt_updated=""
 fi
 
 q10="$cache/qemu-10.0"
@@ -48,7 +47,7 @@ if [ ! -x "$q10/root/usr/bin/qemu-system-x86_64" ]; then
   mkdir -p "$q10/debs"
   rm -rf "$q10/root.tmp"
   (cd "$q10/debs" && for pkg in qemu-system-x86 qemu-system-common qemu-system-data; do
-     ls "${pkg}_"*.deb >/dev/null 2>&1 || apt-get download -qq "$pkg=$qemu10_version"
+     ls "${pkg}_"*.deb >/dev/null 2>&1 || apt-get download -qq -o APT::Sandbox::User=root "$pkg=$qemu10_version"
    done)
   for deb in "$q10"/debs/*.deb; do dpkg -x "$deb" "$q10/root.tmp"; done
   mv "$q10/root.tmp" "$q10/root"
