@@ -260,6 +260,10 @@ class Loader:
         if self.legacy_machine:
             self._v("unknown-section-type", R, r.channel, r.offset, "Unknown savevm section type 7")
             return
+        if self.target.lacks_machine(r.machine_type):
+            self._v("machine-type-unsupported", R, r.channel, r.offset,
+                    f"QEMU {self.target.version} has no machine type {r.machine_type}: a destination for it cannot start "
+                    "(unsupported machine type)")
         for cap in r.capabilities:
             if cap not in self.target.validated_capabilities:
                 self._v("unknown-capability", R, r.channel, r.offset, f"Received unknown capability {cap}")

@@ -53,6 +53,8 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         _C("unsupported-version", "stream version other than 2 or 3", "Unsupported migration stream version"),
         _C("configuration-missing", "no CONFIGURATION record after the header", "Configuration section missing"),
         _C("configuration-malformed", "the CONFIGURATION record does not decode", "load of the configuration vmstate fails"),
+        _C("machine-type-unsupported", "the stream's machine type does not exist in the destination version",
+           "qemu-system-x86_64: unsupported machine type (the destination does not start)"),
         _C("unknown-capability", "configuration names a capability the destination does not validate", "Received unknown capability %s"),
         _C("ram-mapped-ram-flags", "a page, zero, XBZRLE, HOOK or FLUSH record in a mapped-ram stream", "Unexpected RAM flags: %d"),
         _C("machine-type-mismatch", "machine type differs from the destination's (compared over the received length)", "Machine type received is '%s' and local is '%s'"),

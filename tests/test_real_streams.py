@@ -86,7 +86,19 @@ def test_streams_of_shared_machine_types_cross_versions(capture, qemu, machine):
 def test_newest_machine_of_10_0_is_judged_unloadable_by_7_2(capture, qemu):
     cap = capture("10.0", "pc-i440fx-10.0", "none")
     codes = [(v.code, v.severity.value) for v in _check(cap.path, "7.2").violations]
-    assert codes == [("unknown-command", "reject")]  # SWITCHOVER_START: send-switchover-start is on for 10.0 types
+    # 7.2 has no such machine type, and SWITCHOVER_START (send-switchover-start is on for 10.0 types)
+    assert codes == [("machine-type-unsupported", "reject"), ("unknown-command", "reject")]
+    verdict = load_stream(qemu("7.2"), cap.path, machine="pc-i440fx-10.0")
+    assert not verdict.completed and any("unsupported machine type" in line for line in verdict.error_lines)
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_modelled_machine_types_are_the_binarys(qemu, version):
+    from conformance.qemu import machine_types
+    from conformance.targets import PROFILES
+
+    real = {m for m in machine_types(qemu(version)) if re.fullmatch(r"pc-(i440fx|q35)-[\d.]+", m)}
+    assert real == PROFILES[version].machine_types
 
 
 def test_random_ram_pages_carry_the_guest_memory(capture, tmp_path_factory, qemu):
