@@ -24,7 +24,7 @@ class DestinationProfile:
     # capabilities the configuration record may carry (others: "Received unknown capability")
     validated_capabilities: frozenset = frozenset({"x-ignore-shared"})
 
-    # versioned x86 machine types the binary offers (`-machine help` on the real binaries)
+    # versioned x86 machine types the version offers (compat data, checked against -machine help)
     machine_types: frozenset = frozenset()
 
     def lacks_machine(self, name: str) -> bool:
@@ -37,22 +37,18 @@ class DestinationProfile:
 
 
 _VERSIONED = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?")
-_OLD = ["1.4", "1.5", "1.6", "1.7", "2.0", "2.1", "2.2", "2.3"]
-_UP_TO_7_2 = ["2.4", "2.5", "2.6", "2.7", "2.8", "2.9", "2.10", "2.11", "2.12", "3.0", "3.1", "4.0", "4.1", "4.2",
-              "5.0", "5.1", "5.2", "6.0", "6.1", "6.2", "7.0", "7.1", "7.2"]
-_AFTER_7_2 = ["8.0", "8.1", "8.2", "9.0", "9.1", "9.2", "10.0"]
 
 
-def _machines(i440fx: list[str], q35: list[str]) -> frozenset:
-    return frozenset([f"pc-i440fx-{v}" for v in i440fx] + [f"pc-q35-{v}" for v in q35] + ["pc-q35-4.0.1"])
+def _machines(version: str) -> frozenset:
+    from . import compat
+
+    return frozenset(m for m in compat.machine_types(version) if _VERSIONED.fullmatch(m))
 
 
 PROFILES = {
-    "7.2": DestinationProfile("7.2", 11, False, False, True, True, frozenset({"x-ignore-shared"}),
-                              _machines(_OLD + _UP_TO_7_2, _UP_TO_7_2)),
-    # 10.0 dropped the i440fx types before 2.4
+    "7.2": DestinationProfile("7.2", 11, False, False, True, True, frozenset({"x-ignore-shared"}), _machines("7.2")),
     "10.0": DestinationProfile("10.0", 12, True, True, False, False, frozenset({"x-ignore-shared", "mapped-ram"}),
-                               _machines(_UP_TO_7_2 + _AFTER_7_2, _UP_TO_7_2 + _AFTER_7_2)),
+                               _machines("10.0")),
 }
 NEWEST = "10.0"
 
