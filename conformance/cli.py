@@ -253,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("migconform: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("MIGCONFORM_DEBUG"):
+            raise
+        print(f"migconform: internal error: {type(e).__name__}: {e} (set MIGCONFORM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

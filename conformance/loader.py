@@ -393,6 +393,9 @@ class Loader:
                     self._v("ram-mem-size-duplicate", D, ch, off, f"MEM_SIZE announces block {b.name} twice")
                 seen.add(b.name)
                 self.blocks[b.name] = b.used_length
+                finding = self.tables.judge_block(b.name, b.used_length) if self.tables is not None else None
+                if finding is not None:
+                    self._v(finding.code, R, ch, off, finding.message)
             return
         if kind in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE, F.RAM_SAVE_FLAG_COMPRESS_PAGE):
             if r.continued:

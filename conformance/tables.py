@@ -18,7 +18,12 @@ from typing import BinaryIO
 
 from wireformat import vmstate
 from wireformat.reader import StreamReader
-from wireformat.records import SectionHeader
+from wireformat.constants import RamSaveFlag
+from wireformat.records import RamRecord, SectionHeader
+
+# RAMBlocks QEMU creates resizable (ACPI blobs grow with the configuration): a different
+# used_length is accepted up to the block's maximum, which no stream tells.
+RESIZABLE_PREFIX = "/rom@etc/"
 
 
 @dataclass
@@ -31,17 +36,31 @@ class Finding:
 class DestinationTables:
     entries: dict[tuple[str, int], int] = field(default_factory=dict)  # (idstr, instance) -> version
     dump: vmstate.DumpVmstate | None = None
+    ram_blocks: dict[str, int] = field(default_factory=dict)  # name -> used_length
 
     @classmethod
     def from_reference_stream(cls, src: BinaryIO, dump: vmstate.DumpVmstate | None = None) -> "DestinationTables":
-        entries = {}
+        entries, blocks = {}, {}
         try:
             for rec in StreamReader(src):
                 if isinstance(rec, SectionHeader) and rec.is_full:
                     entries[(rec.idstr, rec.instance_id)] = rec.version_id
+                elif isinstance(rec, RamRecord) and rec.ram_flag == RamSaveFlag.RAM_SAVE_FLAG_MEM_SIZE and not blocks:
+                    blocks = {b.name: b.used_length for b in rec.blocks}
         except ValueError:
             pass  # a reference cut short still lists the entries it reached
-        return cls(entries, dump)
+        return cls(entries, dump, blocks)
+
+    def judge_block(self, name: str, used_length: int) -> Finding | None:
+        """A MEM_SIZE entry against the destination's RAMBlocks."""
+        if not self.ram_blocks:
+            return None
+        local = self.ram_blocks.get(name)
+        if local is None:
+            return Finding("ram-block-unknown", f'Unknown ramblock "{name}", cannot accept migration')
+        if local != used_length and not name.startswith(RESIZABLE_PREFIX):
+            return Finding("ram-block-size-mismatch", f"Size mismatch: {name}: 0x{used_length:x} != 0x{local:x}: Invalid argument")
+        return None
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
         if self.entries:

@@ -212,3 +212,18 @@ def test_dump_decodes_device_fields_from_the_streams_description(capture, versio
     assert cpu["fields"]["env.eip"] == 0xFFF0  # a stopped, never-run x86 CPU sits at the reset vector
     glob = next(s for s in full if s["idstr"] == "globalstate")
     assert bytes.fromhex(glob["fields"]["runstate"].split("…")[0]).rstrip(b"\0") == b"prelaunch"
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_memory_size_mismatch_is_judged_as_the_destination_judges_it(capture, qemu, version):
+    """A 64 MiB guest's stream to a destination started with -m 128: QEMU refuses pc.ram."""
+    stream = capture(version, "pc-i440fx-7.2", "none", mem_mb=64)
+    ref = capture(version, "pc-i440fx-7.2", "none", mem_mb=128)
+    with open(ref.path, "rb") as f:
+        tables = DestinationTables.from_reference_stream(f)
+    rep = _check(stream.path, version, tables=tables)
+    assert [(v.code, v.message) for v in rep.violations] == [
+        ("ram-block-size-mismatch", "Size mismatch: pc.ram: 0x4000000 != 0x8000000: Invalid argument")]
+    real = load_stream(qemu(version), stream.path, machine="pc-i440fx-7.2", mem_mb=128)
+    assert not real.completed
+    assert any("Size mismatch: pc.ram: 0x4000000 != 0x8000000" in line for line in real.error_lines), real.error_lines
