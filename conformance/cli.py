@@ -199,6 +199,19 @@ def cmd_demo(args) -> int:
                     body_checker=_body_checker(), body_sizer=_body_sizer, report=format_report)
 
 
+def cmd_catalogue(args) -> int:
+    from .violations import CATALOGUE, catalogue_markdown
+
+    if args.json:
+        print(json.dumps({c: {"meaning": e.meaning, "qemu": e.qemu} for c, e in CATALOGUE.items()}, indent=2))
+    elif args.markdown:
+        print(catalogue_markdown(), end="")
+    else:
+        for e in CATALOGUE.values():
+            print(f"{e.code:<34} {e.meaning}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="migconform", description="Conformance checks for QEMU live-migration streams.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -223,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fields", action="store_true", help="decode device sections field by field from the stream's VMDESCRIPTION")
     d.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID")
     d.set_defaults(func=cmd_dump)
+
+    cat = sub.add_parser("catalogue", help="every violation code and the QEMU behaviour it mirrors")
+    cat.add_argument("--json", action="store_true")
+    cat.add_argument("--markdown", action="store_true")
+    cat.set_defaults(func=cmd_catalogue)
 
     q = sub.add_parser("qemu", help="QEMU binaries migconform can use")
     qs = q.add_subparsers(dest="qemu_command", required=True)

@@ -108,3 +108,12 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 
 def describe(code: str) -> CatalogueEntry | None:
     return CATALOGUE.get(code)
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as the table in docs/violations.md."""
+    rows = ["| code | meaning | QEMU behaviour it mirrors |", "| --- | --- | --- |"]
+    for e in CATALOGUE.values():
+        rows.append(f"| `{e.code}` | {e.meaning} | {e.qemu.replace('|', '/')} |")
+    return "# Violation codes\n\nGenerated from `conformance/violations.py` (`migconform catalogue --markdown`).\n" \
+           "Severity is decided per target version; see the README.\n\n" + "\n".join(rows) + "\n"
