@@ -60,10 +60,23 @@ def check_stream(
     progress: Callable[[int], None] | None = None,
     machine: str | None = None,
     body_sizer: Callable | None = None,
+    recovery: bool = False,
+    previous: BinaryIO | None = None,
 ) -> Report:
     t0 = time.perf_counter()
-    loader = Loader(target, commands=commands, tables=tables, body_checker=body_checker, machine=machine)
-    reader = StreamReader(src, commands=commands, body_sizer=body_sizer)
+    old = known = None
+    if previous is not None:  # the interrupted main channel a recovery channel resumes
+        old = Loader(target, commands=commands)
+        old_reader = StreamReader(previous, commands=commands)
+        try:
+            for rec in old_reader:
+                old.feed(rec)
+        except DecodeError:
+            pass  # it was cut where the connection broke
+        known = old_reader.sections
+    loader = Loader(target, commands=commands, tables=tables, body_checker=body_checker, machine=machine,
+                    recovery=recovery, previous=old)
+    reader = StreamReader(src, commands=commands, body_sizer=body_sizer, headerless=recovery, known_sections=known)
     feed = loader.feed
     n = 0
     try:

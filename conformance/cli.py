@@ -139,13 +139,15 @@ def cmd_check(args) -> int:
     except UnknownTarget as e:
         raise UsageError(str(e)) from None
     tables = _tables(args.vmstate, args.reference)
+    previous = open_stream(args.recovery)[0] if args.recovery else None
     src, name = open_stream(args.path)
     total = os.path.getsize(args.path) if os.path.isfile(args.path) and not name.endswith(")") else None
     prog = _Progress(sys.stderr.isatty() and not args.json, total)
     try:
         rep = check_stream(src, name=name, target=target, commands=_commands(args), tables=tables,
                            body_checker=_body_checker(), progress=prog, machine=args.machine,
-                           body_sizer=_body_sizer(args.path))
+                           body_sizer=_body_sizer(args.path), recovery=args.recovery is not None,
+                           previous=previous)
     finally:
         prog.done()
     if args.json:
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", metavar="REF", help="a stream the destination binary saved with the same machine and "
                    "devices: the sections it registers (unknown idstr/instance, versions too new)")
     c.add_argument("--machine", metavar="TYPE", help="the destination's machine type (compared as QEMU does)")
+    c.add_argument("--recovery", metavar="OLD_MAIN", nargs="?", const="", default=None,
+                   help="PATH is the new main channel of a postcopy recovery (no header, destination in "
+                   "postcopy-recover); OLD_MAIN is the interrupted main channel it resumes")
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
     c.set_defaults(func=cmd_check)

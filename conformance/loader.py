@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
@@ -66,6 +67,15 @@ class Phase(Enum):
     DONE = "done"
 
 
+@dataclass
+class _Package:
+    """One MIG_CMD_PACKAGED being read: its nested loader ends at POSTCOPY_RUN or EOF."""
+
+    offset: int
+    ended: bool = False
+    trailing_reported: bool = False
+
+
 class PostcopyState(Enum):
     """The destination's incoming postcopy sub-state (numbers appear in QEMU's errors)."""
 
@@ -108,6 +118,8 @@ class Loader:
         tables: DestinationTables | None = None,
         body_checker: Callable[[dict, bytes], str | None] | None = None,
         machine: str | None = None,
+        recovery: bool = False,
+        previous: "Loader | None" = None,
     ):
         self.target = target if isinstance(target, DestinationProfile) else profile(target)
         self.commands = commands
@@ -118,7 +130,7 @@ class Loader:
         # Unknown destination machine: the stream's own first record says which it is.
         self.legacy_machine = None if machine is None else is_legacy_machine(machine)
         self.mapped_ram = False
-        self.phase = Phase.HEADER
+        self.phase = Phase.RECORDS if recovery else Phase.HEADER
         self.violations: list[Violation] = []
         self.dropped = 0
         # destination state
@@ -132,8 +144,13 @@ class Loader:
         self._no_configuration_at = 0
         self.return_path = False
         self.postcopy = PostcopyState.NONE
-        self.package_depth = 0
+        self.packages: list[_Package] = []
+        # postcopy recovery: a new main channel with no header, destination in POSTCOPY_RECOVER
+        self.recovery = recovery
+        self.recovery_channel = recovery  # stays set: this channel never carries MEM_SIZE
+        self.status = "postcopy-recover" if recovery else "active"  # the destination's MigrationStatus
         self.blocks: dict[str, int] = {}
+        self.blocks_announced = False
         self.last_block: dict[str, str] = {}  # per channel, survives section boundaries
         self.device_bodies: list[tuple[str | None, int, bytes]] = []
         self._kept = 0
@@ -146,6 +163,17 @@ class Loader:
         self.section_list: list[dict] = []
         self.mapped_ram_pages: dict[str, int] = {}
         self.bytes_seen = 0
+        if recovery:
+            # the old channel brought the header, configuration, MEM_SIZE and ADVISE..RUN
+            self.postcopy, self.return_path = PostcopyState.RUNNING, True
+            if previous is not None:  # the destination remembers what the old channel said
+                self.sections = dict(previous.sections)
+                self.open_iterables = set(previous.open_iterables)
+                self.blocks = dict(previous.blocks)
+                self.blocks_announced = bool(previous.blocks)
+                self.configuration = previous.configuration
+            elif tables is not None and tables.ram_blocks:
+                self.blocks = dict(tables.ram_blocks)
         self._handlers = {
             FileHeader: self._header,
             Configuration: self._configuration,
@@ -165,13 +193,21 @@ class Loader:
     def feed(self, rec: Record) -> list[Violation]:
         start = len(self.violations)
         kind = type(rec)
+        if self.packages and self.packages[-1].ended and kind is not PackageEnd:
+            # the nested loader stopped at RUN or EOF: QEMU never reads the rest of the package
+            pkg = self.packages[-1]
+            if not pkg.trailing_reported:
+                pkg.trailing_reported = True
+                self._v("package-trailing-data", D, rec.channel, rec.offset,
+                        "records after the end of the packaged stream (POSTCOPY_RUN or EOF): the destination ignores them")
+            return self.violations[start:]
         if kind is RamRun and self.phase is Phase.IN_SECTION:
             self._ram_run(rec)  # hot path: skip the table lookup
         elif kind is RamRecord and self.phase is Phase.IN_SECTION:
             self._ram(rec)
         else:
             self.stats_records[kind.__name__] += 1
-            nxt = TRANSITIONS.get((self.phase, kind))
+            nxt = TRANSITIONS.get((self.phase, kind)) if not (kind is Eof and rec.depth) else self.phase
             if nxt is None:
                 self._out_of_phase(rec)
                 nxt = TRANSITIONS.get((self.phase, kind), self.phase)
@@ -194,12 +230,17 @@ class Loader:
 
     def fail(self, code: str, channel: str, offset: int, message: str, section: str | None = None) -> None:
         """A point past which the stream cannot be framed (reported by the reader)."""
-        if code == "unknown-section-type" and self.phase is Phase.IN_SECTION and self.footers and self.current is not None:
+        in_section, self.phase = self.phase is Phase.IN_SECTION, Phase.DONE
+        if self.violations and (self.violations[-1].code, self.violations[-1].offset) == (code, offset):
+            return  # the record was judged already (e.g. an unknown section id)
+        if code == "unknown-section-type" and in_section and self.footers and self.current is not None:
             # right after a section body a destination expects the footer, and says so
             name = self.sections.get(self.current.section_id, self.current).idstr
             code, message = "missing-footer", f"Missing section footer for {name}"
         self._v(code, R, channel, offset, message, section)
-        self.phase = Phase.DONE
+
+    def rejected(self) -> bool:
+        return any(v.severity is R for v in self.violations)
 
     # -- helpers ------------------------------------------------------------------------
     def _v(self, code, severity, channel, offset, message, section=None):
@@ -393,6 +434,7 @@ class Loader:
                     self._v("ram-mem-size-duplicate", D, ch, off, f"MEM_SIZE announces block {b.name} twice")
                 seen.add(b.name)
                 self.blocks[b.name] = b.used_length
+                self.blocks_announced = True
                 finding = self.tables.judge_block(b.name, b.used_length) if self.tables is not None else None
                 if finding is not None:
                     self._v(finding.code, R, ch, off, finding.message)
@@ -405,6 +447,8 @@ class Loader:
                     return
             else:
                 name = r.block
+                if name not in self.blocks and self.recovery_channel and not self.blocks_announced:
+                    self.blocks[name] = 1 << 64  # announced on the channel before the failure
                 if name not in self.blocks:
                     code = "ram-page-before-mem-size" if not self.blocks else "ram-unknown-block"
                     self._v(code, R, ch, off, f"Can't find block {name}")
@@ -476,6 +520,8 @@ class Loader:
             self._v("command-bad-length", R, ch, off, f"{label} received with bad length - expecting {fixed}, got {n}")
             return
         if mc == MigCmd.MIG_CMD_OPEN_RETURN_PATH:
+            if self.return_path:
+                self._v("return-path-reopened", D, ch, off, "CMD_OPEN_RETURN_PATH called when RP already open")
             self.return_path = True
         elif mc == MigCmd.MIG_CMD_PING:
             if not self.return_path:
@@ -499,29 +545,56 @@ class Loader:
                 self._postcopy_state(c, "CMD_POSTCOPY_LISTEN")
             else:
                 self.postcopy = PostcopyState.LISTENING
+                if not self.return_path:
+                    self._v("postcopy-without-return-path", D, ch, off,
+                            "POSTCOPY_LISTEN with no return path: the destination cannot ask for a page it lacks")
         elif mc == MigCmd.MIG_CMD_POSTCOPY_RUN:
             if self.postcopy is not PostcopyState.LISTENING:
                 self._postcopy_state(c, "CMD_POSTCOPY_RUN")
             else:
                 self.postcopy = PostcopyState.RUNNING
+                self.status = "postcopy-active"
+                for pkg in self.packages:  # RUN quits every nested loader at once
+                    pkg.ended = True
         elif mc == MigCmd.MIG_CMD_PACKAGED:
-            self.package_depth += 1
+            self.packages.append(_Package(offset=off))
         elif mc == MigCmd.MIG_CMD_RECV_BITMAP:
-            if c.args is None:
-                self._v("command-malformed", R, ch, off, f"CMD_RECV_BITMAP: invalid payload length ({n})")
+            if c.args is None or not c.args.get("block"):
+                what = "failed to read block name" if not n or not c.data[0] else f"invalid payload length ({n})"
+                self._v("command-malformed", R, ch, off, f"loadvm_handle_recv_bitmap: {what}")
+            elif self.blocks and c.args["block"] not in self.blocks:
+                self._v("ram-unknown-block", R, ch, off, f"loadvm_handle_recv_bitmap: block '{c.args['block']}' not found")
+            elif not self.recovery:
+                self._v("recovery-command-outside-recovery", D, ch, off,
+                        "RECV_BITMAP outside postcopy recovery (the destination answers it all the same)")
         elif mc == MigCmd.MIG_CMD_POSTCOPY_RESUME:
-            self._v("recovery-command-outside-recovery", D, ch, off, "illegal resume received (POSTCOPY_RESUME outside postcopy recovery)")
+            if not self.recovery:
+                self._v("recovery-command-outside-recovery", D, ch, off,
+                        "loadvm_postcopy_handle_resume: illegal resume received (not fatal)")
+            else:
+                self.recovery = False  # RECOVER -> POSTCOPY_ACTIVE
+                self.status = "postcopy-active"
 
     def _postcopy_state(self, c: Command, label: str) -> None:
         self._v("postcopy-wrong-state", R, c.channel, c.offset, f"{label} in wrong postcopy state ({self.postcopy.value})")
 
     def _package_end(self, p: PackageEnd) -> None:
-        self.package_depth = max(0, self.package_depth - 1)
+        if not self.packages:
+            return
+        pkg = self.packages.pop()
+        if not pkg.ended:
+            self._v("package-incomplete", R, p.channel, pkg.offset,
+                    "the packaged stream ends without POSTCOPY_RUN or EOF: the nested loader reads past its data and fails")
 
     # -- end of stream --------------------------------------------------------------------
     def _eof(self, e: Eof) -> None:
+        if e.depth:
+            self.packages[-1].ended = True  # ends the nested loader only
+            return
         self.saw_eof = True
         self.bytes_seen = e.offset + 1
+        if not self.rejected():
+            self.status = "completed"
 
     def _vmdescription(self, v: VmDescription) -> None:
         self.bytes_seen = v.offset + 5 + len(v.json)
@@ -572,5 +645,6 @@ class Loader:
             "ram_blocks": {name: {"used_length": self.blocks.get(name), **dict(self.pages.get(name, {}))} for name in self.blocks},
             "mapped_ram_pages": self.mapped_ram_pages or None,
             "postcopy": self.postcopy.name,
+            "status": "failed" if self.rejected() else self.status,
             "violations_dropped": self.dropped,
         }

@@ -271,3 +271,53 @@ def test_machine_type_is_compared_over_the_received_length():
     assert not [v for v in check_stream(io.BytesIO(short), machine="pc-i440fx-7.2").violations if v.code == "machine-type-mismatch"]
     v = [v for v in check_stream(io.BytesIO(data), machine="pc-q35-7.2").violations if v.code == "machine-type-mismatch"]
     assert v and v[0].message == "Machine type received is 'pc-i440fx-7.2' and local is 'pc-q35-7.2'"
+
+
+ADVISE = cmd(3, (0x1000).to_bytes(8, "big") * 2)
+
+
+def package(inner: bytes) -> bytes:
+    return cmd(7, len(inner).to_bytes(4, "big")) + inner
+
+
+def test_package_ends_at_run_or_eof():
+    dev = start(7, b"timer", 2, kind=4) + b"\x00" * 8 + footer(7)
+    ok = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + dev + cmd(2, b"\x00\x00\x00\x03") + cmd(5)) + b"\x00"
+    rep = check(ok)
+    assert rep.violations == [] and rep.stats["postcopy"] == "RUNNING" and rep.stats["status"] == "completed"
+    # the nested loader runs out of data: the load fails
+    incomplete = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + dev) + b"\x00"
+    assert codes(incomplete)[0] == ("package-incomplete", "reject")
+    # records after RUN inside the package are never read: even a broken one
+    trailing = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + cmd(5) + b"\x09garbage") + b"\x00"
+    with pytest.raises(Exception):  # the reader cannot frame 0x09 ...
+        from wireformat.reader import StreamReader
+        list(StreamReader(io.BytesIO(trailing)))
+    trailing = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + cmd(5) + cmd(0)) + b"\x00"
+    assert codes(trailing) == [("package-trailing-data", "deviation")]  # ... and MIG_CMD 0 there is not judged
+    # an EOF inside ends only the nested loader
+    nested_eof = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + b"\x00") + cmd(5) + b"\x00"
+    assert codes(nested_eof) == []
+
+
+def test_recovery_channel():
+    from wireformat.constants import MigCmd
+
+    bitmap = cmd(10, b"\x06pc.ram")
+    part = b"\x02" + (2).to_bytes(4, "big") + word(0x1000, 0x02) + b"\x06pc.ram\x00" + EOS + footer(2)
+    chan = bitmap + cmd(MigCmd.MIG_CMD_POSTCOPY_RESUME) + part + b"\x03" + (2).to_bytes(4, "big") + EOS + footer(2) + b"\x00"
+    # alone, the PART/END of a section the old channel started cannot be framed
+    rep = check_stream(io.BytesIO(chan), recovery=True)
+    assert [v.code for v in rep.violations] == ["unknown-section-id"]
+    # with the interrupted main channel it resumes
+    old = HEADER + cfg() + cmd(1) + ADVISE + start(2, b"ram", 4) + MEM + EOS + footer(2) + package(cmd(4) + cmd(5))
+    rep = check_stream(io.BytesIO(chan), recovery=True, previous=io.BytesIO(old))
+    assert rep.violations == [] and rep.stats["status"] == "completed"
+    # RESUME outside recovery, on the old channel itself, is tolerated
+    assert codes(old + cmd(9) + b"\x00") == [("recovery-command-outside-recovery", "deviation")]
+    # the same commands on a normal stream: outside recovery (tolerated)
+    normal = ram_stream(ZERO_NAMED, extra_cmds=bitmap + cmd(9))
+    assert [c for c, _ in codes(normal)] == ["recovery-command-outside-recovery", "recovery-command-outside-recovery",
+                                              "missing-vmdescription"]
+    bad = ram_stream(ZERO_NAMED, extra_cmds=cmd(10, b"\x00"))
+    assert ("command-malformed", "reject") in codes(bad)

@@ -201,13 +201,15 @@ class StreamReader:
         body_sizer: BodySizer | None = None,
         window: int = 8 << 20,
         headerless: bool = False,
+        known_sections: dict[int, SectionInfo] | None = None,
     ):
         self.b = _Buffer(src, max(window, 1 << 16))
         self.channel = channel
         self.commands = commands
         self.body_sizer = body_sizer
         self.headerless = headerless
-        self.sections: dict[int, SectionInfo] = {}
+        # a recovery channel goes on with the sections its interrupted main channel opened
+        self.sections: dict[int, SectionInfo] = dict(known_sections or {})
         self.ram_params = dict(ramcodec.DEFAULT_PARAMS)
         self.current: SectionInfo | None = None
         self._package_end: list[int] = []
