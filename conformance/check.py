@@ -92,3 +92,81 @@ def check_stream(
     loader.bytes_seen = max(loader.bytes_seen, reader.b.offset())
     loader.close(reader.b.offset())
     return Report(name, loader.target.version, loader.violations, loader.stats(), time.perf_counter() - t0)
+
+
+def check_capture(
+    main: BinaryIO,
+    channels: list[tuple[str, BinaryIO]],
+    *,
+    name: str = "<capture>",
+    target: DestinationProfile | str | None = None,
+    destination_channels: int | None = None,
+    **kw,
+) -> Report:
+    """The main stream and its multifd channels (files in any order), judged together."""
+    from wireformat.multifd import MultifdChannelReader
+
+    from .channels import MainSyncInfo, MultifdChecker
+
+    t0 = time.perf_counter()
+    rep = check_stream(main, name=name, target=target, **kw)
+    recs = rep.stats["records"]
+    blocks = {b: info["used_length"] for b, info in rep.stats["ram_blocks"].items() if info.get("used_length")}
+    checker = MultifdChecker(MainSyncInfo(recs.get("ram:MULTIFD_FLUSH", 0), recs.get("ram:EOS", 0), blocks),
+                             destination_channels=destination_channels)
+    used: set[str] = set()
+    for label, src in channels:
+        head = b""
+        while len(head) < 64:  # the init packet names the channel; a pipe may give less per read
+            more = src.read(64 - len(head))
+            if not more:
+                break
+            head += more
+        cid = int(head[24]) if len(head) == 64 and head[:4] == b"\x11\x22\x33\x44" else None
+        chan = f"multifd{cid}" if cid is not None else label
+        if chan in used:  # two files claim one id: keep them apart to say so
+            chan = f"{chan} ({label})"
+        used.add(chan)
+        reader = MultifdChannelReader(_Prepend(head, src), chan)
+        try:
+            for rec in reader:
+                checker.feed(rec)
+        except DecodeError as e:
+            checker._v(e.code if e.code in ("truncated", "hostile-length") else "multifd-packet", Severity.REJECT,
+                       e.channel, e.offset, f"{e.message}: the destination hangs waiting for this channel")
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
+            raise StreamReadError(f"{label}: read error: {e}") from None
+    rep.violations = rep.violations + checker.close()
+    rep.stats["multifd"] = {
+        "channels": {c.name: {"packets": c.packets, "syncs": c.syncs} for c in checker.channels.values()},
+        "sync_mode": checker.main.mode,
+        "sync_points": checker.main.sync_points,
+        "pages": dict(checker.pages),
+    }
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+class _Prepend:
+    """A file object whose first bytes were already read."""
+
+    def __init__(self, head: bytes, src: BinaryIO):
+        self.head, self.src = head, src
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = self.head[:n] if n >= 0 else self.head, self.head[n:] if n >= 0 else b""
+            return out
+        return self.src.read(n)
+
+    def readinto(self, b) -> int:
+        if self.head:
+            k = min(len(b), len(self.head))
+            b[:k] = self.head[:k]
+            self.head = self.head[k:]
+            return k
+        if hasattr(self.src, "readinto"):
+            return self.src.readinto(b)
+        data = self.src.read(len(b))
+        b[: len(data)] = data
+        return len(data)

@@ -133,11 +133,32 @@ def format_report(rep: Report) -> str:
     return "\n".join(lines)
 
 
+def _capture_files(path: str, channels: list[str]) -> tuple[str, list[str]]:
+    """(main, channels) of a capture directory (manifest.json, else main* and multifd* files)."""
+    if not os.path.isdir(path):
+        return path, channels
+    d = Path(path)
+    manifest = d / "manifest.json"
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text())
+            return str(d / m["main"]), [str(d / c) for c in m.get("channels", [])] + channels
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{manifest}: not a capture manifest: {e}") from None
+    mains = sorted(d.glob("main*"))
+    if len(mains) != 1:
+        raise UsageError(f"{path}: a capture directory needs manifest.json or exactly one main* file")
+    return str(mains[0]), [str(p) for p in sorted(d.glob("multifd*"))] + channels
+
+
 def cmd_check(args) -> int:
     try:
         target = profile(args.target)
     except UnknownTarget as e:
         raise UsageError(str(e)) from None
+    args.path, channel_paths = _capture_files(args.path, args.channel or [])
+    if channel_paths:
+        return _check_capture(args, target, channel_paths)
     tables = _tables(args.vmstate, args.reference)
     previous = open_stream(args.recovery)[0] if args.recovery else None
     src, name = open_stream(args.path)
@@ -154,6 +175,24 @@ def cmd_check(args) -> int:
         print(json.dumps(rep.as_json(), indent=2))
     else:
         print(format_report(rep))
+    return EXIT_VIOLATIONS if rep.violations else EXIT_OK
+
+
+def _check_capture(args, target, channel_paths: list[str]) -> int:
+    from .check import check_capture
+
+    src, name = open_stream(args.path)
+    channels = [(os.path.basename(p), open_stream(p)[0]) for p in channel_paths]
+    rep = check_capture(src, channels, name=name, target=target, destination_channels=args.dest_channels,
+                        commands=_commands(args), tables=_tables(args.vmstate, args.reference),
+                        body_checker=_body_checker(), machine=args.machine, body_sizer=_body_sizer(args.path))
+    if args.json:
+        print(json.dumps(rep.as_json(), indent=2))
+    else:
+        print(format_report(rep))
+        mf = rep.stats["multifd"]
+        chans = ", ".join(f"{k}: {v['packets']} packets, {v['syncs']} SYNC" for k, v in sorted(mf["channels"].items()))
+        print(f"  multifd ({mf['sync_mode']} sync, {mf['sync_points']} sync points): {chans}")
     return EXIT_VIOLATIONS if rep.violations else EXIT_OK
 
 
@@ -219,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="validate a stream (exit 0 conforms, 1 violations, 2 error)")
-    c.add_argument("path", help="stream file (.gz/.xz/.zst read transparently), - for stdin, or tcp:HOST:PORT to "
-                   "receive a live migration (precopy, no return path) as a destination would")
+    c.add_argument("path", help="stream file (.gz/.xz/.zst read transparently), - for stdin, tcp:HOST:PORT to "
+                   "receive a live migration (precopy, no return path) as a destination would, or a capture directory")
+    c.add_argument("--channel", action="append", metavar="FILE",
+                   help="a multifd channel of the same migration (repeatable, any order: the id is in each channel)")
+    c.add_argument("--dest-channels", type=int, metavar="N", help="the destination's multifd-channels")
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")

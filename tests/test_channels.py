@@ -1,0 +1,137 @@
+"""Multifd captures judged with their channels: real 7.2 and 10.0 captures conform with the
+channel files in any order; each kind of damage is named at its channel and offset."""
+
+import io
+import json
+import lzma
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.check import check_capture
+from wireformat.multifd import MultifdChannelReader, MultifdRamPacket
+
+DATA = Path(__file__).parent / "data" / "multifd"
+CAPTURES = {"qemu72-i440fx-7.2": "7.2", "qemu100-i440fx-10.0": "10.0", "qemu100-i440fx-7.2": "7.2"}
+
+
+def load(name: str, part: str) -> bytes:
+    return lzma.decompress((DATA / f"{name}.{part}.bin.xz").read_bytes())
+
+
+def judge(name, ch0=None, ch1=None, target=None, **kw):
+    main = load(name, "main")
+    chans = [("a", io.BytesIO(ch1 if ch1 is not None else load(name, "multifd1"))),
+             ("b", io.BytesIO(ch0 if ch0 is not None else load(name, "multifd0")))]
+    return check_capture(io.BytesIO(main), chans, target=target or CAPTURES[name], **kw)
+
+
+def packets(data: bytes):
+    return [r for r in MultifdChannelReader(io.BytesIO(data), "x", copy=True) if isinstance(r, MultifdRamPacket)]
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_real_captures_conform_in_any_channel_order(name):
+    rep = judge(name)
+    assert rep.violations == [], [v.one_line() for v in rep.violations]
+    mf = rep.stats["multifd"]
+    assert set(mf["channels"]) == {"multifd0", "multifd1"}  # named by the id in their init packets
+    assert all(c["syncs"] == mf["sync_points"] == 3 for c in mf["channels"].values())
+    assert mf["sync_mode"] == ("flush" if name == "qemu100-i440fx-10.0" else "per-section")
+
+
+def test_capture_directory_from_the_cli(tmp_path):
+    name = "qemu100-i440fx-10.0"
+    for part in ("main", "multifd0", "multifd1"):
+        (tmp_path / f"{part}.bin").write_bytes(load(name, part))
+    (tmp_path / "manifest.json").write_text(json.dumps({"main": "main.bin", "channels": ["multifd1.bin", "multifd0.bin"]}))
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "check", str(tmp_path), "--json"], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["stats"]["multifd"]["sync_points"] == 3
+
+
+def _drop(data: bytes, pkt: MultifdRamPacket) -> bytes:
+    size = 1344 + pkt.normal_pages * 4096
+    return data[: pkt.offset] + data[pkt.offset + size :]
+
+
+def _patch_u32(data: bytes, at: int, value: int) -> bytes:
+    return data[:at] + struct.pack(">I", value) + data[at + 4 :]
+
+
+def first_code(rep):
+    return (rep.violations[0].code, rep.violations[0].severity.value, rep.violations[0].channel) if rep.violations else None
+
+
+@pytest.mark.parametrize("name", ["qemu72-i440fx-7.2", "qemu100-i440fx-10.0"])
+def test_a_missing_sync_is_a_hang(name):
+    ch1 = load(name, "multifd1")
+    last_sync = [p for p in packets(ch1) if p.is_sync][-1]
+    rep = judge(name, ch1=_drop(ch1, last_sync))
+    assert first_code(rep) == ("multifd-sync-count", "reject", "multifd1")
+    assert "waits for a SYNC that never comes" in rep.violations[0].message
+
+
+def test_a_lost_data_packet_is_found_by_its_number():
+    name = "qemu100-i440fx-10.0"
+    ch0 = load(name, "multifd0")
+    data_pkt = [p for p in packets(ch0) if not p.is_sync and p.normal_pages][0]
+    rep = judge(name, ch0=_drop(ch0, data_pkt))
+    assert first_code(rep) == ("multifd-packet-missing", "reject", "multifd")
+    assert str(data_pkt.packet_num) in rep.violations[0].message
+
+
+@pytest.mark.parametrize(
+    "field_offset, value, text",
+    [
+        (0, 0x11223345, "packet magic"),
+        (8, 0x2, "flags received 2 flags expected 0"),  # zlib bit, uncompressed destination
+        (16, 200, "non-zero pages"),  # normal_pages > pages_alloc
+    ],
+)
+def test_damaged_packets_hang_the_destination(field_offset, value, text):
+    name = "qemu100-i440fx-10.0"
+    ch0 = load(name, "multifd0")
+    pkt = [p for p in packets(ch0) if p.normal_pages][0]
+    rep = judge(name, ch0=_patch_u32(ch0, pkt.offset + field_offset, value))
+    bad = [v for v in rep.violations if v.severity.value == "reject"]
+    assert bad and bad[0].channel == "multifd0"
+    assert text in bad[0].message
+    if field_offset:  # a readable header: the violation is at the packet
+        assert bad[0].offset == pkt.offset
+
+
+def test_unknown_block_and_offset_beyond_it():
+    name = "qemu100-i440fx-10.0"
+    ch0 = load(name, "multifd0")
+    pkt = [p for p in packets(ch0) if p.normal_pages][0]
+    name_at = pkt.offset + 64
+    renamed = ch0[:name_at] + b"zz" + ch0[name_at + 2 :]
+    rep = judge(name, ch0=renamed)
+    assert any("unknown ram block zz" in v.message for v in rep.violations)
+    far = ch0[: pkt.offset + 320] + struct.pack(">Q", 1 << 40) + ch0[pkt.offset + 328 :]
+    rep = judge(name, ch0=far)
+    assert any("offset too long" in v.message for v in rep.violations)
+
+
+def test_channel_ids_and_counts():
+    name = "qemu100-i440fx-10.0"
+    ch0 = load(name, "multifd0")
+    rep = judge(name, ch1=ch0)  # the same channel twice
+    assert any(v.code == "multifd-init" and "already setup" in v.message for v in rep.violations)
+    rep = judge(name, destination_channels=1)
+    assert first_code(rep) == ("multifd-channels", "silent-loss", "multifd")
+    bad_init = _patch_u32(ch0, 4, 2)
+    rep = judge(name, ch0=bad_init)
+    assert any("received packet version 2 expected 1" in v.message for v in rep.violations)
+
+
+def test_truncated_channel():
+    name = "qemu72-i440fx-7.2"
+    ch1 = load(name, "multifd1")
+    rep = judge(name, ch1=ch1[: len(ch1) // 2])
+    assert rep.rejected
+    assert {v.channel for v in rep.violations if v.severity.value == "reject"} == {"multifd1"}
