@@ -33,10 +33,15 @@ def _commands(args) -> CommandSet:
     return RELEASED
 
 
-def _tables(dump_path: str | None, reference: str | None):
-    """The destination's tables from its -dump-vmstate and/or a stream it saved itself."""
+def _tables(dump_path: str | None, reference: str | None, target: str | None = None, builtin: bool = True):
+    """The destination's tables from its -dump-vmstate and/or a stream it saved itself;
+    else what every destination of the target version has (shipped with migconform)."""
     if not dump_path and not reference:
-        return None
+        if not builtin or target is None:
+            return None
+        from .tables import builtin_tables
+
+        return builtin_tables(target)
     from wireformat import vmstate
 
     from .tables import DestinationTables
@@ -159,7 +164,7 @@ def cmd_check(args) -> int:
     args.path, channel_paths = _capture_files(args.path, args.channel or [])
     if channel_paths:
         return _check_capture(args, target, channel_paths)
-    tables = _tables(args.vmstate, args.reference)
+    tables = _tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables)
     previous = open_stream(args.recovery)[0] if args.recovery else None
     src, name = open_stream(args.path)
     total = os.path.getsize(args.path) if os.path.isfile(args.path) and not name.endswith(")") else None
@@ -184,7 +189,8 @@ def _check_capture(args, target, channel_paths: list[str]) -> int:
     src, name = open_stream(args.path)
     channels = [(os.path.basename(p), open_stream(p)[0]) for p in channel_paths]
     rep = check_capture(src, channels, name=name, target=target, destination_channels=args.dest_channels,
-                        commands=_commands(args), tables=_tables(args.vmstate, args.reference),
+                        commands=_commands(args),
+                        tables=_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables),
                         body_checker=_body_checker(), machine=args.machine, body_sizer=_body_sizer(args.path))
     if args.json:
         print(json.dumps(rep.as_json(), indent=2))
@@ -268,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")
     c.add_argument("--reference", metavar="REF", help="a stream the destination binary saved with the same machine and "
                    "devices: the sections it registers (unknown idstr/instance, versions too new)")
+    c.add_argument("--no-builtin-tables", action="store_true",
+                   help="do not judge section names and versions by the target version's own -dump-vmstate (shipped)")
     c.add_argument("--machine", metavar="TYPE", help="the destination's machine type (compared as QEMU does)")
     c.add_argument("--recovery", metavar="OLD_MAIN", nargs="?", const="", default=None,
                    help="PATH is the new main channel of a postcopy recovery (no header, destination in "

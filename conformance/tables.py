@@ -80,3 +80,49 @@ class DestinationTables:
                                f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id "
                                f"{info.minimum_version_id}")
         return None
+
+
+# Sections a destination registers outside of device classes, so -dump-vmstate does not list
+# them (seen on real 7.2 / 10.0 streams, and read in QEMU's vmstate_register /
+# register_savevm_live callers for x86), with the newest version each has there.
+OTHER_SECTIONS = {
+    "timer": 2, "cpu_common": 1, "cpu": 12, "apic": 3, "PCIBUS": 1, "i2c_bus": 1, "acpi_build": 1,
+    "globalstate": 1, "ram": 4, "ide": 3, "slirp": None, "block": None, "dirty-bitmap": None, "vfio": None,
+    "eepro100": None, "eeprom93xx": None, "vmware_vga": None, "ipmi-bmc-sim": None, "ipmi-bmc-extern": None,
+    "virtio-mem-device-early": None, "kvmclock": None,
+}
+
+
+@dataclass
+class BuiltinTables(DestinationTables):
+    """What every destination of a QEMU version has, whatever its machine and devices: the
+    binary's own -dump-vmstate (shipped for the modelled versions) and the sections it
+    registers outside device classes. A section neither names is one the destination
+    cannot have; a version outside a VMSD's bounds is one it cannot load."""
+
+    version: str = ""
+
+    def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
+        info = self.dump.lookup_idstr(idstr) if self.dump is not None else None
+        if info is None:
+            name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in OTHER_SECTIONS or c.endswith("vfio")), None)
+            if name is None:
+                return Finding("unknown-section",
+                               f"Unknown savevm section or instance '{idstr}' {instance_id}: QEMU {self.version} has no such "
+                               "device or section")
+            newest = OTHER_SECTIONS.get(name)
+            if newest is not None and version_id > newest:
+                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
+            return None
+        return super().judge(idstr, instance_id, version_id)
+
+
+def builtin_tables(version: str) -> BuiltinTables | None:
+    import gzip
+    from importlib import resources
+
+    res = resources.files("conformance") / "data" / f"dump-vmstate-{version}.json.gz"
+    if not res.is_file():
+        return None
+    dump = vmstate.parse_dump_vmstate(gzip.decompress(res.read_bytes()))
+    return BuiltinTables(dump=dump, version=version)

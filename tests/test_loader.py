@@ -321,3 +321,17 @@ def test_recovery_channel():
                                               "missing-vmdescription"]
     bad = ram_stream(ZERO_NAMED, extra_cmds=cmd(10, b"\x00"))
     assert ("command-malformed", "reject") in codes(bad)
+
+
+@pytest.mark.parametrize("target", ["7.2", "10.0"])
+def test_builtin_tables_know_each_versions_sections(target):
+    from conformance.tables import builtin_tables
+
+    t = builtin_tables(target)
+    assert t.judge("timer", 0, 2) is None and t.judge("cpu", 0, 12) is None
+    assert t.judge("0000:00:03.0/e1000", 0, 2) is None  # a PCI path, then the VMSD name
+    assert t.judge("0000:00:04.0/1/usb-ptr", 0, 1) is None
+    assert t.judge("0000:00:03.0/e1000", 0, 3).code == "section-version-too-new"
+    assert t.judge("timer", 0, 3).message == "savevm: unsupported version 3 for 'timer' v2"
+    assert t.judge("timex", 0, 1).code == "unknown-section"
+    assert t.judge("0000:00:05.0/vfio", 0, 1) is None  # VFIO devices register their own sections
