@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--json", action="store_true")
     ql.set_defaults(func=cmd_qemu_list)
 
+    from .capture_cmd import add_capture_parser
+
+    add_capture_parser(sub)
+
     m = sub.add_parser("demo", help="capture a stream from each installed QEMU and check it")
     m.add_argument("--qemu", action="append", metavar="VERSION=PATH")
     m.add_argument("--machine", default="pc-i440fx-7.2", help="a machine type every installed QEMU has")

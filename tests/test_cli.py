@@ -182,3 +182,19 @@ def test_demo_runs_and_agrees_with_real_destinations(qemu):
     assert out.count("== QEMU") == 3  # 7.2 and 10.0 on pc-i440fx-7.2, 10.0 on its newest type
     assert "5 verdicts agree with real destinations, 0 disagree" in out
     assert "MIG_CMD 0xb unknown" in out  # the 10.0 machine type's SWITCHOVER_START, judged for 7.2
+
+
+@pytest.mark.qemu
+def test_capture_then_check_the_directory(qemu, tmp_path):
+    qemu("10.0")
+    out = tmp_path / "cap"
+    code, stdout, err = run("capture", str(out), "--qemu", "10.0", "--machine", "pc-q35-7.2",
+                            "--devices", "virtio-net+virtio-blk", "--mem-mb", "16", "--ram", "7")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["version"] == "10.0" and manifest["arguments"]["machine"] == "pc-q35-7.2"
+    assert manifest["bytes"]["main.bin"] == (out / "main.bin").stat().st_size > 16 << 20  # random RAM travels whole
+    code, stdout, err = run("check", str(out), "--json", "--target", "7.2")
+    assert code == 0, stdout
+    assert json.loads(stdout)["stats"]["configuration"]["machine_type"] == "pc-q35-7.2"
+    assert run("capture", str(out))[0] == 2  # never overwrites a capture
