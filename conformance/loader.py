@@ -17,6 +17,9 @@ from typing import Callable
 
 from wireformat.constants import (
     MIG_CMD_FIXED_LEN,
+    MIG_RP_FIXED_LEN,
+    RAMBLOCK_RECV_BITMAP_ENDING,
+    MigRpMsg,
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
     QEMU_VM_FILE_VERSION_COMPAT,
@@ -28,6 +31,7 @@ from wireformat.constants import (
 )
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.ram import XbzrleError, xbzrle_decode
+from wireformat.returnpath import RpMessage
 from wireformat.records import (
     Command,
     Configuration,
@@ -49,6 +53,7 @@ from .targets import DestinationProfile, profile
 from .violations import Severity, Violation
 
 R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
+RETURN_PATH = "return-path"
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
@@ -163,6 +168,10 @@ class Loader:
         self.section_list: list[dict] = []
         self.mapped_ram_pages: dict[str, int] = {}
         self.bytes_seen = 0
+        # return path (destination -> source), when it is fed too
+        self.pings: list[int] = []  # PING values sent and not yet answered
+        self.rp_messages = Counter()
+        self.rp_shut: RpMessage | None = None
         if recovery:
             # the old channel brought the header, configuration, MEM_SIZE and ADVISE..RUN
             self.postcopy, self.return_path = PostcopyState.RUNNING, True
@@ -187,6 +196,7 @@ class Loader:
             Eof: self._eof,
             VmDescription: self._vmdescription,
             TrailingData: self._trailing,
+            RpMessage: self._rp,
         }
 
     # -- events in, violations out ------------------------------------------------------
@@ -201,7 +211,9 @@ class Loader:
                 self._v("package-trailing-data", D, rec.channel, rec.offset,
                         "records after the end of the packaged stream (POSTCOPY_RUN or EOF): the destination ignores them")
             return self.violations[start:]
-        if kind is RamRun and self.phase is Phase.IN_SECTION:
+        if kind is RpMessage:
+            self._rp(rec)  # the other direction: no effect on the main stream's phase
+        elif kind is RamRun and self.phase is Phase.IN_SECTION:
             self._ram_run(rec)  # hot path: skip the table lookup
         elif kind is RamRecord and self.phase is Phase.IN_SECTION:
             self._ram(rec)
@@ -226,6 +238,8 @@ class Loader:
         elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE:
             self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
+        if self.rp_messages and self.pings:  # the return path was fed, and PINGs went unanswered
+            self._v("rp-ping-unanswered", D, RETURN_PATH, 0, f"no PONG for PING {', '.join(f'{p:#x}' for p in self.pings)}")
         return self.violations[start:]
 
     def fail(self, code: str, channel: str, offset: int, message: str, section: str | None = None) -> None:
@@ -526,6 +540,8 @@ class Loader:
         elif mc == MigCmd.MIG_CMD_PING:
             if not self.return_path:
                 self._v("ping-without-return-path", R, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
+            else:
+                self.pings.append(c.args["value"])
         elif mc == MigCmd.MIG_CMD_POSTCOPY_ADVISE:
             if n not in (0, 16):
                 self._v("postcopy-advise-length", R, ch, off, f"CMD_POSTCOPY_ADVISE invalid length ({n})")
@@ -585,6 +601,59 @@ class Loader:
         if not pkg.ended:
             self._v("package-incomplete", R, p.channel, pkg.offset,
                     "the packaged stream ends without POSTCOPY_RUN or EOF: the nested loader reads past its data and fails")
+
+    # -- return path ----------------------------------------------------------------------
+    def _rp(self, m: RpMessage) -> None:
+        """A message the destination sent back; judged as the source judges it."""
+        ch, off = RETURN_PATH, m.offset
+        self.rp_messages[m.name] += 1
+        if self.rp_shut is not None:
+            self._v("rp-after-shut", D, ch, off, f"{m.name} after MIG_RP_MSG_SHUT")
+        if m.type == 0 or m.type > max(MigRpMsg) or (m.type in MIG_RP_FIXED_LEN and len(m.data) != MIG_RP_FIXED_LEN[m.type]):
+            self._v("rp-malformed", R, ch, off, f"Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x}")
+            return
+        t = MigRpMsg(m.type)
+        if t == MigRpMsg.MIG_RP_MSG_PONG:
+            value = m.args["value"]
+            if value in self.pings:
+                self.pings.remove(value)  # PONGs may come out of order (3 after 4)
+            else:
+                self._v("rp-pong-unexpected", D, ch, off, f"PONG {value:#x} answers no PING")
+        elif t == MigRpMsg.MIG_RP_MSG_SHUT:
+            self.rp_shut = m
+            if m.args["value"]:
+                self._v("rp-shut-error", R, ch, off, f"Sibling indicated error {m.args['value']}")
+        elif t in (MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID, MigRpMsg.MIG_RP_MSG_REQ_PAGES):
+            if t == MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID:
+                if m.args is None:
+                    self._v("rp-malformed", R, ch, off, f"Req_Page_id with length {len(m.data)} expecting {13 + m.data[12:13][0] if len(m.data) > 12 else 13}")
+                    return
+                self.rp_block = m.args["block"]
+            block = getattr(self, "rp_block", None)
+            length = self.blocks.get(block) if block else None
+            if block is None or (self.blocks and length is None):
+                self._v("rp-bad-page-request", R, ch, off, f"page request for unknown block {block!r}")
+            elif length is not None and m.args["start"] + m.args["length"] > length:
+                self._v("rp-bad-page-request", R, ch, off,
+                        f"page request {m.args['start']:#x}+{m.args['length']:#x} beyond block {block} ({length:#x})")
+        elif t == MigRpMsg.MIG_RP_MSG_RECV_BITMAP:
+            name = (m.args or {}).get("block")
+            length = self.blocks.get(name)
+            if m.end_mark is not None and m.end_mark != RAMBLOCK_RECV_BITMAP_ENDING:
+                self._v("rp-recv-bitmap", R, ch, off, f"ramblock '{name}' end mark incorrect: {m.end_mark:#x}")
+            if length is not None and m.bitmap is not None:
+                want = ((length // self.page_size + 63) // 64) * 8
+                if len(m.bitmap) != want:
+                    self._v("rp-recv-bitmap", R, ch, off,
+                            f"ramblock '{name}' bitmap size mismatch ({len(m.bitmap):#x} != {want:#x})")
+        elif t == MigRpMsg.MIG_RP_MSG_RESUME_ACK:
+            if m.args["value"] != 1:
+                self._v("rp-resume-ack", R, ch, off, f"RESUME_ACK with value {m.args['value']} (must be 1)")
+
+    @property
+    def page_size(self) -> int:
+        sub = self.configuration.subsection("configuration/target-page-bits") if self.configuration else None
+        return 1 << sub.value if sub else 4096
 
     # -- end of stream --------------------------------------------------------------------
     def _eof(self, e: Eof) -> None:
@@ -646,5 +715,6 @@ class Loader:
             "mapped_ram_pages": self.mapped_ram_pages or None,
             "postcopy": self.postcopy.name,
             "status": "failed" if self.rejected() else self.status,
+            "return_path": dict(self.rp_messages) or None,
             "violations_dropped": self.dropped,
         }

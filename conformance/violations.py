@@ -94,6 +94,14 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         _C("return-path-reopened", "a second OPEN_RETURN_PATH", "CMD_OPEN_RETURN_PATH called when RP already open (not fatal)"),
         _C("postcopy-without-return-path", "POSTCOPY_LISTEN without OPEN_RETURN_PATH",
            "accepted, but the destination cannot request the pages it faults on; no source does this"),
+        _C("rp-malformed", "a return-path message of unknown type or wrong length", "Received invalid message 0x%04x length 0x%04x (the source fails)"),
+        _C("rp-shut-error", "SHUT with a non-zero value", "Sibling indicated error %d (the source fails)"),
+        _C("rp-after-shut", "a return-path message after SHUT", "not read: the source stops at SHUT"),
+        _C("rp-pong-unexpected", "a PONG that answers no PING", "traced only"),
+        _C("rp-ping-unanswered", "a PING with no PONG on the captured return path", "traced only; the capture may have ended early"),
+        _C("rp-bad-page-request", "REQ_PAGES(_ID) for an unknown block or beyond it", "the source fails the page request and the migration"),
+        _C("rp-recv-bitmap", "RECV_BITMAP blob with a wrong size or end mark", "ramblock '%s' bitmap size mismatch / end mark incorrect"),
+        _C("rp-resume-ack", "RESUME_ACK with a value other than 1", "the source refuses the resume"),
         _C("recovery-command-outside-recovery", "POSTCOPY_RESUME outside postcopy recovery", "illegal resume received (not fatal)"),
         _C("ram-version", "ram section version is not 4", "error while loading state for instance 0x0 of device 'ram'"),
         _C("ram-unknown-flags", "RAM record flags are no known combination", "Unknown combination of migration flags: 0x%x"),
@@ -120,6 +128,16 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         _C("vmdescription-malformed", "the VMDESCRIPTION trailer is not valid JSON", "not read by the destination"),
         _C("trailing-data", "bytes after the trailer", "ignored by the destination"),
         _C("unsupported", "a stream feature migconform cannot decode yet", "—"),
+        # --- switchover-ack and the downtime SLA (conformance/switchover.py, conformance/downtime.py) ---
+        _C("switchover-before-ack", "the source switched over before SWITCHOVER_ACK while its guest ran",
+           "a QEMU source with switchover-ack waits for the ack unless the VM is stopped (no conforming source does this)"),
+        _C("switchover-ack-unreachable", "the destination waits for a device that never sends DEV_INIT_DATA_SENT "
+           "(or does not use switchover-ack at all): no SWITCHOVER_ACK ever comes",
+           "the running source stays 'active' for ever (VERIFIED 10.0, destination with switchover-ack off)"),
+        _C("init-data-sent-unexpected", "DEV_INIT_DATA_SENT from a device the destination does not count, or with nothing pending",
+           "Received INIT_DATA_SENT but switchover ack is not used / qemu_loadvm_approve_switchover failed, err=-22"),
+        _C("downtime-limit-exceeded", "proposed SEND_SRC_DOWNTIME: source downtime + destination load time reached the abort limit at a check point",
+           "the destination aborts the load (RFC 'abort on destination if switchover limit exceeded', never merged)"),
     ]
 }
 
