@@ -47,8 +47,21 @@ def add_capture_parser(sub) -> None:
     c.add_argument("--cap", action="append", metavar="NAME[=on|off]", help="migration capability (repeatable)")
     c.add_argument("--param", action="append", metavar="NAME=VALUE", help="migration parameter (repeatable)")
     c.add_argument("--global", dest="globals_", action="append", metavar="DRIVER.PROP=VALUE", help="-global for the source")
+    c.add_argument("--channels", type=int, default=0, metavar="N",
+                   help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
+    c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")
     c.add_argument("--timeout", type=float, default=120.0)
     c.set_defaults(func=cmd_capture)
+
+    r = sub.add_parser("replay", help="play a capture directory into a real destination, one connection per channel")
+    r.add_argument("capture", help="capture directory (made by migconform capture)")
+    r.add_argument("--qemu", default=None, metavar="VERSION", help="destination version (default: newest found)")
+    r.add_argument("--qemu-path", action="append", metavar="VERSION=PATH")
+    r.add_argument("--schedule", default="", metavar="SPEC",
+                   help="delivery per channel, e.g. 'multifd1:chunk=4096,pause=0.001;main:delay=0.1' (default: all at once)")
+    r.add_argument("--timeout", type=float, default=30.0, help="seconds before a destination that has not finished counts as hung")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_replay)
 
 
 def cmd_capture(args) -> int:
@@ -82,6 +95,8 @@ def cmd_capture(args) -> int:
             ram_file = make_ram_file(out / "guest-ram.img", args.mem_mb, seed=seed)
     binary = found[version]
     t0 = time.monotonic()
+    if args.channels:
+        return _capture_channels(args, out, found, binary, caps, params, ram_file, t0)
     try:
         res = capture_stream(binary, out / "main.bin", machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
                              ram_file=ram_file, capabilities=caps, parameters=params, globals_=args.globals_ or (),
@@ -101,3 +116,123 @@ def cmd_capture(args) -> int:
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"captured {res.size} bytes from QEMU {binary.full_version} ({args.machine}, {args.devices}) into {out}")
     return 0
+
+
+def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: dict, ram_file, t0: float) -> int:
+    from .cli import UsageError
+    from .qemu.tcp_migration import capture_channels
+
+    dest = found.get(args.dest or binary.version)
+    if dest is None:
+        raise UsageError(f"destination QEMU {args.dest} not found")
+    caps = {"multifd": True, **caps}
+    params = {"multifd-channels": args.channels, **params}
+    dst_ram = make_ram_file(out / "destination-ram.img", args.mem_mb, content=b"") if ram_file else None
+    try:
+        cap = capture_channels(binary, dest, machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
+                               ram_file=ram_file, dst_ram_file=dst_ram, capabilities=caps, parameters=params,
+                               globals_=args.globals_ or (), timeout=args.timeout)
+    except QemuError as e:
+        raise UsageError(f"capture QEMU {binary.full_version} -> {dest.full_version}: {e}") from None
+    finally:
+        if dst_ram is not None:
+            dst_ram.unlink(missing_ok=True)
+    files = {"main.bin": cap.main, "return-path.bin": cap.return_path}
+    files.update({f"multifd{i}.bin": data for i, data in sorted(cap.multifd.items())})
+    files.update({f"other{i}.bin": data for i, data in enumerate(cap.other)})
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    manifest = {
+        "migconform": "capture/1",
+        "source": {"qemu": binary.full_version, "version": binary.version},
+        "destination": {"qemu": dest.full_version, "version": dest.version, "status": cap.destination_status},
+        "arguments": {"machine": args.machine, "devices": args.devices, "mem_mb": args.mem_mb, "ram": args.ram,
+                      "capabilities": caps, "parameters": params, "globals": args.globals_ or []},
+        "main": "main.bin",
+        "return_path": "return-path.bin",
+        "channels": [f"multifd{i}.bin" for i in sorted(cap.multifd)],
+        "channel_order": ["main.bin"] + [f"multifd{i}.bin" for i in sorted(cap.multifd)],
+        "guest_ram": "guest-ram.img" if ram_file is not None and ram_file.parent == out else None,
+        "bytes": {name: len(data) for name, data in files.items()},
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"captured main + {len(cap.multifd)} multifd channels from QEMU {binary.full_version} to "
+          f"{dest.full_version} ({args.machine}) into {out}")
+    return 0
+
+
+def parse_schedule(spec: str):
+    """'multifd1:chunk=4096,pause=0.001;main:delay=0.1' -> Schedule."""
+    from .qemu.tcp_migration import Schedule
+
+    sched = Schedule()
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        chan, _, opts = part.partition(":")
+        for opt in filter(None, opts.split(",")):
+            key, _, value = opt.partition("=")
+            try:
+                if key == "chunk":
+                    sched.chunk[chan] = int(value)
+                elif key == "pause":
+                    sched.pause[chan] = float(value)
+                elif key == "delay":
+                    sched.start_delay[chan] = float(value)
+                else:
+                    raise ValueError(key)
+            except ValueError:
+                raise ValueError(f"schedule {part!r}: expected chunk=N, pause=S or delay=S") from None
+    return sched
+
+
+def cmd_replay(args) -> int:
+    """Replay, then compare the destination with the capture's own verdict and RAM."""
+    from .check import check_capture
+    from .cli import UsageError, _pairs, format_report
+    from .inputs import open_stream
+    from .qemu.tcp_migration import ram_digest, replay
+
+    d = Path(args.capture)
+    try:
+        m = json.loads((d / MANIFEST).read_text())
+        a = m["arguments"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{d}: not a capture directory ({e})") from None
+    try:
+        schedule = parse_schedule(args.schedule)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    found = discover(_pairs(args.qemu_path))
+    version = args.qemu or (max(found, key=lambda v: tuple(int(x) for x in v.split("."))) if found else None)
+    if version not in found:
+        raise UsageError(f"QEMU {version} not found")
+    channels = {int(Path(c).stem.removeprefix("multifd")): (d / c).read_bytes() for c in m.get("channels", [])}
+    main = (d / m["main"]).read_bytes()
+    # what the model says first
+    rep = check_capture(open_stream(str(d / m["main"]))[0],
+                        [(c, open_stream(str(d / c))[0]) for c in m.get("channels", [])],
+                        name=str(d), target=version if version in ("7.2", "10.0") else None)
+    dst_ram = make_ram_file(d / "replay-ram.img", a["mem_mb"], content=b"") if m.get("guest_ram") else None
+    try:
+        v = replay(found[version], main, channels, machine=a["machine"], devices=a["devices"], mem_mb=a["mem_mb"],
+                   ram_file=dst_ram, capabilities=a["capabilities"], parameters=a["parameters"],
+                   globals_=a.get("globals", ()), schedule=schedule, timeout=args.timeout)
+    finally:
+        if dst_ram is not None:
+            dst_ram.unlink(missing_ok=True)
+    ram_equal = None
+    if v.ram_sha256 is not None and m.get("guest_ram"):
+        ram_equal = v.ram_sha256 == ram_digest((d / m["guest_ram"]).read_bytes())
+    outcome = "completed" if v.completed else "hung" if v.hung else f"failed: {(v.error_lines or [v.status])[0]}"
+    agrees = v.completed == (not rep.rejected) and ram_equal is not False
+    result = {"destination": found[version].full_version, "schedule": schedule.describe(), "outcome": outcome,
+              "ram_equal": ram_equal, "model": rep.verdict, "model_rejects": rep.rejected, "agrees": agrees,
+              "violations": [x.as_json() for x in rep.violations], "seconds": round(v.seconds, 2)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(rep))
+        print(f"  replay into QEMU {found[version].full_version} ({schedule.describe()}): {outcome}"
+              + ("" if ram_equal is None else f", guest RAM {'equals' if ram_equal else 'DIFFERS FROM'} the source's")
+              + f" -> {'agrees' if agrees else 'DISAGREES'} with the model")
+    return 0 if agrees else 1
