@@ -138,6 +138,33 @@ CATALOGUE: dict[str, CatalogueEntry] = {
            "Received INIT_DATA_SENT but switchover ack is not used / qemu_loadvm_approve_switchover failed, err=-22"),
         _C("downtime-limit-exceeded", "proposed SEND_SRC_DOWNTIME: source downtime + destination load time reached the abort limit at a check point",
            "the destination aborts the load (RFC 'abort on destination if switchover limit exceeded', never merged)"),
+        # --- reference models: multifd RAM under sync semantics (conformance/ram_model.py) and VFIO
+        # --- device-state reassembly over multifd (conformance/vfio_model.py) ---
+        _C("stale-page", "a page of sync round N is written after the same page of round N+1 (only when the sync barrier is broken)",
+           "silent: the guest keeps the older contents (the multifd sync exists to prevent it)"),
+        _C("page-race", "two lanes send different contents for the same page between the same two sync points",
+           "no order between channels: the page ends with whichever write came last"),
+        _C("sync-deadlock", "the main stream waits at a sync point for a channel's SYNC that never comes",
+           "the destination main thread blocks for ever: it hangs, QMP unanswered (VERIFIED on 10.0)"),
+        _C("sync-unreleased", "a channel has packets behind a SYNC the main stream never matches",
+           "the channel thread blocks until cleanup: the packets after the SYNC are never loaded"),
+        _C("queue-cap-exceeded", "a VFIO state buffer would take the device's queued buffers above its cap",
+           "%s: queuing state buffer %u would exceed the size max of %lu (10.1 x-migration-max-queued-buffers-size)"),
+        _C("state-buffer-missing", "a VFIO device's state buffers end with a gap or without the config packet",
+           "the load thread waits for the missing buffer for ever: the destination hangs"),
+        _C("state-buffer-duplicate", "a VFIO state buffer idx arrives twice", "%s: state buffer %u already filled"),
+        _C("state-buffer-after-config", "a VFIO state buffer above the config packet's idx, or a second config packet",
+           "accepted; the load thread stops at the config index and never writes what lies above it"),
+        _C("state-buffer-unknown-device", "a device-state packet for an idstr/instance the destination does not have",
+           "Unknown idstr %s or instance id %u for load state buffer"),
+        _C("state-buffer-not-multifd", "a device-state packet for a device not doing multifd transfer",
+           "%s: got device state packet but not doing multifd transfer"),
+        _C("state-buffer-too-short", "a VFIODeviceStatePacket shorter than its 12-byte header",
+           "%s: packet too short at %zu (min is %zu)"),
+        _C("state-buffer-version", "a VFIODeviceStatePacket version other than 0", "%s: packet has unknown version %u"),
+        _C("state-buffer-invalid-idx", "a VFIODeviceStatePacket idx of UINT32_MAX", "%s: packet index is invalid"),
+        _C("switchover-start-missing", "VFIO state buffers queued but no SWITCHOVER_START",
+           "the load thread starts on SWITCHOVER_START: without it the buffers are never written (SOURCE reading)"),
     ]
 }
 

@@ -1,0 +1,392 @@
+"""Reference model of a destination's guest RAM under multifd sync semantics (spec
+wire-format.md §5.5), sans-IO: events in, RAM state and violations out.
+
+Lanes. The destination reads the main stream and N multifd channels, each in order (FIFO);
+between lanes nothing is ordered except by the sync barrier:
+
+* a channel that has processed its k-th SYNC blocks until the main stream has passed its
+  k-th sync point;
+* the main stream's k-th sync point (a MULTIFD_FLUSH record; or, in mode "per-section",
+  the EOS ending a ram section) is passed only once every channel has processed its k-th
+  SYNC.
+
+So a page sent in sync epoch ("round") r — on a channel: after that channel's r-th SYNC;
+on the main stream: after its r-th sync point — is written to guest RAM before any page of
+round r+1 of the same page on any lane. The model records, per page, the round and the lane
+that wrote it, and reports
+
+  stale-page     (silent-loss) a page of round r is written after the same page of a later
+                 round: the guest ends with old contents. Impossible while the barrier holds.
+  page-race      (silent-loss) two lanes write different contents to the same page in the
+                 same round: nothing orders them, the result depends on the schedule. (QEMU
+                 7.2 sends some pages twice in a round on two channels, with identical bytes:
+                 that is no race and no violation.)
+  sync-deadlock  (reject) the main stream waits at a sync point for a SYNC that never comes:
+                 the destination hangs (VERIFIED on 10.0 by dropping a SYNC).
+  sync-unreleased (silent-loss) a channel processed more SYNCs than the main stream has sync
+                 points and has packets queued behind the extra one: they are never loaded.
+
+Delivery. `feed` takes events in *delivery* order: the order the destination receives them.
+With `barrier=True` (a conforming destination) an event the barrier does not yet let through
+is held back in its lane (as the bytes would wait in the socket) and processed as soon as
+the barrier allows; `deferred` counts such events, so a schedule the protocol allows as a
+processing order is exactly one with `deferred == 0`. With `barrier=False` (a broken
+destination, or a source whose SYNCs do not mean what they say) every event is processed on
+delivery: the schedule is the processing order, whatever it is.
+
+Rounds. Events may carry the source's round (the sync epoch it sent them in); when they do
+the model judges against it, so a SYNC the source put in the wrong place shows up as a page
+processed in another epoch than it was sent in. Without it (real captures) the round is the
+lane's own epoch: a channel's SYNC count, the main stream's sync points passed.
+
+Events: MainPage (a ZERO or PAGE record of the main stream), Eos, Flush, ChannelPacket (the
+pages of one multifd RAM packet, normal and zero), ChannelSync. `main_events` and
+`channel_events` turn wireformat records into them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Union
+
+from wireformat.multifd import MultifdInit, MultifdRamPacket
+from wireformat.records import RamRecord, RamRun, Record
+
+from .violations import Severity, Violation
+
+R, L = Severity.REJECT, Severity.SILENT_LOSS
+
+MAIN = -1  # lane id of the main stream; multifd channels are 0 … N-1
+MODES = ("flush", "per-section")
+
+PageKey = tuple[str, int]  # (RAMBlock name, byte offset of the page)
+Content = Union[bytes, None]  # None: a zero page
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MainPage:
+    """A ZERO (data None) or PAGE record of the main stream."""
+
+    block: str
+    offset: int
+    data: Content = None
+    round: int | None = None  # the source's sync epoch, when known
+    at: int = 0  # byte offset in the main stream (for violations)
+
+
+@dataclass(frozen=True, slots=True)
+class Eos:
+    """RAM_SAVE_FLAG_EOS: end of a ram section. A sync point in mode "per-section"."""
+
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """RAM_SAVE_FLAG_MULTIFD_FLUSH: always a sync point (8.0+ destinations sync on it)."""
+
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPacket:
+    """The pages of one multifd RAM packet: (block, offset, data or None for a zero page)."""
+
+    channel: int
+    pages: tuple[tuple[str, int, Content], ...]
+    round: int | None = None
+    num: int | None = None  # packet_num, informative
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSync:
+    """A SYNC on a channel (the flag of a 7.2 packet, after its pages; an empty packet 9.0+)."""
+
+    channel: int
+    at: int = 0
+
+
+Event = Union[MainPage, Eos, Flush, ChannelPacket, ChannelSync]
+
+
+def lane_of(ev: Event) -> int:
+    t = type(ev)
+    return ev.channel if t is ChannelPacket or t is ChannelSync else MAIN
+
+
+def lane_name(lane: int) -> str:
+    return "main" if lane == MAIN else f"multifd{lane}"
+
+
+def is_sync_point(ev: Event, mode: str) -> bool:
+    t = type(ev)
+    return t is Flush or (t is Eos and mode == "per-section")
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+class RamModel:
+    """Guest RAM of a destination with `channels` multifd channels in sync `mode`.
+
+    `ram` maps a page to (round, lane, content); content is the page bytes (or their
+    BLAKE2b digest with `hash_pages=True`), None for a zero page.
+    """
+
+    __slots__ = ("channels", "mode", "barrier", "hash_pages", "max_violations", "ram", "violations",
+                 "main_epoch", "syncs", "deferred", "processed", "_queues", "_queued", "_ready", "_closed")
+
+    def __init__(self, channels: int, mode: str = "flush", *, barrier: bool = True, hash_pages: bool = False,
+                 max_violations: int = 100):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if channels < 1:
+            raise ValueError("a multifd destination has at least one channel")
+        self.channels = channels
+        self.mode = mode
+        self.barrier = barrier
+        self.hash_pages = hash_pages
+        self.max_violations = max_violations
+        self.ram: dict[PageKey, tuple[int, int, Content]] = {}
+        self.violations: list[Violation] = []
+        self.main_epoch = 0  # sync points the main stream has passed
+        self.syncs = [0] * channels  # SYNCs each channel has processed
+        self.deferred = 0  # events the barrier held back on delivery
+        self.processed = 0
+        self._queues: dict[int, deque] = {}
+        self._queued = 0
+        self._ready = 0  # channels whose SYNC for the main stream's next sync point is in
+        self._closed = False
+
+    # -- input
+
+    def feed(self, ev: Event) -> None:
+        lane = lane_of(ev)
+        if lane != MAIN and not 0 <= lane < self.channels:
+            raise ValueError(f"event on channel {lane} of a destination with {self.channels} channels")
+        if not self.barrier:
+            self._process(lane, ev)
+            return
+        q = self._queues.get(lane)
+        if q or not self._runnable(lane, ev):
+            if q is None:
+                q = self._queues[lane] = deque()
+            q.append(ev)
+            self._queued += 1
+            self.deferred += 1
+            return
+        self._process(lane, ev)
+        if self._queued:
+            self._pump()
+
+    def feed_all(self, events: Iterable[Event]) -> list[Violation]:
+        feed = self.feed
+        for ev in events:
+            feed(ev)
+        return self.close()
+
+    def close(self) -> list[Violation]:
+        """End of input: what is still held back says whether the destination hangs."""
+        if self._closed:
+            return self.violations
+        self._closed = True
+        mq = self._queues.get(MAIN)
+        if mq:
+            missing = [c for c in range(self.channels) if self.syncs[c] <= self.main_epoch]
+            self._v("sync-deadlock", R, MAIN, mq[0].at,
+                    f"the main stream waits at sync point {self.main_epoch + 1} for the SYNC of "
+                    f"{', '.join(lane_name(c) for c in missing)} (SYNCs processed: "
+                    f"{', '.join(f'{lane_name(c)} {self.syncs[c]}' for c in range(self.channels))}), which never "
+                    f"comes: the destination hangs ({self._queued} events never processed)")
+        else:
+            for c in range(self.channels):
+                q = self._queues.get(c)
+                if q:
+                    pages = sum(len(e.pages) for e in q if type(e) is ChannelPacket)
+                    self._v("sync-unreleased", L, c, q[0].at,
+                            f"{lane_name(c)} processed SYNC {self.syncs[c]} but the main stream has only "
+                            f"{self.main_epoch} sync points: {len(q)} events ({pages} pages) after it are never loaded")
+        return self.violations
+
+    # -- results
+
+    def image(self) -> dict[PageKey, Content]:
+        """Page → content (None: zero) for every page written."""
+        return {k: v[2] for k, v in self.ram.items()}
+
+    def content(self, data: Content) -> Content:
+        """How the model stores page bytes (to compare with `image()` under hash_pages)."""
+        if data is None or not self.hash_pages:
+            return data
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    @property
+    def codes(self) -> list[str]:
+        return [v.code for v in self.violations]
+
+    def stats(self) -> dict:
+        return {"pages": len(self.ram), "processed": self.processed, "deferred": self.deferred,
+                "sync_points": self.main_epoch, "syncs": list(self.syncs), "held": self._queued}
+
+    # -- internals
+
+    def _v(self, code: str, sev: Severity, lane: int, offset: int, message: str) -> None:
+        if len(self.violations) < self.max_violations:
+            self.violations.append(Violation(code, sev, lane_name(lane), offset, message, None))
+
+    def _runnable(self, lane: int, ev: Event) -> bool:
+        if lane == MAIN:
+            return not is_sync_point(ev, self.mode) or self._ready == self.channels
+        return self.syncs[lane] <= self.main_epoch
+
+    def _pump(self) -> None:
+        progress = True
+        queues = self._queues
+        while progress and self._queued:
+            progress = False
+            for lane, q in queues.items():
+                while q and self._runnable(lane, q[0]):
+                    self._queued -= 1
+                    self._process(lane, q.popleft())
+                    progress = True
+
+    def _process(self, lane: int, ev: Event) -> None:
+        self.processed += 1
+        t = type(ev)
+        if t is ChannelPacket:
+            r = ev.round if ev.round is not None else self.syncs[lane]
+            write = self._write
+            for block, offset, data in ev.pages:
+                write((block, offset), r, lane, data, ev.at)
+        elif t is ChannelSync:
+            n = self.syncs[lane] = self.syncs[lane] + 1
+            if n == self.main_epoch + 1:
+                self._ready += 1
+        elif t is MainPage:
+            self._write((ev.block, ev.offset), ev.round if ev.round is not None else self.main_epoch, MAIN, ev.data, ev.at)
+        elif is_sync_point(ev, self.mode):
+            e = self.main_epoch = self.main_epoch + 1
+            self._ready = sum(1 for s in self.syncs if s > e)
+        # an EOS in mode "flush" is no sync point: nothing to do
+
+    def _write(self, key: PageKey, r: int, lane: int, data: Content, at: int) -> None:
+        if data is not None and self.hash_pages:
+            data = hashlib.blake2b(data, digest_size=16).digest()
+        ram = self.ram
+        prev = ram.get(key)
+        if prev is not None:
+            pr, pl, pc = prev
+            if pr > r:
+                self._v("stale-page", L, lane, at,
+                        f"page {key[0]}@{key[1]:#x} of round {r} from {lane_name(lane)} written after the same page of "
+                        f"round {pr} from {lane_name(pl)}: the guest keeps the older contents")
+            elif pr == r and pl != lane and pc != data:
+                self._v("page-race", L, lane, at,
+                        f"page {key[0]}@{key[1]:#x} sent in round {r} by {lane_name(pl)} and {lane_name(lane)} with "
+                        "different contents: nothing orders the two writes")
+        ram[key] = (r, lane, data)
+
+
+# --- records → events ------------------------------------------------------------------------------
+
+
+def main_events(records: Iterable[Record], *, copy: bool = True) -> Iterator[Event]:
+    """The RAM events of a main stream's records (wireformat.reader.StreamReader): ZERO and
+    PAGE records (RamRun expanded), EOS and MULTIFD_FLUSH. A ZERO record with a non-zero
+    fill byte (7.2 accepts it) becomes a page of that byte. Pages are copied to bytes unless
+    `copy=False` (memoryviews are valid only until the reader moves on)."""
+    last: str | None = None
+    page_size = 4096
+    for rec in records:
+        if isinstance(rec, RamRun):
+            page_size = rec.page_size
+            recs: Iterable[RamRecord] = rec.records()
+        elif isinstance(rec, RamRecord):
+            recs = (rec,)
+        else:
+            continue
+        for r in recs:
+            kind = r.flags & ~0x20
+            if kind == 0x10:
+                yield Eos(at=r.offset)
+            elif kind == 0x200:
+                yield Flush(at=r.offset)
+            elif kind in (0x2, 0x8):
+                if r.block is not None and not r.flags & 0x20:
+                    last = r.block
+                blk = r.block if r.block is not None else last
+                if blk is None:
+                    continue  # CONTINUE with no block: the Loader reports it; no page to place
+                if kind == 0x2:
+                    data = None if not r.fill else bytes([r.fill]) * page_size
+                else:
+                    data = bytes(r.data) if copy else r.data
+                yield MainPage(blk, r.addr, data, at=r.offset)
+
+
+def channel_events(records: Iterable[Record], channel: int | None = None, *, page_size: int = 4096,
+                   copy: bool = True) -> Iterator[Event]:
+    """The events of one multifd channel's records (wireformat.multifd.MultifdChannelReader):
+    a ChannelPacket for the normal and zero pages of every RAM packet (stale fields of 7.2
+    packets without pages, and offsets past normal_pages, are ignored, as the destination
+    ignores them), then a ChannelSync when the packet has the SYNC flag. The channel number
+    is `channel`, or the id of the channel's initial packet."""
+    cid = channel
+    for rec in records:
+        if isinstance(rec, MultifdInit):
+            if cid is None:
+                cid = rec.id
+            continue
+        if not isinstance(rec, MultifdRamPacket):
+            continue
+        if cid is None:
+            raise ValueError("the channel number is unknown: no initial packet and no `channel` given")
+        pages: list[tuple[str, int, Content]] = []
+        if rec.normal_pages:
+            data = rec.data
+            for i, off in enumerate(rec.normal_offsets):
+                chunk = data[i * page_size : (i + 1) * page_size]
+                pages.append((rec.ramblock, off, bytes(chunk) if copy else chunk))
+        if rec.zero_pages:
+            pages.extend((rec.ramblock, off, None) for off in rec.zero_offsets)
+        if pages:
+            yield ChannelPacket(cid, tuple(pages), num=rec.packet_num, at=rec.offset)
+        if rec.is_sync:
+            yield ChannelSync(cid, at=rec.offset)
+
+
+def run_schedule(lanes, schedule: Iterable[int], model: RamModel) -> RamModel:
+    """Deliver the lanes' events to `model` in the order `schedule` names lanes (MAIN or a
+    channel number, one entry per event) and close it. `lanes[c]` are channel c's events,
+    `lanes[MAIN]` the main stream's (a dict, or a sequence with the main stream last).
+    Returns the model."""
+    pos: dict[int, int] = {}
+    feed = model.feed
+    for lane in schedule:
+        i = pos.get(lane, 0)
+        feed(lanes[lane][i])
+        pos[lane] = i + 1
+    model.close()
+    return model
+
+
+def describe_event(ev: Event) -> str:
+    """One line for an event, e.g. `multifd1 pages [pc.ram@0x0 r1]` or `main FLUSH`."""
+    t = type(ev)
+
+    def page(block, offset, data, r):
+        return f"{block}@{offset:#x}" + ("=0" if data is None else "") + ("" if r is None else f" r{r}")
+
+    if t is ChannelPacket:
+        return f"{lane_name(ev.channel)} pages [" + ", ".join(page(b, o, d, ev.round) for b, o, d in ev.pages) + "]"
+    if t is ChannelSync:
+        return f"{lane_name(ev.channel)} SYNC"
+    if t is MainPage:
+        return f"main page {page(ev.block, ev.offset, ev.data, ev.round)}"
+    return f"main {'FLUSH' if t is Flush else 'EOS'}"
