@@ -235,7 +235,8 @@ class Loader:
         elif self.phase in (Phase.CONFIGURATION, Phase.RECORDS, Phase.IN_SECTION) and not self.saw_eof:
             where = f" inside section {self._describe(self.current)}" if self.phase is Phase.IN_SECTION else ""
             self._v("missing-eof", R, channel, off, f"the stream ends{where} without QEMU_VM_EOF")
-        elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE:
+        elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE and self.configuration is not None:
+            # (machine types <= 2.2 suppress the trailer; they send no configuration either)
             self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
         if self.rp_messages and self.pings:  # the return path was fed, and PINGs went unanswered
@@ -302,6 +303,10 @@ class Loader:
 
     # -- handlers -----------------------------------------------------------------------
     def _header(self, r: FileHeader) -> None:
+        if self.machine is not None and self.target.lacks_machine(self.machine):
+            self._v("machine-type-unsupported", R, r.channel, r.offset,
+                    f"QEMU {self.target.version} has no machine type {self.machine}: a destination for it cannot start "
+                    "(unsupported machine type)")
         if r.magic != QEMU_VM_FILE_MAGIC:
             self._v("bad-magic", R, r.channel, r.offset, f"Not a migration stream (magic {r.magic:#010x})")
             self.phase = Phase.DONE

@@ -79,7 +79,7 @@ def test_stdin(streams):
     "args, fragment",
     [
         (["check", "/nonexistent/stream"], "No such file or directory"),
-        (["check", "."], "is a directory"),
+        (["check", "."], "a capture directory needs manifest.json or exactly one main* file"),
         (["check", "GOOD", "--target", "6.0"], "target '6.0' is not modelled"),
         (["check", "GOOD", "--vmstate", "/nonexistent.json"], "No such file"),
     ],

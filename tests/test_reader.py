@@ -203,3 +203,16 @@ def test_device_body_framed_by_footer_and_reported():
     assert isinstance(recs[-2], SectionFooter)
     assert isinstance(recs[1], SectionHeader) and recs[1].idstr == "timer"
     assert not [r for r in recs if isinstance(r, Command)]
+
+
+def test_footerless_bodies_are_framed_by_the_next_header():
+    """Machine types <= 2.2: no configuration, no footers, no trailer. Each body runs to the
+    next section header (or the final EOF)."""
+    mem = ram.build_record(RamRecord(addr=0x1000, flags=4, blocks=[ram.RamBlockInfo(name="pc.ram", used_length=0x1000)]))
+    ram_start = b"\x01" + (0).to_bytes(4, "big") + b"\x03ram" + (0).to_bytes(4, "big") + (4).to_bytes(4, "big") + mem + (0x10).to_bytes(8, "big")
+    timer_body = bytes(range(24))
+    cpu_body = b"\x04\x00\x00\x00\x05" + bytes(30)  # starts like a FULL header of a known id: not a header
+    full = lambda sid, name, body: b"\x04" + sid.to_bytes(4, "big") + bytes([len(name)]) + name + (0).to_bytes(4, "big") + (1).to_bytes(4, "big") + body
+    stream = b"QEVM\x00\x00\x00\x03" + ram_start + full(5, b"timer", timer_body) + full(6, b"cpu", cpu_body) + b"\x00"
+    bodies = [(r.idstr, r.data, r.framed_by) for r in read_all(stream) if isinstance(r, DeviceState)]
+    assert bodies == [("timer", timer_body, "next-header"), ("cpu", cpu_body, "next-header")]

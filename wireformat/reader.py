@@ -215,6 +215,9 @@ class StreamReader:
         self._package_end: list[int] = []
         self._byte6_table: tuple[int, bytes] | None = None
         self._current_type = 0
+        self.configured = False  # a CONFIGURATION record was read
+        self._ignore_shared_tried = False
+        self.footers: bool | None = None  # learnt after the first RAM section
         self.records_read = 0
 
     # -- public -------------------------------------------------------------------------
@@ -247,6 +250,7 @@ class StreamReader:
                 return  # not a migration stream: nothing further can be framed
             if b.fill(1) and b.buf[b.pos] == T.QEMU_VM_CONFIGURATION:
                 conf = self._configuration()
+                self.configured = True
                 caps = conf.capabilities
                 self.ram_params["ignore_shared"] = "x-ignore-shared" in caps
                 self.ram_params["mapped_ram"] = "mapped-ram" in caps
@@ -389,6 +393,11 @@ class StreamReader:
             (fid,) = _U32.unpack_from(b.buf, b.pos + 1)
             yield SectionFooter(offset=b.offset(), channel=self.channel, depth=depth, section_id=fid)
             b.pos += 5
+            self.footers = True
+        elif self.footers is None and info.idstr == RAM_SECTION_IDSTR:
+            # a RAM section frames itself: no footer after it means a footer-less stream
+            # (machine types <= 2.3), whose device bodies must be framed another way
+            self.footers = False
         self.current = None
 
     def _device_body(self, info: SectionInfo, depth: int) -> DeviceState:
@@ -401,10 +410,53 @@ class StreamReader:
                 data = bytes(b.mv[b.pos : b.pos + size])
                 b.pos += size
                 return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by="description")
-        size = self._scan_footer(info)
+        if self.footers is False:
+            size, how = self._scan_next_record(info), "next-header"
+        else:
+            size, how = self._scan_footer(info), "footer"
         data = bytes(b.mv[b.pos : b.pos + size])
         b.pos += size
-        return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by="footer")
+        return DeviceState(offset=off, channel=self.channel, depth=depth, section_id=info.section_id, idstr=info.idstr, data=data, framed_by=how)
+
+    def _scan_next_record(self, info: SectionInfo) -> int:
+        """Length of a body in a stream without footers and without a description: up to
+        the next full section header (a new section id, a printable idstr, small instance
+        and version), a PART/END of a known iterable section, or the final EOF. A heuristic,
+        as without footers only a description frames a body exactly."""
+        b = self.b
+        limit = min(b.size, MAX_DEVICE_BODY)
+        b.fill(limit)
+        end = b.end
+        for i in range(b.pos, end):
+            t = b.buf[i]
+            if t == T.QEMU_VM_EOF and b.eof and (i + 1 == end or b.buf[i + 1] == T.QEMU_VM_VMDESCRIPTION):
+                if i + 1 == end or self._plausible_trailer(i + 1):
+                    return i - b.pos
+            elif t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL) and i + 6 <= end:
+                sid = _U32.unpack_from(b.buf, i + 1)[0]
+                n = b.buf[i + 5]
+                if sid in self.sections or not 0 < n or i + 14 + n > end:
+                    continue
+                name = bytes(b.mv[i + 6 : i + 6 + n])
+                inst, ver = struct.unpack_from(">II", b.buf, i + 6 + n)
+                if all(0x20 < c < 0x7F for c in name) and inst < 0x10000 and ver < 0x1000:
+                    return i - b.pos
+            elif t in (T.QEMU_VM_SECTION_PART, T.QEMU_VM_SECTION_END) and i + 5 <= end:
+                sid = _U32.unpack_from(b.buf, i + 1)[0]
+                known = self.sections.get(sid)
+                if known is not None and known.idstr == RAM_SECTION_IDSTR and i + 13 <= end:
+                    (w,) = _U64.unpack_from(b.buf, i + 5)  # a RAM record must follow
+                    if (w & (self.ram_params["page_size"] - 1) & ~CONT) in ramcodec.KNOWN_KINDS:
+                        return i - b.pos
+        raise self._err(f"cannot find where section {info.idstr} ends: no footers, no description, no next section "
+                        f"within {limit} bytes", code="missing-footer")
+
+    def _plausible_trailer(self, at: int) -> bool:
+        b = self.b
+        if at + 6 > b.end:
+            return False
+        n = _U32.unpack_from(b.buf, at + 1)[0]
+        return at + 5 + n == b.end and b.buf[at + 5] == ord("{")
 
     def _scan_footer(self, info: SectionInfo) -> int:
         """Length of the body: up to the first footer for this section that is followed
@@ -557,6 +609,12 @@ class StreamReader:
             try:
                 c = ramcodec.RamRecordStruct.parse(b.mv[pos : min(b.end, pos + want)], **self.ram_params)
             except ConstructError as e:
+                if kind == F.RAM_SAVE_FLAG_MEM_SIZE and not self.configured and have and not self._ignore_shared_tried:
+                    # Without a configuration record (machine types <= 2.3) nothing says
+                    # whether x-ignore-shared added block addresses: try the other reading.
+                    self._ignore_shared_tried = True
+                    self.ram_params["ignore_shared"] = not self.ram_params["ignore_shared"]
+                    continue
                 if not have and b.eof:
                     raise _Truncated() from None
                 if want >= b.size or (have and want > 1 << 20):
