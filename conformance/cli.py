@@ -305,10 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     ql.set_defaults(func=cmd_qemu_list)
 
     from .capture_cmd import add_capture_parser
+    from .downtime import add_downtime_parser
     from .matrix import add_matrix_parser
 
     add_capture_parser(sub)
     add_matrix_parser(sub)
+    add_downtime_parser(sub)
 
     m = sub.add_parser("demo", help="capture a stream from each installed QEMU and check it")
     m.add_argument("--qemu", action="append", metavar="VERSION=PATH")
