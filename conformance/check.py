@@ -115,6 +115,7 @@ def check_capture(
     checker = MultifdChecker(MainSyncInfo(recs.get("ram:MULTIFD_FLUSH", 0), recs.get("ram:EOS", 0), blocks),
                              destination_channels=destination_channels)
     used: set[str] = set()
+    file_ids: dict[str, int] = {}
     for label, src in channels:
         head = b""
         while len(head) < 64:  # the init packet names the channel; a pipe may give less per read
@@ -124,6 +125,7 @@ def check_capture(
             head += more
         cid = int(head[24]) if len(head) == 64 and head[:4] == b"\x11\x22\x33\x44" else None
         chan = f"multifd{cid}" if cid is not None else label
+        file_ids[label] = cid if cid is not None else len(file_ids)
         if chan in used:  # two files claim one id: keep them apart to say so
             chan = f"{chan} ({label})"
         used.add(chan)
@@ -142,6 +144,7 @@ def check_capture(
         "sync_mode": checker.main.mode,
         "sync_points": checker.main.sync_points,
         "pages": dict(checker.pages),
+        "file_ids": file_ids,
     }
     rep.seconds = time.perf_counter() - t0
     return rep
@@ -170,3 +173,31 @@ class _Prepend:
         data = self.src.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> tuple[list[Violation], dict]:
+    """Replay a multifd capture through the reference RAM model (conformance.ram_model) in a
+    schedule the protocol permits — round by round: the main stream up to its next sync
+    point, then each channel up to its next SYNC — so that memory holds one round at a time.
+    Pages are kept as digests. Reports page races (one page, one round, two lanes, two
+    contents), pages that land stale, and sync deadlocks."""
+    from wireformat.multifd import MultifdChannelReader
+
+    from .ram_model import ChannelSync, RamModel, channel_events, is_sync_point, main_events
+
+    model = RamModel(len(channels), mode, hash_pages=True)
+    lanes = [main_events(StreamReader(main))] + [channel_events(MultifdChannelReader(c, f"multifd{i}"))
+                                                   for i, c in enumerate(channels)]
+    live = list(range(len(lanes)))
+    try:
+        while live:
+            for i in list(live):
+                for ev in lanes[i]:
+                    model.feed(ev)
+                    if isinstance(ev, ChannelSync) or (i == 0 and is_sync_point(ev, mode)):
+                        break
+                else:
+                    live.remove(i)
+    except DecodeError as e:  # framing faults are check's to report; the model stops there
+        return model.close(), {**model.stats(), "stopped": str(e)}
+    return model.close(), model.stats()

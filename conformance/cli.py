@@ -192,6 +192,14 @@ def _check_capture(args, target, channel_paths: list[str]) -> int:
                         commands=_commands(args),
                         tables=_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables),
                         body_checker=_body_checker(), machine=args.machine, body_sizer=_body_sizer(args.path))
+    if args.ram_model:
+        from .check import ram_model_check
+
+        found, stats = ram_model_check(open_stream(args.path)[0], [open_stream(p)[0] for p in sorted(
+            channel_paths, key=lambda p: rep.stats["multifd"]["file_ids"].get(os.path.basename(p), 0))],
+            mode=rep.stats["multifd"]["sync_mode"])
+        rep.violations = rep.violations + found
+        rep.stats["ram_model"] = stats
     if args.json:
         print(json.dumps(rep.as_json(), indent=2))
     else:
@@ -269,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channel", action="append", metavar="FILE",
                    help="a multifd channel of the same migration (repeatable, any order: the id is in each channel)")
     c.add_argument("--dest-channels", type=int, metavar="N", help="the destination's multifd-channels")
+    c.add_argument("--ram-model", action="store_true",
+                   help="also replay the multifd capture through the reference RAM model (page races, stale pages; "
+                   "memory grows with the guest's RAM size)")
     c.add_argument("--json", action="store_true", help="machine-readable report")
     c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(PROFILES)}; default {NEWEST})")
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")
