@@ -50,6 +50,9 @@ def add_capture_parser(sub) -> None:
     c.add_argument("--channels", type=int, default=0, metavar="N",
                    help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
     c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")
+    c.add_argument("--dirty", type=float, default=None, metavar="SECONDS",
+                   help="with --channels: boot a guest that keeps dirtying 112 pages, keep the migration from "
+                   "converging (1 MiB/s, downtime-limit 1 ms) for SECONDS, then stop the guest: several dirty-sync rounds")
     c.add_argument("--timeout", type=float, default=120.0)
     c.set_defaults(func=cmd_capture)
 
@@ -95,6 +98,8 @@ def cmd_capture(args) -> int:
             ram_file = make_ram_file(out / "guest-ram.img", args.mem_mb, seed=seed)
     binary = found[version]
     t0 = time.monotonic()
+    if args.dirty is not None and not args.channels:
+        raise UsageError("--dirty needs --channels (a TCP migration to a real destination)")
     if args.channels:
         return _capture_channels(args, out, found, binary, caps, params, ram_file, t0)
     try:
@@ -127,11 +132,18 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
         raise UsageError(f"destination QEMU {args.dest} not found")
     caps = {"multifd": True, **caps}
     params = {"multifd-channels": args.channels, **params}
+    extra = []
+    if args.dirty is not None:
+        from .qemu.devices import dirtier_args, make_dirtier_disk
+
+        params = {"max-bandwidth": 1 << 20, "downtime-limit": 1, **params}
+        extra = dirtier_args(make_dirtier_disk(out / "dirtier-boot.img"))
     dst_ram = make_ram_file(out / "destination-ram.img", args.mem_mb, content=b"") if ram_file else None
     try:
         cap = capture_channels(binary, dest, machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
                                ram_file=ram_file, dst_ram_file=dst_ram, capabilities=caps, parameters=params,
-                               globals_=args.globals_ or (), timeout=args.timeout)
+                               globals_=args.globals_ or (), extra_args=extra, running=args.dirty is not None,
+                               stop_after=args.dirty, timeout=args.timeout)
     except QemuError as e:
         raise UsageError(f"capture QEMU {binary.full_version} -> {dest.full_version}: {e}") from None
     finally:
@@ -152,7 +164,9 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
         "return_path": "return-path.bin",
         "channels": [f"multifd{i}.bin" for i in sorted(cap.multifd)],
         "channel_order": ["main.bin"] + [f"multifd{i}.bin" for i in sorted(cap.multifd)],
-        "guest_ram": "guest-ram.img" if ram_file is not None and ram_file.parent == out else None,
+        "guest_ram": "guest-ram.img" if ram_file is not None and ram_file.parent == out and args.dirty is None else None,
+        "final_ram_sha256": {"source": cap.source_ram, "destination": cap.destination_ram} if args.dirty is not None else None,
+        "extra_args": ["-drive", "file=dirtier-boot.img,format=raw,if=ide,index=0,snapshot=on"] if extra else [],
         "bytes": {name: len(data) for name, data in files.items()},
         "seconds": round(time.monotonic() - t0, 3),
     }
@@ -216,13 +230,17 @@ def cmd_replay(args) -> int:
     try:
         v = replay(found[version], main, channels, machine=a["machine"], devices=a["devices"], mem_mb=a["mem_mb"],
                    ram_file=dst_ram, capabilities=a["capabilities"], parameters=a["parameters"],
-                   globals_=a.get("globals", ()), schedule=schedule, timeout=args.timeout)
+                   globals_=a.get("globals", ()), schedule=schedule, timeout=args.timeout,
+                   extra_args=[x.replace("file=dirtier-boot.img", f"file={d / 'dirtier-boot.img'}")
+                               for x in m.get("extra_args", [])])
     finally:
         if dst_ram is not None:
             dst_ram.unlink(missing_ok=True)
     ram_equal = None
     if v.ram_sha256 is not None and m.get("guest_ram"):
         ram_equal = v.ram_sha256 == ram_digest((d / m["guest_ram"]).read_bytes())
+    elif v.ram_sha256 is not None and (m.get("final_ram_sha256") or {}).get("source"):
+        ram_equal = v.ram_sha256 == m["final_ram_sha256"]["source"]
     outcome = "completed" if v.completed else "hung" if v.hung else f"failed: {(v.error_lines or [v.status])[0]}"
     agrees = v.completed == (not rep.rejected) and ram_equal is not False
     result = {"destination": found[version].full_version, "schedule": schedule.describe(), "outcome": outcome,

@@ -67,3 +67,31 @@ def ram_args(ram_file: Path | str, mem_mb: int) -> list[str]:
         "-object", f"memory-backend-file,id=ram0,size={mem_mb}M,mem-path={qemu_opt_value(str(ram_file))},share=off",
         "-machine", "memory-backend=ram0",
     ]
+
+
+# A boot sector that writes one byte of every 4 KiB page from 0x20000 to 0x8ffff, round and
+# round, for ever (16-bit real mode, our own code): a running guest that keeps dirtying 112
+# pages, so that a bandwidth-limited migration needs several dirty-sync rounds.
+DIRTIER_BOOT_SECTOR = bytes.fromhex(
+    "fa"            # cli
+    "bb0020"        # mov bx, 0x2000       ; first segment (0x20000)
+    "8ec3"          # mov es, bx
+    "26fe060000"    # inc byte [es:0]
+    "81c30001"      # add bx, 0x100        ; next 4 KiB
+    "81fb0090"      # cmp bx, 0x9000
+    "72ef"          # jb mov es, bx
+    "ebea"          # jmp mov bx, 0x2000
+)
+DIRTIED_PAGES = range(0x20000, 0x90000, 0x1000)
+
+
+def make_dirtier_disk(path: Path | str) -> Path:
+    """A 1 MiB raw disk whose MBR is DIRTIER_BOOT_SECTOR (SeaBIOS boots it)."""
+    path = Path(path)
+    sector = DIRTIER_BOOT_SECTOR + bytes(510 - len(DIRTIER_BOOT_SECTOR)) + b"\x55\xaa"
+    path.write_bytes(sector + bytes((1 << 20) - 512))
+    return path
+
+
+def dirtier_args(disk: Path | str) -> list[str]:
+    return ["-drive", f"file={qemu_opt_value(str(disk))},format=raw,if=ide,index=0,snapshot=on"]

@@ -49,29 +49,50 @@ class ChannelCapture:
     source_status: dict
     destination_status: str | None
     seconds: float
+    # digests (ram_digest) of guest RAM at the end, on both sides, when the guest ran
+    source_ram: str | None = None
+    destination_ram: str | None = None
 
 
 def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices: str = "none", mem_mb: int = 64,
                      ram_file: Path | str | None = None, dst_ram_file: Path | str | None = None,
                      capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
-                     globals_: Iterable[str] = (), timeout: float = 60.0) -> ChannelCapture:
-    """A real source migrating to a real destination through a recording proxy."""
+                     globals_: Iterable[str] = (), extra_args: Iterable[str] = (), running: bool = False,
+                     stop_after: float | None = None, timeout: float = 60.0) -> ChannelCapture:
+    """A real source migrating to a real destination through a recording proxy. With
+    `running` the source guest runs (e.g. the dirtying boot sector of devices.dirtier_args)
+    and the final guest RAM of both sides is compared by digest; `stop_after` seconds into
+    the migration the source guest is stopped, so that a migration kept from converging
+    (a tiny downtime-limit) iterates over several dirty-sync rounds and then ends."""
     caps = dict(capabilities or {})
     params = dict(parameters or {})
     t0 = time.monotonic()
     port = free_port()
+    extra_args = list(extra_args)
+    digests = [None, None]
     with start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=dst_ram_file,
-                           capabilities=caps, parameters=params, globals_=globals_) as d:
+                           capabilities=caps, parameters=params, globals_=globals_, extra_args=extra_args) as d:
         d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         with TcpRecorder(("127.0.0.1", port)) as rec, \
                 QemuProcess(src, vm_args(machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
-                                         globals_=globals_), name=f"src-{src.version}") as s:
+                                         globals_=globals_, extra_args=extra_args), name=f"src-{src.version}") as s:
             s.set_capabilities(caps)
             s.set_parameters(params)
+            if running:
+                s.cmd("cont")
+                time.sleep(0.2)  # let the guest start writing before the first pass
             s.cmd("migrate", uri=rec.uri)
+            if running and stop_after is not None:
+                time.sleep(stop_after)
+                s.cmd("stop")
             status = s.wait_migration(("completed",), timeout=timeout)
             dst_status = d.wait_migration(("completed",), timeout=max(1.0, timeout - (time.monotonic() - t0)))
             rec.wait_closed(5.0)
+            if running:  # both guests are stopped now: their RAM must be equal
+                for i, q in enumerate((s, d)):
+                    with tempfile.TemporaryDirectory(prefix="migconform-ram-") as tmp:
+                        q.cmd("pmemsave", val=0, size=mem_mb << 20, filename=f"{tmp}/ram.bin")
+                        digests[i] = ram_digest(Path(f"{tmp}/ram.bin").read_bytes())
         conns = [bytes(c.forward) for c in rec.connections]
         if not conns:
             raise QemuError("the source opened no connection")
@@ -82,7 +103,7 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
             else:
                 other.append(data)
         return ChannelCapture(conns[0], bytes(rec.connections[0].backward), multifd, other, status,
-                              dst_status.get("status"), time.monotonic() - t0)
+                              dst_status.get("status"), time.monotonic() - t0, *digests)
 
 
 @dataclass
@@ -129,7 +150,7 @@ def _sender(sock: socket.socket, data: bytes, chunk: int, pause: float, delay: f
 def replay(dst: QemuBinary, main: bytes, channels: Mapping[int, bytes], *, machine: str, devices: str = "none",
            mem_mb: int = 64, ram_file: Path | str | None = None, capabilities: Mapping[str, bool] | None = None,
            parameters: Mapping[str, Any] | None = None, globals_: Iterable[str] = (), schedule: Schedule | None = None,
-           timeout: float = 30.0, ram_dump: Path | None = None) -> ReplayVerdict:
+           timeout: float = 30.0, ram_dump: Path | None = None, extra_args: Iterable[str] = ()) -> ReplayVerdict:
     """Play a capture into a real destination: the main stream first (a 7.2 destination
     tells channels apart by the order of connections), then the multifd channels in id
     order, each sent by its own thread as the schedule says."""
@@ -139,7 +160,8 @@ def replay(dst: QemuBinary, main: bytes, channels: Mapping[int, bytes], *, machi
     stop = threading.Event()
     threads, socks = [], []
     with start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
-                           capabilities=capabilities, parameters=parameters, globals_=globals_) as d:
+                           capabilities=capabilities, parameters=parameters, globals_=globals_,
+                           extra_args=extra_args) as d:
         d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         try:
             order: Sequence[tuple[str, bytes]] = [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
