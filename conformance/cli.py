@@ -315,12 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--json", action="store_true")
     ql.set_defaults(func=cmd_qemu_list)
 
+    from .capdiff import add_capdiff_parser
     from .capture_cmd import add_capture_parser
     from .downtime import add_downtime_parser
     from .matrix import add_matrix_parser
+    from .vmstate_diff import add_vmstate_diff_parser
 
     add_capture_parser(sub)
     add_matrix_parser(sub)
+    add_vmstate_diff_parser(sub)
+    add_capdiff_parser(sub)
     add_downtime_parser(sub)
 
     m = sub.add_parser("demo", help="capture a stream from each installed QEMU and check it")
