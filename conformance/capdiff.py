@@ -358,21 +358,9 @@ class Discrepancy:
     explanation: str
 
 
-KNOWN_DISCREPANCIES: tuple[Discrepancy, ...] = (
-    Discrepancy(
-        id="zero-copy-xbzrle-after-8.1",
-        versions=("10.0",),
-        patches={"zero-copy-send-vs-xbzrle": {"to": None}},
-        example=CapSetting.make(["multifd", "xbzrle", "zero-copy-send"]),
-        real=ZERO_COPY_ERROR,
-        model="Multifd is not compatible with xbzrle",
-        explanation=(
-            "capabilities.json rule zero-copy-send-vs-xbzrle ends at 8.1 (\"to\": \"8.1\"), but QEMU 10.0.2 still "
-            "refuses zero-copy-send with multifd and xbzrle with the zero-copy error, and checks it before "
-            "multifd-vs-xbzrle, postcopy-preempt, dirty-limit and switchover-ack: the rule's \"to\" should be "
-            "null (its position in the data is already right)"),
-    ),
-)
+# Recorded model errors (each with the data fix that makes the model agree). The first one
+# found, zero-copy-send-vs-xbzrle ending at 8.1, is fixed in conformance/compat's data.
+KNOWN_DISCREPANCIES: tuple[Discrepancy, ...] = ()
 
 
 def known_discrepancy(version: str, setting: CapSetting, real: Answer, env: Environment | None = None,
