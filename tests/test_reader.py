@@ -216,3 +216,14 @@ def test_footerless_bodies_are_framed_by_the_next_header():
     stream = b"QEVM\x00\x00\x00\x03" + ram_start + full(5, b"timer", timer_body) + full(6, b"cpu", cpu_body) + b"\x00"
     bodies = [(r.idstr, r.data, r.framed_by) for r in read_all(stream) if isinstance(r, DeviceState)]
     assert bodies == [("timer", timer_body, "next-header"), ("cpu", cpu_body, "next-header")]
+
+
+def test_a_false_footer_inside_a_body_is_not_taken_for_the_end():
+    """Device state can hold the bytes of its own footer followed by a zero byte; a zero
+    byte is an EOF only where the trailer or the end of the stream follows it."""
+    body = b"\x01\x7e\x00\x00\x00\x05\x00\x02\x03" + bytes(20)
+    sec = b"\x04" + (5).to_bytes(4, "big") + b"\x05timer" + (0).to_bytes(4, "big") + (2).to_bytes(4, "big") + body + b"\x7e" + (5).to_bytes(4, "big")
+    trailer = b"\x06" + (2).to_bytes(4, "big") + b"{}"
+    recs = read_all(b"QEVM\x00\x00\x00\x03" + sec + b"\x00" + trailer)
+    assert [r.data for r in recs if isinstance(r, DeviceState)] == [body]
+    assert [r.kind for r in recs][-2:] == ["Eof", "VmDescription"]

@@ -489,8 +489,13 @@ class StreamReader:
         if at >= b.end:
             return b.eof
         t = b.buf[at]
-        if t in (T.QEMU_VM_EOF,):
-            return True
+        if t == T.QEMU_VM_EOF:
+            if self._package_end:
+                return True
+            # the stream's EOF: the trailer or the end of the stream must follow
+            if at + 1 >= b.end:
+                return b.eof
+            return b.buf[at + 1] == T.QEMU_VM_VMDESCRIPTION
         if t in (T.QEMU_VM_SECTION_PART, T.QEMU_VM_SECTION_END):
             return at + 5 > b.end or _U32.unpack_from(b.buf, at + 1)[0] in self.sections
         if t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL):
