@@ -23,6 +23,7 @@ from construct import ConstructError
 from . import ram as ramcodec
 from .commands import RELEASED, CommandSet
 from .constants import (
+    MIG_CMD_FIXED_LEN,
     QEMU_VM_FILE_MAGIC,
     RAM_SECTION_IDSTR,
     MigCmd,
@@ -505,7 +506,11 @@ class StreamReader:
             name = bytes(b.mv[at + 6 : min(at + 6 + n, b.end)])
             return n > 0 and all(0x20 <= c < 0x7F for c in name)
         if t == T.QEMU_VM_COMMAND:
-            return at + 3 > b.end or 0 < _U16.unpack_from(b.buf, at + 1)[0] < 64
+            if at + 5 > b.end:
+                return b.eof
+            cmd, n = struct.unpack_from(">HH", b.buf, at + 1)
+            fixed = MIG_CMD_FIXED_LEN.get(cmd)
+            return 0 < cmd < 32 and (fixed is None or fixed == n)
         return False
 
     # -- RAM -----------------------------------------------------------------------------
