@@ -96,33 +96,43 @@ OTHER_SECTIONS = {
 @dataclass
 class BuiltinTables(DestinationTables):
     """What every destination of a QEMU version has, whatever its machine and devices: the
-    binary's own -dump-vmstate (shipped for the modelled versions) and the sections it
-    registers outside device classes. A section neither names is one the destination
-    cannot have; a version outside a VMSD's bounds is one it cannot load."""
+    VMSDs of its device classes with their versions (from the binary's -dump-vmstate,
+    shipped in compact form for the modelled versions) and the sections it registers
+    outside device classes. A section neither names is one the destination cannot have; a
+    version outside a VMSD's bounds is one it cannot load."""
 
     version: str = ""
+    vmsd: dict = field(default_factory=dict)  # vmsd name -> [(version_id, minimum_version_id), ...]
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
-        info = self.dump.lookup_idstr(idstr) if self.dump is not None else None
-        if info is None:
-            name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in OTHER_SECTIONS or c.endswith("vfio")), None)
-            if name is None:
-                return Finding("unknown-section",
-                               f"Unknown savevm section or instance '{idstr}' {instance_id}: QEMU {self.version} has no such "
-                               "device or section")
-            newest = OTHER_SECTIONS.get(name)
-            if newest is not None and version_id > newest:
-                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
-            return None
-        return super().judge(idstr, instance_id, version_id)
+        for name in vmstate.vmsd_name_candidates(idstr):
+            bounds = self.vmsd.get(name)
+            if bounds is not None:
+                if any(lo <= version_id <= hi for hi, lo in bounds):
+                    return None
+                newest = max(hi for hi, _ in bounds)
+                if version_id > newest:
+                    return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
+                oldest = min(lo for _, lo in bounds)
+                return Finding("section-version-too-old",
+                               f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id {oldest}")
+        name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in OTHER_SECTIONS or c.endswith("vfio")), None)
+        if name is None:
+            return Finding("unknown-section",
+                           f"Unknown savevm section or instance '{idstr}' {instance_id}: QEMU {self.version} has no such "
+                           "device or section")
+        newest = OTHER_SECTIONS.get(name)
+        if newest is not None and version_id > newest:
+            return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
+        return None
 
 
 def builtin_tables(version: str) -> BuiltinTables | None:
-    import gzip
+    import json
     from importlib import resources
 
-    res = resources.files("conformance") / "data" / f"dump-vmstate-{version}.json.gz"
+    res = resources.files("conformance") / "data" / f"vmsd-versions-{version}.json"
     if not res.is_file():
         return None
-    dump = vmstate.parse_dump_vmstate(gzip.decompress(res.read_bytes()))
-    return BuiltinTables(dump=dump, version=version)
+    table = json.loads(res.read_text())["vmsd"]
+    return BuiltinTables(version=version, vmsd={k: [tuple(b) for b in v] for k, v in table.items()})
