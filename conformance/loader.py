@@ -234,7 +234,9 @@ class Loader:
             self._v("truncated", R, channel, off, "the stream is empty")
         elif self.phase in (Phase.CONFIGURATION, Phase.RECORDS, Phase.IN_SECTION) and not self.saw_eof:
             where = f" inside section {self._describe(self.current)}" if self.phase is Phase.IN_SECTION else ""
-            self._v("missing-eof", R, channel, off, f"the stream ends{where} without QEMU_VM_EOF")
+            paused = " (in postcopy: the destination pauses, postcopy-paused, until a recovery)" \
+                if self.postcopy is PostcopyState.RUNNING else ""
+            self._v("missing-eof", R, channel, off, f"the stream ends{where} without QEMU_VM_EOF{paused}")
         elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE and self.configuration is not None:
             # (machine types <= 2.2 suppress the trailer; they send no configuration either)
             self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
@@ -253,6 +255,14 @@ class Loader:
             name = self.sections.get(self.current.section_id, self.current).idstr
             code, message = "missing-footer", f"Missing section footer for {name}"
         self._v(code, R, channel, offset, message, section)
+
+    def final_status(self) -> str:
+        """The destination's MigrationStatus after this stream. A channel that ends during
+        postcopy (after RUN) does not fail it: it pauses and waits for a recovery."""
+        rejects = {v.code for v in self.violations if v.severity is R}
+        if self.postcopy is PostcopyState.RUNNING and not self.saw_eof and rejects and rejects <= {"missing-eof", "truncated"}:
+            return "postcopy-paused"
+        return "failed" if rejects else self.status
 
     def rejected(self) -> bool:
         return any(v.severity is R for v in self.violations)
@@ -719,7 +729,7 @@ class Loader:
             "ram_blocks": {name: {"used_length": self.blocks.get(name), **dict(self.pages.get(name, {}))} for name in self.blocks},
             "mapped_ram_pages": self.mapped_ram_pages or None,
             "postcopy": self.postcopy.name,
-            "status": "failed" if self.rejected() else self.status,
+            "status": self.final_status(),
             "return_path": dict(self.rp_messages) or None,
             "violations_dropped": self.dropped,
         }

@@ -362,3 +362,11 @@ def test_return_path_is_judged_as_the_source_judges_it():
     for m in iter_messages(io.BytesIO(bytes.fromhex("00010004 00000005 00020004 00000009"))):
         loader.feed(m)
     assert [v.code for v in loader.violations] == ["rp-shut-error", "rp-after-shut", "rp-pong-unexpected"]
+
+
+def test_a_channel_lost_in_postcopy_pauses_rather_than_fails():
+    running = HEADER + cfg() + cmd(1) + ADVISE + package(cmd(4) + cmd(5)) + start(2, b"ram", 4) + MEM + EOS + footer(2)
+    rep = check(running)  # cut after RUN: no EOF
+    assert [v.code for v in rep.violations] == ["missing-eof"] and rep.stats["status"] == "postcopy-paused"
+    assert "postcopy-paused" in rep.violations[0].message
+    assert check(ram_stream(ZERO_NAMED)[:-1]).stats["status"] == "failed"  # precopy: it fails

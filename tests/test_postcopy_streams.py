@@ -209,11 +209,6 @@ def test_postcopy_recovery_streams_conform(captures, version, random_ram):  # no
 @pytest.mark.qemu
 @pytest.mark.slow
 @pytest.mark.parametrize("version", ["10.0", "7.2"])
-@pytest.mark.xfail(strict=True, reason=(
-    "checker: stats['status'] of a main channel cut during postcopy (postcopy RUNNING) is 'failed' "
-    "(Loader.stats: 'failed' whenever a reject violation exists), but the real destination is "
-    "'postcopy-paused' there: a channel error after POSTCOPY_RUN pauses it until a recovery "
-    "(state-machine.md §4/§5), it does not fail"))
 def test_cut_channel_status_is_postcopy_paused(captures, version):
     (old, _), _ = captures(version, cut=True)["channels"]
     rep = check_cut_channel(version, old)
