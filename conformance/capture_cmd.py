@@ -6,7 +6,6 @@ byte counts) that `migconform check DIR` reads back.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

@@ -201,3 +201,38 @@ def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> t
     except DecodeError as e:  # framing faults are check's to report; the model stops there
         return model.close(), {**model.stats(), "stopped": str(e)}
     return model.close(), model.stats()
+
+
+def vmstate_body_check(desc: dict, data: bytes) -> str | None:
+    """The Loader's body checker: a FULL body must be exactly what the stream's own VMSD
+    description (its VMDESCRIPTION trailer) says; the problem, or None."""
+    from wireformat import vmstate
+
+    try:
+        decoded = vmstate.decode_body(desc, data)
+    except vmstate.VmstateDecodeError as e:
+        return f"body does not decode with the stream's own VMSD description: {e}"
+    except (KeyError, TypeError, ValueError) as e:
+        return f"the stream's VMSD description cannot be applied: {e}"
+    if decoded.consumed != len(data):
+        return f"VMSD description accounts for {decoded.consumed} of {len(data)} body bytes"
+    return None
+
+
+def trailer_body_sizer(path: str):
+    """Frame device bodies by the stream's own trailer, read first from a plain file (None
+    for pipes, compressed files, or no usable trailer)."""
+    import json
+
+    from wireformat.reader import vmdescription_body_sizer
+
+    from .inputs import read_vmdescription
+
+    raw = read_vmdescription(str(path))
+    if raw is None:
+        return None
+    try:
+        devices = json.loads(raw)["devices"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return vmdescription_body_sizer(devices) if isinstance(devices, list) else None

@@ -11,14 +11,13 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from wireformat.commands import RELEASED, CommandSet
 
 from .check import Report, StreamReadError, check_stream
 from .dump import dump_stream, format_dump
-from .inputs import InputError, open_stream, read_vmdescription
+from .inputs import InputError, open_stream
 from .targets import PROFILES, NEWEST, UnknownTarget, profile
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE = 0, 1, 2
@@ -65,39 +64,15 @@ def _tables(dump_path: str | None, reference: str | None, target: str | None = N
 
 
 def _body_checker():
-    try:
-        from wireformat import vmstate
-    except ImportError:  # pragma: no cover - vmstate decoding is optional
-        return None
+    from .check import vmstate_body_check
 
-    def check(desc: dict, data: bytes) -> str | None:
-        try:
-            decoded = vmstate.decode_body(desc, data)
-        except vmstate.VmstateDecodeError as e:
-            return f"body does not decode with the stream's own VMSD description: {e}"
-        except (KeyError, TypeError, ValueError) as e:
-            return f"the stream's VMSD description cannot be applied: {e}"
-        if decoded.consumed != len(data):
-            return f"VMSD description accounts for {decoded.consumed} of {len(data)} body bytes"
-        return None
-
-    return check
+    return vmstate_body_check
 
 
 def _body_sizer(path: str):
-    """Frame device bodies by the stream's own trailer when it can be read first."""
-    import json as _json
+    from .check import trailer_body_sizer
 
-    from wireformat.reader import vmdescription_body_sizer
-
-    raw = read_vmdescription(path)
-    if raw is None:
-        return None
-    try:
-        devices = _json.loads(raw)["devices"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return vmdescription_body_sizer(devices) if isinstance(devices, list) else None
+    return trailer_body_sizer(path)
 
 
 class _Progress:

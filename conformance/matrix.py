@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import compat
-from .check import check_stream
+from .check import check_stream, trailer_body_sizer, vmstate_body_check
 from .dump import dump_stream
 from .inputs import read_vmdescription
 from .qemu import (
@@ -420,33 +420,6 @@ class CaptureStore:
 
 # ---------------------------------------------------------------- judging a stream
 
-def _body_sizer(path: Path):
-    from wireformat.reader import vmdescription_body_sizer
-
-    raw = read_vmdescription(str(path))
-    if raw is None:
-        return None
-    try:
-        devices = json.loads(raw)["devices"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return vmdescription_body_sizer(devices) if isinstance(devices, list) else None
-
-
-def _body_checker(desc: dict, data: bytes) -> str | None:
-    from wireformat import vmstate
-
-    try:
-        decoded = vmstate.decode_body(desc, data)
-    except vmstate.VmstateDecodeError as e:
-        return f"body does not decode with the stream's own VMSD description: {e}"
-    except (KeyError, TypeError, ValueError) as e:
-        return f"the stream's VMSD description cannot be applied: {e}"
-    if decoded.consumed != len(data):
-        return f"VMSD description accounts for {decoded.consumed} of {len(data)} body bytes"
-    return None
-
-
 @dataclass
 class CheckerVerdict:
     ok: bool | None  # None: not applicable (no stream, or the destination never read it)
@@ -471,8 +444,8 @@ def check_capture(path: Path, target: str, machine: str) -> CheckerVerdict:
         v = CheckerVerdict(None, [], f"the checker does not model QEMU {target} destinations")
     else:
         with open(path, "rb") as f:
-            rep = check_stream(f, name=path.name, target=target, machine=machine, body_sizer=_body_sizer(path),
-                               body_checker=_body_checker)
+            rep = check_stream(f, name=path.name, target=target, machine=machine, body_sizer=trailer_body_sizer(path),
+                               body_checker=vmstate_body_check)
         v = CheckerVerdict(not rep.rejected, [x.as_json() for x in rep.violations],
                            "conforms" if not rep.violations else
                            ("rejects" if rep.rejected else "accepts with violations"))
@@ -657,7 +630,7 @@ def _dump(path: Path) -> dict:
         if key in _dump_cache:
             return _dump_cache[key]
     with open(path, "rb") as f:
-        d = dump_stream(f, name=path.name, body_sizer=_body_sizer(path), fields=True)
+        d = dump_stream(f, name=path.name, body_sizer=trailer_body_sizer(path), fields=True)
     with _explain_lock:
         return _dump_cache.setdefault(key, d)
 

@@ -67,7 +67,7 @@ register_profiles()
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("migconform", "migconform (QEMU migration stream conformance)")
     g.addoption("--qemu", action="append", default=[], metavar="VERSION=PATH",
-                help="use this QEMU binary for VERSION (repeatable), e.g. --qemu 10.0=/opt/qemu/bin/qemu-system-x86_64")
+                help="use this QEMU binary for VERSION (repeatable), e.g. --qemu 10.0=./build/qemu-system-x86_64")
     g.addoption("--captures", action="append", default=[], metavar="DIR",
                 help="check every stream file and capture directory under DIR as a test item (repeatable; "
                 "write --captures=DIR so that pytest does not take DIR for a test path)")
@@ -253,47 +253,21 @@ def find_captures(root: Path) -> Iterator[Path]:
 
 def check_capture_path(path: Path, target: str | None = None):
     """Run the conformance checks of `migconform check PATH --target TARGET`; the Report."""
-    from wireformat.reader import vmdescription_body_sizer
-
-    from .check import StreamReadError, check_capture, check_stream
-    from .inputs import InputError, open_stream, read_vmdescription
+    from .check import StreamReadError, check_capture, check_stream, trailer_body_sizer, vmstate_body_check
+    from .inputs import InputError, open_stream
     from .targets import profile
 
     main, channels = capture_files(path)
-    sizer = None
-    raw = read_vmdescription(str(main))
-    if raw is not None:
-        try:
-            devices = json.loads(raw)["devices"]
-            sizer = vmdescription_body_sizer(devices) if isinstance(devices, list) else None
-        except (ValueError, KeyError, TypeError):
-            sizer = None
+    sizer = trailer_body_sizer(str(main))
     try:
         src, name = open_stream(str(main))
-        kw = dict(name=name, target=profile(target), body_checker=_body_checker(), body_sizer=sizer)
+        kw = dict(name=name, target=profile(target), body_checker=vmstate_body_check, body_sizer=sizer)
         if channels:
             chans = [(p.name, open_stream(str(p))[0]) for p in channels]
             return check_capture(src, chans, **kw)
         return check_stream(src, **kw)
     except (InputError, StreamReadError) as e:
         raise CaptureError(str(e)) from None
-
-
-def _body_checker():
-    from wireformat import vmstate
-
-    def check(desc: dict, data: bytes) -> str | None:
-        try:
-            decoded = vmstate.decode_body(desc, data)
-        except vmstate.VmstateDecodeError as e:
-            return f"body does not decode with the stream's own VMSD description: {e}"
-        except (KeyError, TypeError, ValueError) as e:
-            return f"the stream's VMSD description cannot be applied: {e}"
-        if decoded.consumed != len(data):
-            return f"VMSD description accounts for {decoded.consumed} of {len(data)} body bytes"
-        return None
-
-    return check
 
 
 class CaptureViolations(Exception):

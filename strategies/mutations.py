@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from wireformat.reader import StreamReader
 from wireformat.records import (
-    DeviceState,
     Eof,
     RamRecord,
     RamRun,

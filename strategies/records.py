@@ -5,8 +5,6 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from wireformat.constants import (
-    MIG_CMD_FIXED_LEN,
-    RAM_SECTION_IDSTR,
     MigCmd,
     MigRpMsg,
     RamSaveFlag as F,

@@ -5,8 +5,6 @@ close the checker comes to the disk's (page cache's) speed on this machine. The 
 real-QEMU benchmark of the issue is benchmarks/bench_check.py.
 """
 
-import io
-import os
 import random
 
 import pytest

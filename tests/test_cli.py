@@ -9,7 +9,7 @@ import sys
 import pytest
 import zstandard
 
-from tests.test_loader import HEADER, ZERO_NAMED, cfg, cmd, ram_stream, word
+from tests.test_loader import ZERO_NAMED, cmd, ram_stream, word
 
 DESC = b'{"page_size": 4096, "devices": []}'
 TRAILER = b"\x06" + len(DESC).to_bytes(4, "big") + DESC

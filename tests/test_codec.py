@@ -4,7 +4,7 @@ import io
 
 import pytest
 from construct import ConstructError
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 from strategies import records as S
 from wireformat import ram
@@ -18,8 +18,6 @@ from wireformat.mainstream import (
     build_record,
     configuration_from_container,
 )
-from wireformat.reader import StreamReader
-from wireformat.records import Command, Configuration, SectionHeader
 from wireformat.returnpath import build_message, iter_messages
 
 

@@ -6,20 +6,18 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 
 import pytest
 
-from conformance.check import check_stream
-from conformance.inputs import read_vmdescription
+from conformance.check import check_stream, trailer_body_sizer, vmstate_body_check
 from conformance.qemu import dump_vmstate, load_stream
 from conformance.qemu.devices import make_ram_file
 from conformance.tables import DestinationTables, builtin_tables
 from strategies.mutations import MUTATIONS
 from wireformat import vmstate
 from wireformat.mainstream import build_record
-from wireformat.reader import StreamReader, vmdescription_body_sizer
-from wireformat.records import DeviceState, RamRecord, RamRun, SectionHeader
+from wireformat.reader import StreamReader
+from wireformat.records import DeviceState, RamRecord, RamRun
 
 pytestmark = pytest.mark.qemu
 
@@ -33,24 +31,11 @@ MACHINES = {
 CASES = [(v, m, d) for v, ms in MACHINES.items() for m in ms for d in DEVICE_SETS]
 
 
-def _sizer(path):
-    raw = read_vmdescription(str(path))
-    return vmdescription_body_sizer(json.loads(raw)["devices"]) if raw else None
-
-
 def _check(path, target, **kw):
     """Judged as the CLI judges: the target version's shipped tables unless others are given."""
     kw.setdefault("tables", builtin_tables(target))
     with open(path, "rb") as f:
-        return check_stream(f, target=target, body_sizer=_sizer(path), body_checker=_body_checker, **kw)
-
-
-def _body_checker(desc, data):
-    try:
-        dec = vmstate.decode_body(desc, data)
-    except vmstate.VmstateDecodeError as e:
-        return str(e)
-    return None if dec.consumed == len(data) else f"{dec.consumed} of {len(data)}"
+        return check_stream(f, target=target, body_sizer=trailer_body_sizer(path), body_checker=vmstate_body_check, **kw)
 
 
 @pytest.mark.parametrize("version, machine, devices", CASES, ids=[f"{v}/{m}/{d}" for v, m, d in CASES])
@@ -59,7 +44,7 @@ def test_capture_decodes_reencodes_and_conforms(capture, version, machine, devic
     data = cap.path.read_bytes()
     out = bytearray()
     kinds = set()
-    reader = StreamReader(io.BytesIO(data), body_sizer=_sizer(cap.path))
+    reader = StreamReader(io.BytesIO(data), body_sizer=trailer_body_sizer(cap.path))
     for rec in reader:
         kinds.add(type(rec).__name__)
         out += build_record(rec, **reader.ram_params)
