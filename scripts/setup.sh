@@ -16,7 +16,7 @@ sudo=""
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils; do
+for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 

@@ -295,7 +295,9 @@ def _chromium() -> str | None:
 def test_report_html_renders_in_headless_chromium(tmp_path):
     browser = _chromium()
     if browser is None:
-        pytest.skip("no chromium: apt-get install -y chromium")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("no chromium under CI: scripts/setup.sh installs it", pytrace=False)
+        pytest.skip("no chromium: apt-get install -y chromium (scripts/setup.sh does)")
     page = tmp_path / "report.html"
     page.write_text(render_html(_synthetic_result()))
     png = tmp_path / "report.png"
