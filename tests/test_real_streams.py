@@ -215,3 +215,35 @@ def test_memory_size_mismatch_is_judged_as_the_destination_judges_it(capture, qe
     real = load_stream(qemu(version), stream.path, machine="pc-i440fx-7.2", mem_mb=128)
     assert not real.completed
     assert any("Size mismatch: pc.ram: 0x4000000 != 0x8000000" in line for line in real.error_lines), real.error_lines
+
+
+def test_compressed_pages_of_7_2(capture, qemu, tmp_path_factory):
+    """7.2's `compress` capability: COMPRESS_PAGE records decode and conform for 7.2 (which
+    loads them), and are rejected for 10.0, which no longer knows the flag."""
+    ram = make_ram_file(tmp_path_factory.mktemp("cram") / "ram.img", 8, seed=2)
+    cap = capture("7.2", "pc-i440fx-7.2", "none", mem_mb=8, ram_file=ram, capabilities={"compress": True})
+    rep = _check(cap.path, "7.2")
+    assert rep.violations == [] and rep.stats["ram_blocks"]["ram0"]["compressed"] > 2000
+    assert _check(cap.path, "10.0").violations[0].code == "ram-compressed-page"
+    dst = make_ram_file(tmp_path_factory.mktemp("cram0") / "ram.img", 8, content=b"")
+    assert load_stream(qemu("7.2"), cap.path, machine="pc-i440fx-7.2", mem_mb=8, ram_file=dst,
+                       capabilities={"compress": True}).completed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_xbzrle_rounds_of_a_running_guest(qemu, tmp_path, version):
+    """A guest that keeps dirtying pages, with xbzrle: later rounds carry XBZRLE records (10.0
+    keeps them; both check clean) and both sides end with the same RAM."""
+    from conformance.qemu.devices import dirtier_args, make_dirtier_disk
+    from conformance.qemu.tcp_migration import capture_channels
+
+    b = qemu(version)
+    cap = capture_channels(b, b, machine="pc-i440fx-7.2", mem_mb=16, capabilities={"xbzrle": True},
+                           parameters={"max-bandwidth": 1 << 20, "downtime-limit": 1},
+                           extra_args=dirtier_args(make_dirtier_disk(tmp_path / "boot.img")), running=True, stop_after=1.5)
+    assert cap.source_ram == cap.destination_ram
+    rep = check_stream(io.BytesIO(cap.main), target=version)
+    assert rep.violations == [], [v.one_line() for v in rep.violations]
+    if version == "10.0":
+        assert rep.stats["ram_blocks"]["pc.ram"].get("xbzrle", 0) > 100
