@@ -33,7 +33,8 @@ class DestinationProfile:
 
     @property
     def zero_fill_severity(self) -> Severity:
-        return Severity.REJECT if self.zero_fill_must_be_zero else Severity.DEVIATION
+        # 7.2 fills the page with the byte: accepted, but no source ever had that page
+        return Severity.REJECT if self.zero_fill_must_be_zero else Severity.SILENT_LOSS
 
 
 _VERSIONED = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?")
