@@ -33,7 +33,7 @@ SRC
 fi
 
 q10="$cache/qemu-10.0"
-if [ ${#need_pkgs[@]} -gt 0 ] || [ ! -x "$q10/root/usr/bin/qemu-system-x86_64" ]; then
+if [ ${#need_pkgs[@]} -gt 0 ] || [ ! -x "$q10/tree/usr/bin/qemu-system-x86_64" ]; then
   log "apt-get update"
   $sudo apt-get update -qq
 fi
@@ -42,15 +42,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-if [ ! -x "$q10/root/usr/bin/qemu-system-x86_64" ]; then
+if [ ! -x "$q10/tree/usr/bin/qemu-system-x86_64" ]; then
   log "fetching QEMU $qemu10_version from bookworm-backports into $q10"
   mkdir -p "$q10/debs"
-  rm -rf "$q10/root.tmp"
+  rm -rf "$q10/tree.tmp"
   (cd "$q10/debs" && for pkg in qemu-system-x86 qemu-system-common qemu-system-data; do
      ls "${pkg}_"*.deb >/dev/null 2>&1 || apt-get download -qq -o APT::Sandbox::User=root "$pkg=$qemu10_version"
    done)
-  for deb in "$q10"/debs/*.deb; do dpkg -x "$deb" "$q10/root.tmp"; done
-  mv "$q10/root.tmp" "$q10/root"
+  for deb in "$q10"/debs/*.deb; do dpkg -x "$deb" "$q10/tree.tmp"; done
+  mv "$q10/tree.tmp" "$q10/tree"
 fi
 
 if [ ! -x "$here/.venv/bin/python" ]; then

@@ -200,7 +200,7 @@ def parse_pairs(text: str | None) -> dict[str, str]:
 
 
 def _cache_candidates() -> list[Path]:
-    return sorted(cache_dir().glob(f"qemu-*/root/usr/bin/{BINARY_NAME}"))
+    return sorted(cache_dir().glob(f"qemu-*/tree/usr/bin/{BINARY_NAME}"))
 
 
 def discover(pairs: Mapping[str, str] | None = None) -> dict[str, QemuBinary]:
