@@ -42,6 +42,7 @@ from construct import Array, Bytes, ConstructError, Int8ub, Int32ub, Int64ub, St
 from .constants import MULTIFD_MAGIC, MULTIFD_VERSION, TARGET_PAGE_SIZE
 from .reader import DecodeError
 from .records import Record
+from .window import Window
 
 # --- flags (spec §5.4), QEMU's names ----------------------------------------------------
 
@@ -432,41 +433,8 @@ class _Truncated(Exception):
         self.offset = offset
 
 
-class _Window:
-    """A fixed buffer over the channel; data longer than it is copied out in chunks."""
-
-    def __init__(self, src: BinaryIO, size: int):
-        self.src = src
-        self.size = size
-        self.buf = bytearray(size)
-        self.mv = memoryview(self.buf)
-        self.pos = self.end = self.base = 0
-        self.eof = False
-        self._readinto = getattr(src, "readinto", None)
-
-    def offset(self) -> int:
-        return self.base + self.pos
-
-    def fill(self, n: int) -> bool:
-        if self.end - self.pos >= n:
-            return True
-        if self.pos + n > self.size:
-            keep = self.end - self.pos
-            self.buf[0:keep] = self.buf[self.pos : self.end]
-            self.base += self.pos
-            self.pos, self.end = 0, keep
-        while self.end - self.pos < n and not self.eof:
-            if self._readinto is not None:
-                got = self._readinto(self.mv[self.end :]) or 0
-            else:
-                chunk = self.src.read(self.size - self.end) or b""
-                got = len(chunk)
-                self.mv[self.end : self.end + got] = chunk
-            if got:
-                self.end += got
-            else:
-                self.eof = True
-        return self.end - self.pos >= n
+class _Window(Window):
+    """The shared read window, plus copies that name what was cut short."""
 
     def take(self, n: int, copy: bool, what: str, start: int) -> Any:
         """n bytes: a memoryview into the window when they fit (and copy is False)."""

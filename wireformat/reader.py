@@ -50,6 +50,7 @@ from .records import (
     TrailingData,
     VmDescription,
 )
+from .window import Truncated, Window
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -87,10 +88,6 @@ class DecodeError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class _Truncated(Exception):
-    pass
-
-
 @dataclass(slots=True)
 class SectionInfo:
     section_id: int
@@ -100,84 +97,6 @@ class SectionInfo:
 
     def describe(self) -> str:
         return f"{self.idstr} (id {self.section_id})"
-
-
-class _Buffer:
-    """A fixed bytearray window over the stream; `pos` is an index into it."""
-
-    def __init__(self, src: BinaryIO, size: int):
-        self.src = src
-        self.size = size
-        self.buf = bytearray(size)
-        self.mv = memoryview(self.buf)
-        self.pos = 0
-        self.end = 0
-        self.base = 0  # stream offset of buf[0]
-        self.eof = False
-        self._readinto = getattr(src, "readinto", None)
-
-    def offset(self) -> int:
-        return self.base + self.pos
-
-    def avail(self) -> int:
-        return self.end - self.pos
-
-    def fill(self, n: int) -> bool:
-        """Make n bytes available at pos; False when the stream ends first."""
-        if self.end - self.pos >= n:
-            return True
-        if n > self.size:
-            raise ValueError(f"record of {n} bytes exceeds the reader window")
-        if self.pos + n > self.size:
-            # Slide the unread tail to the front (earlier memoryviews see new bytes).
-            keep = self.end - self.pos
-            self.buf[0:keep] = self.buf[self.pos : self.end]
-            self.base += self.pos
-            self.pos, self.end = 0, keep
-        while self.end - self.pos < n and not self.eof:
-            if self._readinto is not None:
-                got = self._readinto(self.mv[self.end :])
-            else:
-                data = self.src.read(self.size - self.end)
-                got = len(data) if data else 0
-                self.mv[self.end : self.end + got] = data or b""
-            if not got:
-                self.eof = True
-            else:
-                self.end += got
-        return self.end - self.pos >= n
-
-    def need(self, n: int) -> None:
-        if not self.fill(n):
-            raise _Truncated()
-
-    def take_bytes(self, n: int) -> bytes:
-        """n bytes as an owned copy, for records larger than the window too."""
-        if n <= self.size:
-            self.need(n)
-            out = bytes(self.mv[self.pos : self.pos + n])
-            self.pos += n
-            return out
-        parts, left = [], n
-        while left:
-            if not self.fill(1):
-                raise _Truncated()
-            k = min(left, self.end - self.pos)
-            parts.append(bytes(self.mv[self.pos : self.pos + k]))
-            self.pos += k
-            left -= k
-        return b"".join(parts)
-
-    def skip(self, n: int) -> None:
-        while n:
-            if not self.fill(1):
-                raise _Truncated()
-            k = min(n, self.end - self.pos)
-            self.pos += k
-            n -= k
-
-    def at_end(self) -> bool:
-        return not self.fill(1)
 
 
 # A device body whose VMSD is known: (section, body window) -> length of the body, or None.
@@ -204,7 +123,7 @@ class StreamReader:
         headerless: bool = False,
         known_sections: dict[int, SectionInfo] | None = None,
     ):
-        self.b = _Buffer(src, max(window, 1 << 16))
+        self.b = Window(src, max(window, 1 << 16))
         self.channel = channel
         self.commands = commands
         self.body_sizer = body_sizer
@@ -225,7 +144,7 @@ class StreamReader:
     def __iter__(self) -> Iterator[Record]:
         try:
             yield from self._stream()
-        except _Truncated:
+        except Truncated:
             where = self.current.describe() if self.current else None
             raise DecodeError("stream ends in the middle of a record", channel=self.channel, offset=self.b.offset(), section=where, code="truncated") from None
 
@@ -268,7 +187,7 @@ class StreamReader:
                 continue
             if not b.fill(1):
                 if self._package_end:
-                    raise _Truncated()
+                    raise Truncated()
                 return  # EOF missing: the checker reports it
             t = b.buf[b.pos]
             if t == T.QEMU_VM_EOF and not self._package_end:
@@ -626,7 +545,7 @@ class StreamReader:
                     self.ram_params["ignore_shared"] = not self.ram_params["ignore_shared"]
                     continue
                 if not have and b.eof:
-                    raise _Truncated() from None
+                    raise Truncated() from None
                 if want >= b.size or (have and want > 1 << 20):
                     raise self._err(f"RAM record does not decode: {str(e).splitlines()[-1]}", offset=off) from None
                 want = min(b.size, want * 4)
@@ -676,7 +595,7 @@ class StreamReader:
             left = bitmap_len
             while left:
                 if not b.fill(1):
-                    raise _Truncated()
+                    raise Truncated()
                 k = min(left, b.avail())
                 present += int.from_bytes(b.mv[b.pos : b.pos + k], "little").bit_count()
                 b.pos += k
