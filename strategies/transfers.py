@@ -291,15 +291,22 @@ def _burst(b: int, available: int) -> int:
 
 def _permitted_run(b: _Barrier, ids: list[int], steps, out: list[int]) -> None:
     """Permitted steps from `steps` (an iterator), then canonical ones, until nothing can run."""
-    while True:
-        runs = {lane: k for lane in ids if (k := b.run_length(lane))}
-        if not runs:
-            return
-        i, burst = next(steps, (0, 0))
-        lane = _pick(ids, i, runs)
-        for _ in range(_burst(burst, runs[lane])):
-            b.take(lane)
-            out.append(lane)
+    while runs := _runs(b, ids):
+        _step(b, ids, runs, steps, out)
+
+
+def _runs(b: _Barrier, ids: list[int]) -> dict[int, int]:
+    """Lane -> how many of its next events the barrier lets through now."""
+    return {lane: k for lane in ids if (k := b.run_length(lane))}
+
+
+def _step(b: _Barrier, ids: list[int], runs: dict[int, int], steps, out: list[int]) -> None:
+    """Deliver one burst of the lane the next plan step picks."""
+    i, burst = next(steps, (0, 0))
+    lane = _pick(ids, i, runs)
+    for _ in range(_burst(burst, runs[lane])):
+        b.take(lane)
+        out.append(lane)
 
 
 @st.composite
@@ -326,7 +333,7 @@ def _walk_to_chance(transfer: Transfer, plan, stop: int | None):
     out: list[int] = []
     chances = 0
     while True:
-        runs = {lane: k for lane in ids if (k := b.run_length(lane))}
+        runs = _runs(b, ids)
         held = [lane for lane in ids if b.left(lane) and lane not in runs]
         if held:
             if chances == stop:
@@ -334,11 +341,7 @@ def _walk_to_chance(transfer: Transfer, plan, stop: int | None):
             chances += 1
         if not runs:
             return chances
-        i, burst = next(steps, (0, 0))
-        lane = _pick(ids, i, runs)
-        for _ in range(_burst(burst, runs[lane])):
-            b.take(lane)
-            out.append(lane)
+        _step(b, ids, runs, steps, out)
 
 
 @st.composite
