@@ -13,6 +13,7 @@ import zstandard
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.reader import DecodeError, StreamReader
 
+from .inputs import Prepended
 from .loader import Loader
 from .targets import DestinationProfile
 from .violations import Severity, Violation
@@ -129,7 +130,7 @@ def check_capture(
         if chan in used:  # two files claim one id: keep them apart to say so
             chan = f"{chan} ({label})"
         used.add(chan)
-        reader = MultifdChannelReader(_Prepend(head, src), chan)
+        reader = MultifdChannelReader(Prepended(src, head), chan)
         try:
             for rec in reader:
                 checker.feed(rec)
@@ -148,31 +149,6 @@ def check_capture(
     }
     rep.seconds = time.perf_counter() - t0
     return rep
-
-
-class _Prepend:
-    """A file object whose first bytes were already read."""
-
-    def __init__(self, head: bytes, src: BinaryIO):
-        self.head, self.src = head, src
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            out, self.head = self.head[:n] if n >= 0 else self.head, self.head[n:] if n >= 0 else b""
-            return out
-        return self.src.read(n)
-
-    def readinto(self, b) -> int:
-        if self.head:
-            k = min(len(b), len(self.head))
-            b[:k] = self.head[:k]
-            self.head = self.head[k:]
-            return k
-        if hasattr(self.src, "readinto"):
-            return self.src.readinto(b)
-        data = self.src.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> tuple[list[Violation], dict]:

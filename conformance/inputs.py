@@ -32,8 +32,9 @@ def _detect(head: bytes) -> str | None:
     return None
 
 
-class _Peekable(io.RawIOBase):
-    """Lets us look at the first bytes of a pipe and still hand all of it on."""
+class Prepended(io.RawIOBase):
+    """Bytes already read from a stream, put back in front of it (to look at the first
+    bytes of a pipe and still hand all of it on)."""
 
     def __init__(self, raw: BinaryIO, head: bytes):
         self.raw, self.head = raw, head
@@ -73,7 +74,7 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
         name = path
     head = raw.read(6) or b""
     kind = _detect(head)
-    src = _Peekable(raw, head)
+    src = Prepended(raw, head)
     if kind is None:
         return src, name
     try:

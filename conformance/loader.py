@@ -144,7 +144,6 @@ class Loader:
         self.open_iterables: set[int] = set()
         self.loaded_devices: set[tuple[str, int]] = set()
         self.current: SectionHeader | None = None
-        self.current_is_ram = False
         self.footers: bool | None = True  # the destination expects section footers
         self._no_configuration_at = 0
         self.return_path = False
@@ -370,8 +369,6 @@ class Loader:
             if h.section_type == T.QEMU_VM_SECTION_END:
                 self.open_iterables.discard(h.section_id)
         self.current = h
-        full = self.sections.get(h.section_id, h)
-        self.current_is_ram = full.idstr == RAM_SECTION_IDSTR and full.instance_id == 0
 
     def _check_entry(self, h: SectionHeader) -> None:
         ch, off, name = h.channel, h.offset, self._describe(h)

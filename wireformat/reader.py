@@ -138,7 +138,6 @@ class StreamReader:
         self.configured = False  # a CONFIGURATION record was read
         self._ignore_shared_tried = False
         self.footers: bool | None = None  # learnt after the first RAM section
-        self.records_read = 0
 
     # -- public -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Record]:

@@ -87,6 +87,3 @@ class Window:
             k = min(n, self.end - self.pos)
             self.pos += k
             n -= k
-
-    def at_end(self) -> bool:
-        return not self.fill(1)
