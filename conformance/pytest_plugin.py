@@ -85,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _load_profile(config)
     targets = config.getoption("captures_target") or []
     if targets:
-        from .targets import PROFILES
+        from conformance.rules.profile import PROFILES
 
         bad = [t for t in targets if t not in PROFILES]
         if bad:
@@ -154,7 +154,7 @@ def qemu_pairs(pytestconfig: pytest.Config) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def qemu_binaries(qemu_pairs: dict[str, str]):
     """version -> QemuBinary for every QEMU found (--qemu, MIGCONFORM_QEMU, cache, PATH)."""
-    from .qemu import QemuNotFound, discover
+    from conformance.qemu import QemuNotFound, discover
 
     try:
         return discover(qemu_pairs)
@@ -165,7 +165,7 @@ def qemu_binaries(qemu_pairs: dict[str, str]):
 @pytest.fixture(scope="session")
 def qemu(qemu_binaries, qemu_pairs: dict[str, str]) -> Callable[[str], Any]:
     """qemu("10.0") -> QemuBinary, or skip (fail under CI) with how to install it."""
-    from .qemu import QemuNotFound, require
+    from conformance.qemu import QemuNotFound, require
 
     def get(version: str):
         if version in qemu_binaries:
@@ -193,7 +193,7 @@ def _freeze(value: Any) -> Any:
 def capture(qemu, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """capture("7.2", "pc-i440fx-7.2", "none", mem_mb=64, ...) -> CaptureResult, made once per
     session for the same arguments. The file is shared: copy it before altering it."""
-    from .qemu import capture_stream
+    from conformance.qemu import capture_stream
 
     made: dict[Any, Any] = {}
 
@@ -253,9 +253,9 @@ def find_captures(root: Path) -> Iterator[Path]:
 
 def check_capture_path(path: Path, target: str | None = None):
     """Run the conformance checks of `migconform check PATH --target TARGET`; the Report."""
-    from .check import StreamReadError, check_capture, check_stream, trailer_body_sizer, vmstate_body_check
-    from .inputs import InputError, open_stream
-    from .targets import profile
+    from conformance.check.pipeline import StreamReadError, check_capture, check_stream, trailer_body_sizer, vmstate_body_check
+    from conformance.check.inputs import InputError, open_stream
+    from conformance.rules.profile import profile
 
     main, channels = capture_files(path)
     sizer = trailer_body_sizer(str(main))
@@ -332,7 +332,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     roots = [Path(d).resolve() for d in config.getoption("captures") or []]
     if not roots:
         return
-    from .targets import NEWEST
+    from conformance.rules.profile import NEWEST
 
     targets = list(dict.fromkeys(config.getoption("captures_target") or [NEWEST]))
     col = CaptureCollection.from_parent(session, name="migconform::captures", nodeid="migconform::captures",

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the strict downtime SLA model (conformance.downtime).
+"""Hypothesis strategies for the strict downtime SLA model (conformance.rules.downtime).
 
 Limits and the source's downtime are milliseconds (what SEND_SRC_DOWNTIME carries); section
 load costs are microseconds (the virtual clock's tick, as in QEMU's trace points). All
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from conformance.downtime import SlaCommand
+from conformance.rules.downtime import SlaCommand
 
 MAX_LIMIT_MS = 2000  # QEMU's downtime-limit maximum is 2000 s; SLAs are far below
 MAX_COST_US = 5_000_000

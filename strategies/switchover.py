@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the switchover-ack model (conformance.switchover).
+"""Hypothesis strategies for the switchover-ack model (conformance.rules.switchover).
 
 Devices are named vfio0, vfio1, … so that shrunk examples read the same every time; the
 booleans shrink to False, so a minimal failing device keeps only the True it needs.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from conformance.switchover import Device, Setup
+from conformance.rules.switchover import Device, Setup
 
 MAX_DEVICES = 4
 

@@ -1,5 +1,5 @@
 """Hypothesis strategies for VFIO device state sent over multifd (spec wire-format.md §6.2;
-model: conformance.vfio_model): what a source's save threads send, the orders a destination
+model: conformance.rules.vfio_model): what a source's save threads send, the orders a destination
 can receive it in, and the destination's queue caps.
 
 A source's save thread sends a device's data buffers idx 0 … k-1, then the config packet
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from conformance.vfio_model import StateBuffer, SwitchoverStart, VfioDevice, VfioEvent
+from conformance.rules.vfio_model import StateBuffer, SwitchoverStart, VfioDevice, VfioEvent
 
 DEVICE_NAMES = ("0000:00:02.0/vfio", "0000:00:03.0/vfio", "0000:00:04.0/vfio")
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from conformance.check import check_stream
+from conformance.check.pipeline import check_stream
 from wireformat import ram
 from wireformat.records import RamBlockInfo, RamRecord
 

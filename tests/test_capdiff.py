@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.capdiff import (
+from conformance.tools.capdiff import (
     BACKGROUND_SNAPSHOT_KERNEL_ERROR,
     CAPS_COMMAND,
     KNOWN_DISCREPANCIES,
@@ -194,7 +194,7 @@ def test_cli_functions(qemu, capsys):
     import argparse
     import json
 
-    from conformance.capdiff import add_capdiff_parser, cmd_capdiff
+    from conformance.tools.capdiff import add_capdiff_parser, cmd_capdiff
 
     parser = argparse.ArgumentParser(prog="migconform")
     add_capdiff_parser(parser.add_subparsers(dest="command", required=True))

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from conformance.violations import CATALOGUE, catalogue_markdown
+from conformance.rules.catalogue import CATALOGUE, catalogue_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

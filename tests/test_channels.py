@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.check import check_capture
+from conformance.check.pipeline import check_capture
 from wireformat.multifd import MultifdChannelReader, MultifdRamPacket
 
 DATA = Path(__file__).parent / "data" / "multifd"
@@ -138,7 +138,7 @@ def test_truncated_channel():
 
 
 def test_ram_model_replays_real_captures_and_finds_a_page_race():
-    from conformance.check import ram_model_check
+    from conformance.check.pipeline import ram_model_check
 
     for name in CAPTURES:
         found, stats = ram_model_check(io.BytesIO(load(name, "main")),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.compat import (
+from conformance.rules.compat import (
     WIRE_PROPERTIES,
     UnknownMachine,
     UnknownVersion,
@@ -42,7 +42,7 @@ def vt(v: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- schema
 
 def _raw(name: str) -> dict:
-    return json.loads(resources.files("conformance.compat").joinpath("data", name).read_text(encoding="utf-8"))
+    return json.loads(resources.files("conformance.rules.compat").joinpath("data", name).read_text(encoding="utf-8"))
 
 
 def test_versions_present():

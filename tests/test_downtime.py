@@ -1,5 +1,5 @@
 """The strict downtime SLA model and the QEMU 10.0 downtime trace analyser
-(conformance.downtime): properties, committed real traces, and a real 10.0 → 10.0
+(conformance.rules.downtime): properties, committed real traces, and a real 10.0 → 10.0
 migration traced on both sides."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
 
-from conformance.downtime import (
+from conformance.rules.downtime import (
     SlaClock,
     SlaCommand,
     TraceFormatError,

@@ -6,9 +6,9 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from conformance.check import check_stream
-from conformance.loader import Loader, Phase, TRANSITIONS
-from conformance.violations import CATALOGUE, Severity
+from conformance.check.pipeline import check_stream
+from conformance.rules.loader import Loader, Phase, TRANSITIONS
+from conformance.rules.catalogue import CATALOGUE, Severity
 from strategies.streams import precopy_streams
 from wireformat import ram
 from wireformat.records import RamBlockInfo, RamRecord
@@ -180,7 +180,7 @@ def test_postcopy_command_order():
 
 
 def test_destination_tables_check_entries_and_versions():
-    from conformance.tables import DestinationTables
+    from conformance.rules.tables import DestinationTables
 
     ref = HEADER + cfg() + start(7, b"timer", 2, kind=4) + b"\x00" * 8 + footer(7) + b"\x00"
     tables = DestinationTables.from_reference_stream(io.BytesIO(ref))
@@ -327,7 +327,7 @@ def test_recovery_channel():
 
 @pytest.mark.parametrize("target", ["7.2", "10.0"])
 def test_builtin_tables_know_each_versions_sections(target):
-    from conformance.tables import builtin_tables
+    from conformance.rules.tables import builtin_tables
 
     t = builtin_tables(target)
     assert t.judge("timer", 0, 2) is None and t.judge("cpu", 0, 12) is None

@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from conformance import compat
-from conformance.matrix import (
+from conformance.rules import compat
+from conformance.tools.matrix import (
     _EXTRA_DEVICE_SETS,
     CAPABILITY_SETS,
     DEFAULT_CAPS,
@@ -42,7 +42,7 @@ from conformance.matrix import (
     predict_cell,
     run_cell,
 )
-from conformance.matrix_report import ProgressBar, cell_text, format_text, render_html
+from conformance.tools.matrix_report import ProgressBar, cell_text, format_text, render_html
 from conformance.qemu import DEVICE_SETS, LoadVerdict, MigrationFailed, QemuExited, QemuTimeout, QmpCommandError
 
 
@@ -256,7 +256,7 @@ def test_report_html_is_self_contained_and_escaped():
 
 
 def test_findings_are_grouped():
-    from conformance.matrix_report import group_findings
+    from conformance.tools.matrix_report import group_findings
 
     v = {"code": "missing-footer", "severity": "reject", "channel": "main", "offset": 345433,
          "message": "Missing section footer for timer", "section": "timer (id 0)"}
@@ -320,7 +320,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_parser_defaults_and_lists():
     a = _args("--qemu", "7.2", "--qemu", "10.0", "--machines", "pc-q35-7.2", "pc-i440fx-7.2,pc-q35-5.2",
               "--caps", "none", "--caps", "validate-uuid")
-    from conformance.matrix import _split
+    from conformance.tools.matrix import _split
 
     assert a.qemu == ["7.2", "10.0"] and a.workers == 2 and a.json is None and a.html is None
     assert _split(a.machines) == ["pc-q35-7.2", "pc-i440fx-7.2", "pc-q35-5.2"]

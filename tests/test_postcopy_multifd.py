@@ -5,8 +5,8 @@ shrinks it to the smallest case."""
 import pytest
 from hypothesis import find, given, settings, strategies as st
 
-from conformance import compat
-from conformance.postcopy_multifd import (
+from conformance.rules import compat
+from conformance.rules.postcopy_multifd import (
     ChannelPage,
     PostcopyMultifdModel,
     PostcopyPage,

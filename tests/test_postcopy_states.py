@@ -1,5 +1,5 @@
 """MigrationStatus of real QEMU 7.2 and 10.0 source/destination pairs in postcopy, checked
-against conformance.migration_states.
+against conformance.rules.migration_states.
 
 * pure tests of the tables against the VERIFIED sequences of the spec;
 * a hypothesis RuleBasedStateMachine driving a real pair over loopback TCP through a
@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conformance.migration_states import (
+from conformance.rules.migration_states import (
     DESTINATION,
     EVENT_ONLY,
     RESTING,

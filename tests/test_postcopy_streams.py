@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conformance.check import check_capture, check_stream
-from conformance.loader import Loader
-from conformance.migration_states import DESTINATION, SOURCE, predict_sequence
+from conformance.check.pipeline import check_capture, check_stream
+from conformance.rules.loader import Loader
+from conformance.rules.migration_states import DESTINATION, SOURCE, predict_sequence
 from conformance.qemu import QemuProcess, QmpCommandError
-from conformance.violations import Severity
+from conformance.rules.catalogue import Severity
 from tests.test_postcopy_states import (
     CAPS,
     MEM_MB,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, event, find, given, settings, strategies as st
 
-from conformance.ram_model import (
+from conformance.rules.ram_model import (
     MAIN,
     ChannelPacket,
     ChannelSync,

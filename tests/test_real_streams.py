@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from conformance.check import check_stream, trailer_body_sizer, vmstate_body_check
+from conformance.check.pipeline import check_stream, trailer_body_sizer, vmstate_body_check
 from conformance.qemu import dump_vmstate, load_stream
 from conformance.qemu.devices import make_ram_file
-from conformance.tables import DestinationTables, builtin_tables
+from conformance.rules.tables import DestinationTables, builtin_tables
 from strategies.mutations import MUTATIONS
 from wireformat import vmstate
 from wireformat.mainstream import build_record
@@ -82,7 +82,7 @@ def test_newest_machine_of_10_0_is_judged_unloadable_by_7_2(capture, qemu):
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
 def test_modelled_machine_types_are_the_binarys(qemu, version):
     from conformance.qemu import machine_types
-    from conformance.targets import PROFILES
+    from conformance.rules.profile import PROFILES
 
     real = {m for m in machine_types(qemu(version)) if re.fullmatch(r"pc-(i440fx|q35)-[\d.]+", m)}
     assert real == PROFILES[version].machine_types

@@ -12,7 +12,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conformance.check import check_capture
+from conformance.check.pipeline import check_capture
 from conformance.qemu.devices import make_ram_file
 from conformance.qemu.tcp_migration import Schedule, capture_channels, ram_digest, replay
 from wireformat.multifd import MultifdChannelReader, MultifdRamPacket
@@ -164,7 +164,7 @@ def dirty_captures(qemu, tmp_path_factory):
 
 @pytest.mark.parametrize("version", ["10.0", "7.2"])
 def test_multi_round_captures_check_clean_and_replay_to_the_same_ram(dirty_captures, qemu, version):
-    from conformance.check import ram_model_check
+    from conformance.check.pipeline import ram_model_check
 
     machine, cap = dirty_captures[version]
     assert cap.destination_status == "completed" and cap.source_ram == cap.destination_ram

@@ -1,4 +1,4 @@
-"""Switchover-ack: the model (conformance.switchover), its properties, and real QEMU 10.0.
+"""Switchover-ack: the model (conformance.rules.switchover), its properties, and real QEMU 10.0.
 
 The real checks run a 10.0 source and a 10.0 destination over TCP through a recording
 loopback proxy (conformance.qemu.tcp_capture) and compare with what the model predicts.
@@ -15,7 +15,7 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conformance.switchover import (
+from conformance.rules.switchover import (
     MSG_NOTHING_PENDING,
     MSG_NOT_USED,
     Destination,
@@ -35,7 +35,7 @@ from conformance.switchover import (
     real_capabilities,
     run,
 )
-from conformance.violations import CATALOGUE
+from conformance.rules.catalogue import CATALOGUE
 from strategies.switchover import schedules, setups
 
 FIND = settings(max_examples=2000, database=None, derandomize=True)

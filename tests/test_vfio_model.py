@@ -17,7 +17,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, event, find, given, settings, strategies as st
 
-from conformance.vfio_model import StateBuffer, SwitchoverStart, VfioDevice, VfioLoadModel
+from conformance.rules.vfio_model import StateBuffer, SwitchoverStart, VfioDevice, VfioLoadModel
 from strategies.vfio import (
     Cap,
     DeviceState,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.vmstate_diff import (
+from conformance.tools.vmstate_diff import (
     A_TO_B,
     B_TO_A,
     BREAKS,
@@ -260,7 +260,7 @@ def _raw(*devices):
 
 
 def run_cli(*args):
-    p = subprocess.run([sys.executable, "-m", "conformance.vmstate_diff", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "conformance.tools.vmstate_diff", *args], capture_output=True, text=True,
                        timeout=60)
     return p.returncode, p.stdout, p.stderr
 

@@ -1,6 +1,6 @@
 """The only room of migconform that starts processes, speaks QMP or opens sockets."""
 
-from .binaries import (
+from conformance.qemu.binaries import (
     QemuBinary,
     QemuError,
     QemuNotFound,
@@ -11,10 +11,10 @@ from .binaries import (
     parse_pairs,
     require,
 )
-from .capture import CaptureResult, capture_stream, vm_args
-from .destination import LoadVerdict, feed, load_stream, start_destination
-from .devices import DEVICE_SETS, device_args, make_ram_file, ram_args
-from .process import MigrationFailed, QemuExited, QemuProcess, QemuTimeout, QmpCommandError, error_lines
+from conformance.qemu.capture import CaptureResult, capture_stream, vm_args
+from conformance.qemu.destination import LoadVerdict, feed, load_stream, start_destination
+from conformance.qemu.devices import DEVICE_SETS, device_args, make_ram_file, ram_args
+from conformance.qemu.process import MigrationFailed, QemuExited, QemuProcess, QemuTimeout, QmpCommandError, error_lines
 
 __all__ = [
     "CaptureResult", "DEVICE_SETS", "LoadVerdict", "MigrationFailed", "QemuBinary", "QemuError", "QemuExited",

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .binaries import QemuBinary, QemuError
-from .devices import device_args, ram_args
-from .process import QemuProcess
+from conformance.qemu.binaries import QemuBinary, QemuError
+from conformance.qemu.devices import device_args, ram_args
+from conformance.qemu.process import QemuProcess
 
 
 @dataclass

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .binaries import QemuBinary
-from .capture import vm_args
-from .process import QemuExited, QemuProcess, QemuTimeout, error_lines
+from conformance.qemu.binaries import QemuBinary
+from conformance.qemu.capture import vm_args
+from conformance.qemu.process import QemuExited, QemuProcess, QemuTimeout, error_lines
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from .binaries import QemuBinary, QemuError
+from conformance.qemu.binaries import QemuBinary, QemuError
 
 DEFAULT_ARGS = ("-nodefaults", "-display", "none", "-S")
 STDERR_PREFIX = "qemu-system-x86_64: "

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .binaries import QemuBinary
-from .capture import vm_args
-from .destination import start_destination
-from .process import QemuError, QemuProcess
-from .tcp_capture import TcpRecorder
+from conformance.qemu.binaries import QemuBinary
+from conformance.qemu.capture import vm_args
+from conformance.qemu.destination import start_destination
+from conformance.qemu.process import QemuError, QemuProcess
+from conformance.qemu.tcp_capture import TcpRecorder
 
 MULTIFD_MAGIC = b"\x11\x22\x33\x44"
 

@@ -55,7 +55,7 @@ from wireformat.vfio import (
     VFIO_DEVICE_STATE_PACKET_VER_CURRENT,
 )
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 R, L = Severity.REJECT, Severity.SILENT_LOSS
 _HEAD = struct.Struct(">III")

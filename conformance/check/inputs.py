@@ -55,7 +55,7 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
     """(binary file object, description) for a path, '-' (stdin) or tcp:HOST:PORT (wait
     for a migration source to connect, as a destination does)."""
     if path.startswith("tcp:"):
-        from .qemu.listener import ListenError, accept_stream
+        from conformance.qemu.listener import ListenError, accept_stream
 
         try:
             return accept_stream(path, listen_timeout)

@@ -48,9 +48,9 @@ from wireformat.records import (
     VmDescription,
 )
 
-from .tables import DestinationTables
-from .targets import DestinationProfile, profile
-from .violations import Severity, Violation
+from conformance.rules.tables import DestinationTables
+from conformance.rules.profile import DestinationProfile, profile
+from conformance.rules.catalogue import Severity, Violation
 
 R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
 RETURN_PATH = "return-path"

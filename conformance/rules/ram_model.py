@@ -54,7 +54,7 @@ from typing import Iterable, Iterator, Union
 from wireformat.multifd import MultifdInit, MultifdRamPacket
 from wireformat.records import RamRecord, RamRun, Record
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 R, L = Severity.REJECT, Severity.SILENT_LOSS
 

@@ -4,12 +4,12 @@
 A *setting* is a set of capabilities to enable and a few migration parameters, applied to a
 QEMU whose capabilities and parameters are at their start-up values, as at most two QMP
 commands (parameters first or capabilities first). The *answer* is, per command, accepted or
-the error ``desc`` QEMU gives. `model_answer` predicts it from `conformance.compat`
+the error ``desc`` QEMU gives. `model_answer` predicts it from `conformance.rules.compat`
 (`capability_errors`, the per-release capability rules) plus the small parameter model of this
 module; `CapSession` asks a real QEMU, reusing one process across settings.
 
 What is modelled where
-* capability names and the rules of `migrate_caps_check`: `conformance.compat.capability_errors`
+* capability names and the rules of `migrate_caps_check`: `conformance.rules.compat.capability_errors`
   (QEMU stops at the first error: the model's first error is its answer);
 * rules the compat data marks as depending on the host or the build are resolved with an
   `Environment` (TCG vs KVM dirty ring, userfaultfd write-protect, replication support,
@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .compat import capabilities as _capdata
-from .compat import capability_errors, load
+from conformance.rules.compat import capabilities as _capdata
+from conformance.rules.compat import capability_errors, load
 
 CAPS_COMMAND = "migrate-set-capabilities"
 PARAMS_COMMAND = "migrate-set-parameters"
@@ -301,7 +301,7 @@ def _cap_error(version: str, caps: set[str], params: Mapping[str, Any], env: Env
     errors = capability_errors(version, caps, include_environment=True)
     unknown = caps - set(_capdata().available(version))
     if not patches and [r["error"] for r in rules if _fires(r, caps)] != errors[len(unknown):]:
-        raise RuntimeError("conformance.compat.capability_errors no longer lists the unknown names and then "
+        raise RuntimeError("conformance.rules.compat.capability_errors no longer lists the unknown names and then "
                            "one error per rule in data order: capdiff needs updating")
     if unknown:
         return errors[0]  # the QAPI visitor refuses the first unknown name (names are sent sorted)
@@ -439,7 +439,7 @@ class CapSession:
         self.close()
 
     def start(self) -> None:
-        from .qemu import QemuProcess
+        from conformance.qemu import QemuProcess
 
         self.close()
         q = QemuProcess(self.binary, ["-machine", self.machine], name=self.name, cmd_timeout=10.0)
@@ -466,7 +466,7 @@ class CapSession:
     def _probe_environment(self) -> Environment:
         """Host/build facts, asked of this QEMU with single capabilities whose only check is the
         environment one (then put back), query-kvm and the QMP schema."""
-        from .qemu import QmpCommandError
+        from conformance.qemu import QmpCommandError
 
         q = self.q
         kvm = bool(q.cmd("query-kvm").get("enabled"))
@@ -516,7 +516,7 @@ class CapSession:
         self.q.cmd(CAPS_COMMAND, capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
 
     def reset(self) -> None:
-        from .qemu import QemuError
+        from conformance.qemu import QemuError
 
         if self.q is None or not self.q.alive():
             self.restart()
@@ -537,7 +537,7 @@ class CapSession:
 
     def apply(self, setting: CapSetting) -> Answer:
         """The real answer to `setting`, from the start-up state."""
-        from .qemu import QemuError, QmpCommandError
+        from conformance.qemu import QemuError, QmpCommandError
 
         self.reset()
         self.settings_run += 1
@@ -695,8 +695,8 @@ def cmd_capdiff(args) -> int:
     import json
     import sys
 
-    from .compat import UnknownVersion, versions
-    from .qemu import QemuError, QemuNotFound, discover, parse_pairs
+    from conformance.rules.compat import UnknownVersion, versions
+    from conformance.qemu import QemuError, QemuNotFound, discover, parse_pairs
 
     try:
         pairs = parse_pairs(",".join(args.qemu or []))

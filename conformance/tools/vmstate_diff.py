@@ -581,7 +581,7 @@ def evidence_from_vmdescription(json_bytes: bytes | str, name: str = "stream") -
 
 def evidence_from_stream(path: str) -> Evidence:
     """Evidence from a plain (uncompressed) stream file's VMDESCRIPTION trailer."""
-    from .inputs import read_vmdescription
+    from conformance.check.inputs import read_vmdescription
 
     raw = read_vmdescription(path)
     if raw is None:
@@ -615,7 +615,7 @@ def apply_evidence(diff: VmstateDiff, direction: str, ev: Evidence) -> None:
 
 def load_dump(path: str) -> DumpVmstate:
     """A -dump-vmstate file (plain or compressed, '-' for stdin); ValueError with one line."""
-    from .inputs import InputError, open_stream
+    from conformance.check.inputs import InputError, open_stream
 
     try:
         src, name = open_stream(path)
@@ -679,7 +679,7 @@ def cmd_vmstate_diff(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m conformance.vmstate_diff A.json B.json` until the migconform CLI wires it."""
+    """`python -m conformance.tools.vmstate_diff A.json B.json` (also `migconform vmstate-diff`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="migconform")

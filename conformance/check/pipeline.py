@@ -13,10 +13,10 @@ import zstandard
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.reader import DecodeError, StreamReader
 
-from .inputs import Prepended
-from .loader import Loader
-from .targets import DestinationProfile
-from .violations import Severity, Violation
+from conformance.check.inputs import Prepended
+from conformance.rules.loader import Loader
+from conformance.rules.profile import DestinationProfile
+from conformance.rules.catalogue import Severity, Violation
 
 
 class StreamReadError(Exception):
@@ -107,7 +107,7 @@ def check_capture(
     """The main stream and its multifd channels (files in any order), judged together."""
     from wireformat.multifd import MultifdChannelReader
 
-    from .channels import MainSyncInfo, MultifdChecker
+    from conformance.rules.channels import MainSyncInfo, MultifdChecker
 
     t0 = time.perf_counter()
     rep = check_stream(main, name=name, target=target, **kw)
@@ -152,14 +152,14 @@ def check_capture(
 
 
 def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> tuple[list[Violation], dict]:
-    """Replay a multifd capture through the reference RAM model (conformance.ram_model) in a
+    """Replay a multifd capture through the reference RAM model (conformance.rules.ram_model) in a
     schedule the protocol permits — round by round: the main stream up to its next sync
     point, then each channel up to its next SYNC — so that memory holds one round at a time.
     Pages are kept as digests. Reports page races (one page, one round, two lanes, two
     contents), pages that land stale, and sync deadlocks."""
     from wireformat.multifd import MultifdChannelReader
 
-    from .ram_model import ChannelSync, RamModel, channel_events, is_sync_point, main_events
+    from conformance.rules.ram_model import ChannelSync, RamModel, channel_events, is_sync_point, main_events
 
     model = RamModel(len(channels), mode, hash_pages=True)
     lanes = [main_events(StreamReader(main))] + [channel_events(MultifdChannelReader(c, f"multifd{i}"))
@@ -202,7 +202,7 @@ def trailer_body_sizer(path: str):
 
     from wireformat.reader import vmdescription_body_sizer
 
-    from .inputs import read_vmdescription
+    from conformance.check.inputs import read_vmdescription
 
     raw = read_vmdescription(str(path))
     if raw is None:

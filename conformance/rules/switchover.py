@@ -50,7 +50,7 @@ from typing import Iterable, Sequence
 from wireformat.constants import MigCmd, MigRpMsg, SectionType
 from wireformat.records import Command, DeviceState, Eof, Record, SectionHeader
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 R, D = Severity.REJECT, Severity.DEVIATION
 

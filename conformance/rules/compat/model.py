@@ -30,7 +30,7 @@ __all__ = [
     "parse_globals", "predict",
 ]
 
-DATA_PACKAGE = "conformance.compat"
+DATA_PACKAGE = "conformance.rules.compat"
 SCHEMA = 1
 
 # Properties of the `migration` object that change the bytes of the stream (wire-format.md

@@ -131,7 +131,7 @@ def builtin_tables(version: str) -> BuiltinTables | None:
     import json
     from importlib import resources
 
-    res = resources.files("conformance") / "data" / f"vmsd-versions-{version}.json"
+    res = resources.files("conformance.rules") / "data" / f"vmsd-versions-{version}.json"
     if not res.is_file():
         return None
     table = json.loads(res.read_text())["vmsd"]

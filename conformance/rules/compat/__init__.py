@@ -2,7 +2,7 @@
 pc_compat property lists, migration knob defaults, capability rules) and the model that
 predicts whether a migration between two releases can work. See `model`."""
 
-from .model import (  # noqa: F401
+from conformance.rules.compat.model import (  # noqa: F401
     WIRE_PROPERTIES,
     Capabilities,
     CompatEntry,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from wireformat.commands import RELEASED, CommandSet
 
-from .check import Report, StreamReadError, check_stream
-from .dump import dump_stream, format_dump
-from .inputs import InputError, open_stream
-from .targets import PROFILES, NEWEST, UnknownTarget, profile
+from conformance.check.pipeline import Report, StreamReadError, check_stream
+from conformance.check.dump import dump_stream, format_dump
+from conformance.check.inputs import InputError, open_stream
+from conformance.rules.profile import PROFILES, NEWEST, UnknownTarget, profile
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE = 0, 1, 2
 
@@ -39,12 +39,12 @@ def _tables(dump_path: str | None, reference: str | None, target: str | None = N
     if not dump_path and not reference:
         if not builtin or target is None:
             return None
-        from .tables import builtin_tables
+        from conformance.rules.tables import builtin_tables
 
         return builtin_tables(target)
     from wireformat import vmstate
 
-    from .tables import DestinationTables
+    from conformance.rules.tables import DestinationTables
 
     dump = None
     if dump_path:
@@ -64,13 +64,13 @@ def _tables(dump_path: str | None, reference: str | None, target: str | None = N
 
 
 def _body_checker():
-    from .check import vmstate_body_check
+    from conformance.check.pipeline import vmstate_body_check
 
     return vmstate_body_check
 
 
 def _body_sizer(path: str):
-    from .check import trailer_body_sizer
+    from conformance.check.pipeline import trailer_body_sizer
 
     return trailer_body_sizer(path)
 
@@ -160,7 +160,7 @@ def cmd_check(args) -> int:
 
 
 def _check_capture(args, target, channel_paths: list[str]) -> int:
-    from .check import check_capture
+    from conformance.check.pipeline import check_capture
 
     src, name = open_stream(args.path)
     channels = [(os.path.basename(p), open_stream(p)[0]) for p in channel_paths]
@@ -169,7 +169,7 @@ def _check_capture(args, target, channel_paths: list[str]) -> int:
                         tables=_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables),
                         body_checker=_body_checker(), machine=args.machine, body_sizer=_body_sizer(args.path))
     if args.ram_model:
-        from .check import ram_model_check
+        from conformance.check.pipeline import ram_model_check
 
         found, stats = ram_model_check(open_stream(args.path)[0], [open_stream(p)[0] for p in sorted(
             channel_paths, key=lambda p: rep.stats["multifd"]["file_ids"].get(os.path.basename(p), 0))],
@@ -197,7 +197,7 @@ def cmd_dump(args) -> int:
 
 
 def cmd_qemu_list(args) -> int:
-    from .qemu import discover, QemuNotFound
+    from conformance.qemu import discover, QemuNotFound
 
     try:
         found = discover(_pairs(args.qemu))
@@ -224,14 +224,14 @@ def _pairs(items) -> dict[str, str]:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from conformance.tools.demo import run_demo
 
     return run_demo(_pairs(args.qemu), machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
                     body_checker=_body_checker(), body_sizer=_body_sizer, report=format_report)
 
 
 def cmd_catalogue(args) -> int:
-    from .violations import CATALOGUE, catalogue_markdown
+    from conformance.rules.catalogue import CATALOGUE, catalogue_markdown
 
     if args.json:
         print(json.dumps({c: {"meaning": e.meaning, "qemu": e.qemu} for c, e in CATALOGUE.items()}, indent=2))
@@ -244,11 +244,11 @@ def cmd_catalogue(args) -> int:
 
 
 LAZY_COMMANDS = (
-    (("capture", "replay"), "capture_cmd", "add_capture_parser", "record a real source's migration / replay it"),
-    (("matrix",), "matrix", "add_matrix_parser", "real migrations over a version x machine-type grid"),
-    (("vmstate-diff",), "vmstate_diff", "add_vmstate_diff_parser", "compare two binaries' -dump-vmstate"),
-    (("capdiff",), "capdiff", "add_capdiff_parser", "capability rules: the model against real QEMU"),
-    (("downtime",), "downtime", "add_downtime_parser", "analyse QEMU 10.0 vmstate_downtime_* traces"),
+    (("capture", "replay"), "conformance.tools.capture", "add_capture_parser", "record a real source's migration / replay it"),
+    (("matrix",), "conformance.tools.matrix", "add_matrix_parser", "real migrations over a version x machine-type grid"),
+    (("vmstate-diff",), "conformance.tools.vmstate_diff", "add_vmstate_diff_parser", "compare two binaries' -dump-vmstate"),
+    (("capdiff",), "conformance.tools.capdiff", "add_capdiff_parser", "capability rules: the model against real QEMU"),
+    (("downtime",), "conformance.rules.downtime", "add_downtime_parser", "analyse QEMU 10.0 vmstate_downtime_* traces"),
 )
 
 
@@ -304,7 +304,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # when used, so that `check` on a large stream does not pay for them at start-up.
     for names, module, adder, summary in LAZY_COMMANDS:
         if command is None or command in names:
-            getattr(importlib.import_module(f".{module}", __package__), adder)(sub)
+            getattr(importlib.import_module(module), adder)(sub)
         else:
             for name in names:
                 sub.add_parser(name, help=summary, add_help=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .violations import Severity
+from conformance.rules.catalogue import Severity
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ _VERSIONED = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?")
 
 
 def _machines(version: str) -> frozenset:
-    from . import compat
+    from conformance.rules import compat
 
     return frozenset(m for m in compat.machine_types(version) if _VERSIONED.fullmatch(m))
 

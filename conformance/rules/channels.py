@@ -22,7 +22,7 @@ from wireformat.multifd import (
 )
 from wireformat.records import Record
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
 

@@ -51,7 +51,7 @@ from typing import Iterable, Mapping, Sequence
 from wireformat.commands import CommandSet
 from wireformat.records import Command, Record, SectionFooter, SectionHeader
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 R = Severity.REJECT
 US_PER_MS = 1000

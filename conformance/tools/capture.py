@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from .qemu import QemuError, QemuNotFound, capture_stream, discover
-from .qemu.devices import DEVICE_SETS, make_ram_file
+from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover
+from conformance.qemu.devices import DEVICE_SETS, make_ram_file
 
 MANIFEST = "manifest.json"
 
@@ -67,7 +67,7 @@ def add_capture_parser(sub) -> None:
 
 
 def cmd_capture(args) -> int:
-    from .cli import UsageError, _pairs
+    from conformance.cli import UsageError, _pairs
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -123,8 +123,8 @@ def cmd_capture(args) -> int:
 
 
 def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: dict, ram_file, t0: float) -> int:
-    from .cli import UsageError
-    from .qemu.tcp_migration import capture_channels
+    from conformance.cli import UsageError
+    from conformance.qemu.tcp_migration import capture_channels
 
     dest = found.get(args.dest or binary.version)
     if dest is None:
@@ -133,7 +133,7 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
     params = {"multifd-channels": args.channels, **params}
     extra = []
     if args.dirty is not None:
-        from .qemu.devices import dirtier_args, make_dirtier_disk
+        from conformance.qemu.devices import dirtier_args, make_dirtier_disk
 
         params = {"max-bandwidth": 1 << 20, "downtime-limit": 1, **params}
         extra = dirtier_args(make_dirtier_disk(out / "dirtier-boot.img"))
@@ -177,7 +177,7 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
 
 def parse_schedule(spec: str):
     """'multifd1:chunk=4096,pause=0.001;main:delay=0.1' -> Schedule."""
-    from .qemu.tcp_migration import Schedule
+    from conformance.qemu.tcp_migration import Schedule
 
     sched = Schedule()
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -200,10 +200,10 @@ def parse_schedule(spec: str):
 
 def cmd_replay(args) -> int:
     """Replay, then compare the destination with the capture's own verdict and RAM."""
-    from .check import check_capture
-    from .cli import UsageError, _pairs, format_report
-    from .inputs import open_stream
-    from .qemu.tcp_migration import ram_digest, replay
+    from conformance.check.pipeline import check_capture
+    from conformance.cli import UsageError, _pairs, format_report
+    from conformance.check.inputs import open_stream
+    from conformance.qemu.tcp_migration import ram_digest, replay
 
     d = Path(args.capture)
     try:

@@ -9,7 +9,7 @@
   refusal was about): a late precopy copy can overwrite the page postcopy placed.
 
 A precopy page that lands after postcopy placed a newer copy is `stale-page` (silent loss).
-Which QEMU versions permit the capability pair at all is data (conformance.compat); the
+Which QEMU versions permit the capability pair at all is data (conformance.rules.compat); the
 model takes it as input (`pair_allowed`).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .violations import Severity, Violation
+from conformance.rules.catalogue import Severity, Violation
 
 
 @dataclass(frozen=True)

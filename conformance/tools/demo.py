@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .check import check_stream
-from .qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types
-from .targets import PROFILES
+from conformance.check.pipeline import check_stream
+from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types
+from conformance.rules.profile import PROFILES
 
 EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
 

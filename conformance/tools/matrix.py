@@ -1,5 +1,5 @@
 """`migconform matrix`: real migrations over a version x machine-type grid, compared with
-what the compatibility model (`conformance.compat.predict`) and the stream checker
+what the compatibility model (`conformance.rules.compat.predict`) and the stream checker
 (`check_stream(..., target=dst)`) say about each of them.
 
 A *cell* is one direction: a source QEMU version, a destination version, a machine type, a
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from . import compat
-from .check import check_stream, trailer_body_sizer, vmstate_body_check
-from .dump import dump_stream
-from .inputs import read_vmdescription
-from .qemu import (
+from conformance.rules import compat
+from conformance.check.pipeline import check_stream, trailer_body_sizer, vmstate_body_check
+from conformance.check.dump import dump_stream
+from conformance.check.inputs import read_vmdescription
+from conformance.qemu import (
     DEVICE_SETS,
     MigrationFailed,
     QemuBinary,
@@ -52,8 +52,8 @@ from .qemu import (
     feed,
     start_destination,
 )
-from .targets import PROFILES
-from .violations import Severity
+from conformance.rules.profile import PROFILES
+from conformance.rules.catalogue import Severity
 
 __all__ = [
     "CAPABILITY_SETS", "EXCLUDED_CAPABILITIES", "MATRIX_DEVICE_SETS", "DEFAULT_MACHINES", "DEFAULT_DEVICES",
@@ -941,7 +941,7 @@ def add_matrix_parser(subparsers) -> None:
         "matrix", help="real migrations over a version x machine-type grid, compared with the model and the checker",
         description="Run real migrations both ways over source version x destination version x machine type x "
                     "device set x capability set (a cell is one direction), compare each outcome with "
-                    "conformance.compat's prediction and the stream checker's verdict, and explain each failure "
+                    "conformance.rules.compat's prediction and the stream checker's verdict, and explain each failure "
                     "from the stream. Exit 0 when every cell agrees, 1 when some disagree, 2 on a usage error.")
     m.add_argument("--qemu", action="append", metavar="VERSION[=PATH]",
                    help="a QEMU version to include (repeatable; default: 7.2 and 10.0, else every one found); "
@@ -1002,7 +1002,7 @@ def _binaries(items: list[str] | None) -> dict[str, QemuBinary]:
 
 def cmd_matrix(args) -> int:
     """`migconform matrix`: 0 every cell agrees, 1 some disagree, 2 usage error (one line)."""
-    from . import matrix_report as report
+    from conformance.tools import matrix_report as report
 
     try:
         if args.workers < 1:
