@@ -50,7 +50,7 @@ from conformance.rules.migration_states import (
     reachable,
     resting_states,
     table,
-    version_key,
+    modelled_release,
 )
 from conformance.qemu import QemuError, QemuProcess, QmpCommandError, make_ram_file, start_destination, vm_args
 from conformance.qemu.devices import qemu_opt_value
@@ -113,9 +113,9 @@ def test_tables_are_explicit_data():
     assert ("postcopy-paused", "postcopy-recover") in table(SOURCE, "7.2")
     assert ("postcopy-paused", "postcopy-recover") not in table(SOURCE, "10.0")
     assert not any(a.startswith("postcopy") and b == "cancelling" for a, b in table(SOURCE, "10.0"))
-    assert version_key("7.2.22") == "7.2" and version_key("10.0.2") == "10.0"
+    assert modelled_release("7.2.22") == "7.2" and modelled_release("10.0.2") == "10.0"
     with pytest.raises(ValueError):
-        version_key("9.2")
+        modelled_release("9.2")
 
 
 def test_check_sequence_reports_illegal_steps():
@@ -189,7 +189,7 @@ class Pair:
 
     def __init__(self, binary, ram_file: Path, *, mem_mb: int = MEM_MB, capabilities=None, parameters=None,
                  kernel: Path | None = None, dst_shared_ram: Path | None = None):
-        self.version = version_key(binary.version)
+        self.version = modelled_release(binary.version)
         self.machine = MACHINES[self.version]
         self.caps = dict(CAPS if capabilities is None else capabilities)
         self.params = {"max-bandwidth": BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
@@ -364,7 +364,7 @@ def tracked(fn):
 
 
 def make_machine(binary, ram_file: Path):
-    version = version_key(binary.version)
+    version = modelled_release(binary.version)
 
     class PostcopyPair(RuleBasedStateMachine):
         """Phases: idle, precopy, postcopy, paused, done, wedged (7.2 source cancelling for good)."""

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
+from conformance.versions import FACTS, VERSIONS, Modelled, release
+
 SOURCE, DESTINATION = "source", "destination"
 SIDES = (SOURCE, DESTINATION)
-VERSIONS = ("7.2", "10.0")
 
 STATUSES = (
     "none", "setup", "cancelling", "cancelled", "active", "postcopy-device", "postcopy-active",
@@ -70,27 +71,34 @@ _SOURCE_COMMON: dict[Edge, str] = {
     ("cancelling", "cancelled"): "teardown finished",
 }
 
-SOURCE_7_2: dict[Edge, str] = {
-    **_SOURCE_COMMON,
-    ("active", "completed"): "precopy completion (7.2: no device state without pause-before-switchover)",
-    ("active", "postcopy-active"): "migrate-start-postcopy: set at the start of the switch, before the package",
-    ("postcopy-active", "failed"): "error before the postcopy package went out",
-    ("active", "colo"): "x-colo: first checkpoint",
-    ("postcopy-paused", "postcopy-recover"): "migrate resume=true",
-    ("postcopy-active", "cancelling"): "migrate_cancel (accepted in postcopy by 7.2; the destination pauses)",
-    ("postcopy-paused", "cancelling"): "migrate_cancel (observed: stays cancelling for good)",
-    ("postcopy-recover", "cancelling"): "migrate_cancel",
-}
-
-SOURCE_10_0: dict[Edge, str] = {
-    **_SOURCE_COMMON,
-    ("active", "device"): "switchover (10.0: on every migration, precopy and postcopy)",
-    ("device", "postcopy-active"): "postcopy package sent",
-    ("device", "colo"): "x-colo: first checkpoint",
-    ("postcopy-paused", "postcopy-recover-setup"): "migrate resume=true (9.1+)",
-    ("postcopy-recover-setup", "postcopy-recover"): "new channel connected",
-    ("postcopy-recover-setup", "postcopy-paused"): "the new channel failed again",
-    # no postcopy-* -> cancelling: 10.0 refuses migrate_cancel once postcopy started
+# Edges of one version: (fact of conformance/versions.py, its value) -> the edges a version
+# with that value has. Versions differ in these facts only.
+_SOURCE_BY_FACT: dict[tuple[str, bool], dict[Edge, str]] = {
+    ("switchover_device_state", False): {
+        ("active", "completed"): "precopy completion (7.2: no device state without pause-before-switchover)",
+        ("active", "postcopy-active"): "migrate-start-postcopy: set at the start of the switch, before the package",
+        ("postcopy-active", "failed"): "error before the postcopy package went out",
+        ("active", "colo"): "x-colo: first checkpoint",
+    },
+    ("switchover_device_state", True): {
+        ("active", "device"): "switchover (10.0: on every migration, precopy and postcopy)",
+        ("device", "postcopy-active"): "postcopy package sent",
+        ("device", "colo"): "x-colo: first checkpoint",
+    },
+    ("recover_setup_state", False): {
+        ("postcopy-paused", "postcopy-recover"): "migrate resume=true",
+    },
+    ("recover_setup_state", True): {
+        ("postcopy-paused", "postcopy-recover-setup"): "migrate resume=true (9.1+)",
+        ("postcopy-recover-setup", "postcopy-recover"): "new channel connected",
+        ("postcopy-recover-setup", "postcopy-paused"): "the new channel failed again",
+    },
+    ("cancel_in_postcopy", True): {
+        ("postcopy-active", "cancelling"): "migrate_cancel (accepted in postcopy by 7.2; the destination pauses)",
+        ("postcopy-paused", "cancelling"): "migrate_cancel (observed: stays cancelling for good)",
+        ("postcopy-recover", "cancelling"): "migrate_cancel",
+    },
+    # ("cancel_in_postcopy", False): no postcopy-* -> cancelling, 10.0 refuses migrate_cancel then
 }
 
 # ------------------------------------------------------------------ destination
@@ -109,31 +117,38 @@ _DESTINATION_COMMON: dict[Edge, str] = {
     ("colo", "completed"): "failover",
 }
 
-DESTINATION_7_2: dict[Edge, str] = {
-    **_DESTINATION_COMMON,
-    ("none", "active"): "incoming connection: loading starts (7.2 never holds setup; see EVENT_ONLY)",
+_DESTINATION_BY_FACT: dict[tuple[str, bool], dict[Edge, str]] = {
+    ("incoming_setup_state", False): {
+        ("none", "active"): "incoming connection: loading starts (7.2 never holds setup; see EVENT_ONLY)",
+    },
+    ("incoming_setup_state", True): {
+        ("none", "setup"): "migrate-incoming (observed: before any connection arrives)",
+        ("setup", "active"): "incoming connection: loading starts",
+        ("setup", "failed"): "incoming channel setup error",
+    },
 }
 
-DESTINATION_10_0: dict[Edge, str] = {
-    **_DESTINATION_COMMON,
-    ("none", "setup"): "migrate-incoming (observed: before any connection arrives)",
-    ("setup", "active"): "incoming connection: loading starts",
-    ("setup", "failed"): "incoming channel setup error",
-}
 
-TABLES: dict[tuple[str, str], dict[Edge, str]] = {
-    (SOURCE, "7.2"): SOURCE_7_2,
-    (SOURCE, "10.0"): SOURCE_10_0,
-    (DESTINATION, "7.2"): DESTINATION_7_2,
-    (DESTINATION, "10.0"): DESTINATION_10_0,
-}
+def _edges(common: dict[Edge, str], by_fact: dict[tuple[str, bool], dict[Edge, str]], m: Modelled) -> dict[Edge, str]:
+    out = dict(common)
+    for (fact, value), edges in by_fact.items():
+        if getattr(m, fact) == value:
+            out.update(edges)
+    return out
+
+
+TABLES: dict[tuple[str, str], dict[Edge, str]] = {}
+for _v, _m in FACTS.items():
+    TABLES[(SOURCE, _v)] = _edges(_SOURCE_COMMON, _SOURCE_BY_FACT, _m)
+    TABLES[(DESTINATION, _v)] = _edges(_DESTINATION_COMMON, _DESTINATION_BY_FACT, _m)
 
 # MIGRATION events that announce a status without the state changing: (state, announced).
 EVENT_ONLY: dict[tuple[str, str], dict[Edge, str]] = {
-    (DESTINATION, "7.2"): {
+    (DESTINATION, v): {
         ("none", "setup"): "migrate-incoming: 7.2 sends the setup event itself, state stays none",
         ("postcopy-paused", "setup"): "migrate-recover: 7.2 sends the setup event, state stays postcopy-paused",
-    },
+    }
+    for v, m in FACTS.items() if not m.incoming_setup_state
 }
 
 # States a side may stay in with nothing more happening (where a run may end).
@@ -152,14 +167,15 @@ for _v in VERSIONS:
         "failed": "failed (the process exits)",
         "postcopy-paused": "waiting for a recovery, indefinitely",
     }
-RESTING[(DESTINATION, "10.0")]["setup"] = "listening, no source connected"
-RESTING[(SOURCE, "7.2")]["cancelling"] = "migrate_cancel in postcopy-paused: the cancel never finishes (observed)"
+    if FACTS[_v].incoming_setup_state:
+        RESTING[(DESTINATION, _v)]["setup"] = "listening, no source connected"
+    if FACTS[_v].cancel_in_postcopy:
+        RESTING[(SOURCE, _v)]["cancelling"] = "migrate_cancel in postcopy-paused: the cancel never finishes (observed)"
 
 
-def version_key(version: str) -> str:
+def modelled_release(version: str) -> str:
     """'7.2.22' -> '7.2', '10.0' -> '10.0'; only the modelled versions."""
-    parts = str(version).split(".")
-    key = ".".join(parts[:2])
+    key = release(version)
     if key not in VERSIONS:
         raise ValueError(f"QEMU {version}: no MigrationStatus table (modelled: {', '.join(VERSIONS)})")
     return key
@@ -173,15 +189,15 @@ def _side(side: str) -> str:
 
 def table(side: str, version: str) -> dict[Edge, str]:
     """The (from, to) -> trigger table of one side of one version."""
-    return TABLES[(_side(side), version_key(version))]
+    return TABLES[(_side(side), modelled_release(version))]
 
 
 def event_only(side: str, version: str) -> dict[Edge, str]:
-    return EVENT_ONLY.get((_side(side), version_key(version)), {})
+    return EVENT_ONLY.get((_side(side), modelled_release(version)), {})
 
 
 def resting_states(side: str, version: str) -> dict[str, str]:
-    return RESTING[(_side(side), version_key(version))]
+    return RESTING[(_side(side), modelled_release(version))]
 
 
 def reachable(side: str, version: str, start: str = "none") -> set[str]:
@@ -218,7 +234,8 @@ def check_sequence(side: str, version: str, statuses: Iterable[str], *, start: s
         elif (state, status) in announcements:
             pass  # an event, not a change of state
         else:
-            problems.append(f"step {i}: {state} -> {status} is not a transition of a QEMU {version_key(version)} {side}")
+            problems.append(f"step {i}: {state} -> {status} is not a transition of a QEMU "
+                            f"{modelled_release(version)} {side}")
             state = status
         previous = status
     return problems
@@ -263,15 +280,15 @@ _NEXT: dict[tuple[str, str], str] = {
 }
 
 
-def _effect(side: str, v: str, phase: str, step: str, events: bool) -> tuple[list[str], str]:
-    """(statuses the step makes `side` report, next phase)."""
-    src, old = side == SOURCE, v == "7.2"
+def _effect(side: str, m: Modelled, phase: str, step: str, events: bool) -> tuple[list[str], str]:
+    """(statuses the step makes `side` of version `m` report, next phase)."""
+    src = side == SOURCE
     if step in ("stop", "cont"):
         return [], phase  # the guest's run state: no MigrationStatus change
     if step == "cancel" and phase in ("idle", "done", "wedged"):
         return [], phase  # nothing to cancel: migrate_cancel does nothing
     if step == "cancel" and phase in ("postcopy", "paused"):
-        if not old:
+        if not m.cancel_in_postcopy:
             return [], phase  # 10.0: "Postcopy migration in progress, cannot cancel."
         if phase == "postcopy":
             return (["cancelling", "cancelled"] if src else ["postcopy-paused"]), "done"
@@ -280,21 +297,21 @@ def _effect(side: str, v: str, phase: str, step: str, events: bool) -> tuple[lis
     if nxt is None:
         raise ValueError(f"step {step!r} is not possible in phase {phase!r}")
     if step == "migrate":
-        out = ["setup", "active"] if src or not old or events else ["active"]
+        out = ["setup", "active"] if src or m.incoming_setup_state or events else ["active"]
     elif step == "start-postcopy":
-        out = ["postcopy-active"] if old or not src else ["device", "postcopy-active"]
+        out = ["device", "postcopy-active"] if src and m.switchover_device_state else ["postcopy-active"]
     elif step == "cut":
         out = ["postcopy-paused"] if phase == "postcopy" else ["failed"]
     elif step == "recover":
         if src:
-            out = ["postcopy-recover", "postcopy-active"] if old else \
-                ["postcopy-recover-setup", "postcopy-recover", "postcopy-active"]
+            out = ["postcopy-recover-setup", "postcopy-recover", "postcopy-active"] if m.recover_setup_state else \
+                ["postcopy-recover", "postcopy-active"]
         else:
-            out = (["setup"] if old and events else []) + ["postcopy-recover", "postcopy-active"]
+            out = (["setup"] if events and not m.incoming_setup_state else []) + ["postcopy-recover", "postcopy-active"]
     elif step == "cancel":  # precopy
         out = ["cancelling", "cancelled"] if src else ["failed"]
     else:  # complete
-        out = ["device", "completed"] if src and not old and phase == "precopy" else ["completed"]
+        out = ["device", "completed"] if src and m.switchover_device_state and phase == "precopy" else ["completed"]
     return out, nxt
 
 
@@ -303,20 +320,20 @@ def predict_sequence(side: str, version: str, scenario: str | Sequence[str], *, 
     STEPS (as a test drives them). events=True: as MIGRATION events announce them (with the
     7.2 destination's setup announcements); False: as query-migrate shows the states."""
     _side(side)
-    v = version_key(version)
+    v = modelled_release(version)
     steps = SCENARIOS[scenario] if isinstance(scenario, str) else tuple(scenario)
     phase, out = "idle", []
     for step in steps:
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r} (known: {', '.join(STEPS)})")
-        got, phase = _effect(side, v, phase, step, events)
+        got, phase = _effect(side, FACTS[v], phase, step, events)
         out += got
     return out
 
 
 def describe(side: str, version: str) -> str:
     """The table as text lines, for reports."""
-    lines = [f"QEMU {version_key(version)} {side}:"]
+    lines = [f"QEMU {modelled_release(version)} {side}:"]
     for (a, b), why in table(side, version).items():
         lines.append(f"  {a} -> {b}: {why}")
     for (a, b), why in event_only(side, version).items():

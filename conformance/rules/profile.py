@@ -2,6 +2,8 @@
 
 Only versions whose behaviour was checked on a real binary are modelled; the rest of the
 history (spec wire-format.md §10) is read from QEMU's sources and is not claimed here.
+The facts per version are rows of conformance/versions.py; a profile adds the machine
+types the version's compat data lists.
 """
 
 from __future__ import annotations
@@ -10,22 +12,22 @@ import re
 from dataclasses import dataclass
 
 from conformance.rules.catalogue import Severity
+from conformance.versions import FACTS, NEWEST, Modelled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DestinationProfile:
     version: str
-    # first MIG_CMD id the destination does not know (7.2: 11, 10.0: 12 after SWITCHOVER_START)
+    # the meaning of each fact: conformance/versions.py
     mig_cmd_max: int
-    multifd_flush_understood: bool  # RAM_SAVE_FLAG_MULTIFD_FLUSH (8.0+)
-    zero_fill_must_be_zero: bool  # 8.2+
-    hook_fails: bool  # RAM_SAVE_FLAG_HOOK without RDMA fails the section (7.2), ignored on 10.0
-    compress_page_known: bool  # COMPRESS_PAGE exists (removed in 9.1)
-    # capabilities the configuration record may carry (others: "Received unknown capability")
-    validated_capabilities: frozenset = frozenset({"x-ignore-shared"})
+    multifd_flush_understood: bool
+    zero_fill_must_be_zero: bool
+    hook_fails: bool
+    compress_page_known: bool
+    validated_capabilities: frozenset[str]
 
     # versioned x86 machine types the version offers (compat data, checked against -machine help)
-    machine_types: frozenset = frozenset()
+    machine_types: frozenset[str] = frozenset()
 
     def lacks_machine(self, name: str) -> bool:
         """True for a versioned pc machine type this version does not have."""
@@ -46,12 +48,20 @@ def _machines(version: str) -> frozenset:
     return frozenset(m for m in compat.machine_types(version) if _VERSIONED.fullmatch(m))
 
 
-PROFILES = {
-    "7.2": DestinationProfile("7.2", 11, False, False, True, True, frozenset({"x-ignore-shared"}), _machines("7.2")),
-    "10.0": DestinationProfile("10.0", 12, True, True, False, False, frozenset({"x-ignore-shared", "mapped-ram"}),
-                               _machines("10.0")),
-}
-NEWEST = "10.0"
+def _profile(m: Modelled) -> DestinationProfile:
+    return DestinationProfile(
+        version=m.version,
+        mig_cmd_max=m.mig_cmd_max,
+        multifd_flush_understood=m.multifd_flush_understood,
+        zero_fill_must_be_zero=m.zero_fill_must_be_zero,
+        hook_fails=m.hook_fails,
+        compress_page_known=m.compress_page_known,
+        validated_capabilities=m.validated_capabilities,
+        machine_types=_machines(m.version),
+    )
+
+
+PROFILES = {v: _profile(m) for v, m in FACTS.items()}
 
 
 class UnknownTarget(ValueError):
