@@ -28,14 +28,15 @@ them as class `migconform.captures`, test `<path>[<target>]`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
-QEMU_VERSIONS = ("7.2", "10.0")
+from conformance.versions import NEWEST, VERSIONS
+
+QEMU_VERSIONS = VERSIONS
 PROFILE_NAMES = ("quick", "ci", "fuzz")
 MARKERS = {
     "qemu": "needs real QEMU binaries (skipped with a reason when a version is absent; fails under CI=true)",
@@ -43,15 +44,15 @@ MARKERS = {
     "slow": "long real-QEMU or hypothesis runs; deselect with -m 'not slow'",
     "capture": "conformance check of a user's capture (made by --captures DIR)",
 }
-_SKIP_SUFFIXES = (".json", ".md", ".txt", ".log", ".py", ".sh")
 
 
 # ---------------------------------------------------------------- hypothesis profiles
 
 def register_profiles() -> None:
-    """quick (development), ci, fuzz (long campaigns). Registered when the plugin is imported:
-    installed as an entry point that is before any conftest.py, so a project that registers
-    its own profiles under these names keeps them (hypothesis' built-in "ci" is replaced)."""
+    """quick (development), ci, fuzz (long campaigns): the only place they are defined.
+    Registered when the plugin is imported: installed as an entry point that is before any
+    conftest.py, so a project that registers its own profiles under these names keeps them
+    (hypothesis' built-in "ci" is replaced)."""
     from hypothesis import HealthCheck, settings
 
     settings.register_profile("quick", max_examples=30, deadline=None)
@@ -84,12 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
             config.addinivalue_line("markers", f"{name}: {text}")
     _load_profile(config)
     targets = config.getoption("captures_target") or []
-    if targets:
-        from conformance.rules.profile import PROFILES
-
-        bad = [t for t in targets if t not in PROFILES]
-        if bad:
-            raise pytest.UsageError(f"--captures-target {bad[0]}: not modelled (choose from {', '.join(PROFILES)})")
+    bad = [t for t in targets if t not in VERSIONS]
+    if bad:
+        raise pytest.UsageError(f"--captures-target {bad[0]}: not modelled (choose from {', '.join(VERSIONS)})")
     for d in config.getoption("captures") or []:
         if not Path(d).exists():
             raise pytest.UsageError(f"--captures {d}: no such file or directory")
@@ -142,13 +140,12 @@ def _missing(message: str) -> None:
 @pytest.fixture(scope="session")
 def qemu_pairs(pytestconfig: pytest.Config) -> dict[str, str]:
     """The --qemu VERSION=PATH pairs."""
-    pairs: dict[str, str] = {}
-    for item in pytestconfig.getoption("qemu") or []:
-        version, sep, path = item.partition("=")
-        if not sep or not version.strip() or not path.strip():
-            raise pytest.UsageError(f"--qemu takes VERSION=PATH, got {item!r}")
-        pairs[version.strip()] = path.strip()
-    return pairs
+    from conformance.qemu import QemuNotFound, parse_pairs
+
+    try:
+        return parse_pairs(pytestconfig.getoption("qemu") or [], what="--qemu")
+    except QemuNotFound as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 @pytest.fixture(scope="session")
@@ -214,58 +211,18 @@ class CaptureError(Exception):
     """The capture cannot be read or laid out (one line)."""
 
 
-def capture_files(path: Path) -> tuple[Path, list[Path]]:
-    """(main stream, multifd channel files) of a stream file or a capture directory
-    (manifest.json {"main": ..., "channels": [...]}, else one main* file plus multifd* files)."""
-    if not path.is_dir():
-        return path, []
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        try:
-            m = json.loads(manifest.read_text())
-            return path / m["main"], [path / c for c in m.get("channels", [])]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CaptureError(f"{manifest}: not a capture manifest: {e}") from None
-    mains = sorted(p for p in path.glob("main*") if p.is_file())
-    if len(mains) != 1:
-        raise CaptureError(f"{path}: a capture directory needs manifest.json or exactly one main* file")
-    return mains[0], sorted(p for p in path.glob("multifd*") if p.is_file())
-
-
-def _is_capture_dir(path: Path) -> bool:
-    return (path / "manifest.json").is_file() or len([p for p in path.glob("main*") if p.is_file()]) == 1
-
-
-def find_captures(root: Path) -> Iterator[Path]:
-    """Stream files and capture directories under `root`, sorted (hidden entries and notes
-    such as *.json/*.md/*.txt left out). `root` itself may be a file or a capture directory."""
-    if root.is_file() or _is_capture_dir(root):
-        yield root
-        return
-    for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            yield from find_captures(p)
-        elif p.is_file() and not p.name.endswith(_SKIP_SUFFIXES):
-            yield p
-
-
 def check_capture_path(path: Path, target: str | None = None):
-    """Run the conformance checks of `migconform check PATH --target TARGET`; the Report."""
-    from conformance.check.pipeline import StreamReadError, check_capture, check_stream, trailer_body_sizer, vmstate_body_check
-    from conformance.check.inputs import InputError, open_stream
+    """Run the conformance checks of `migconform check PATH --target TARGET` (without the
+    builtin destination tables); the Report. CaptureError for what cannot be read."""
+    from conformance.check.capture_dir import capture_files
+    from conformance.check.inputs import InputError
+    from conformance.check.paths import check_files
+    from conformance.check.pipeline import StreamReadError
     from conformance.rules.profile import profile
 
-    main, channels = capture_files(path)
-    sizer = trailer_body_sizer(str(main))
     try:
-        src, name = open_stream(str(main))
-        kw = dict(name=name, target=profile(target), body_checker=vmstate_body_check, body_sizer=sizer)
-        if channels:
-            chans = [(p.name, open_stream(str(p))[0]) for p in channels]
-            return check_capture(src, chans, **kw)
-        return check_stream(src, **kw)
+        main, channels = capture_files(path)
+        return check_files(str(main), [str(p) for p in channels], target=profile(target))
     except (InputError, StreamReadError) as e:
         raise CaptureError(str(e)) from None
 
@@ -317,6 +274,8 @@ class CaptureCollection(pytest.Collector):
 
     def collect(self) -> list[CaptureItem]:
         items = []
+        from conformance.check.capture_dir import find_captures
+
         for root in self.roots:
             for p in find_captures(root):
                 rel = p.relative_to(root).as_posix() if p != root else p.name
@@ -332,8 +291,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     roots = [Path(d).resolve() for d in config.getoption("captures") or []]
     if not roots:
         return
-    from conformance.rules.profile import NEWEST
-
     targets = list(dict.fromkeys(config.getoption("captures_target") or [NEWEST]))
     col = CaptureCollection.from_parent(session, name="migconform::captures", nodeid="migconform::captures",
                                         path=roots[0], roots=roots, targets=targets)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from hypothesis import strategies as st
 
+from wireformat.constants import MigCmd
 from wireformat.reader import StreamReader
 from wireformat.records import (
     Eof,
@@ -24,6 +25,8 @@ from wireformat.records import (
     SectionHeader,
     VmDescription,
 )
+
+from conformance.versions import FACTS
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,14 @@ def truncate_trailer(data):
     return None if v is None else data[: v.offset + 5 + len(v.json) // 2]
 
 
-ALL_VERSIONS = frozenset({"7.2", "10.0"})
+def _versions(fact: Callable) -> frozenset[str]:
+    """The modelled versions whose facts (conformance/versions.py) satisfy `fact`."""
+    return frozenset(v for v, m in FACTS.items() if fact(m))
+
+
+ALL_VERSIONS = _versions(lambda m: True)
+FILL_ACCEPTED = _versions(lambda m: not m.zero_fill_must_be_zero)  # the page is filled with the byte
+KNOW_SWITCHOVER_START = _versions(lambda m: m.mig_cmd_max > MigCmd.MIG_CMD_SWITCHOVER_START)
 MUTATIONS = [
     Mutation("bad-magic", "bad-magic", bad_magic, qemu_text="Not a migration stream"),
     Mutation("unknown-section-type", "unknown-section-type", unknown_section_type, qemu_text="Unknown savevm section type 9"),
@@ -158,10 +168,10 @@ MUTATIONS = [
     Mutation("missing-footer", "missing-footer", missing_footer, qemu_text="Missing section footer for timer"),
     Mutation("ram-offset-out-of-range", "ram-offset-out-of-range", ram_offset_out_of_range, qemu_text="Illegal RAM offset 7fffffff000"),
     Mutation("ram-unknown-flags", "ram-unknown-flags", ram_unknown_flags, qemu_text="Unknown combination of migration flags: 0x2a"),
-    Mutation("ram-zero-fill", "ram-zero-fill", ram_zero_fill, accepted_by=frozenset({"7.2"}), qemu_text="Found a zero page with value 1"),
+    Mutation("ram-zero-fill", "ram-zero-fill", ram_zero_fill, accepted_by=FILL_ACCEPTED, qemu_text="Found a zero page with value 1"),
     Mutation("ram-unknown-block", "ram-unknown-block", ram_unknown_block, qemu_text="Can't find block"),
-    Mutation("switchover-start", "unknown-command", switchover_start, accepted_by=frozenset({"10.0"}),
-             conforming_for=frozenset({"10.0"}), qemu_text="MIG_CMD 0xb unknown (len 0x0)"),
+    Mutation("switchover-start", "unknown-command", switchover_start, accepted_by=KNOW_SWITCHOVER_START,
+             conforming_for=KNOW_SWITCHOVER_START, qemu_text="MIG_CMD 0xb unknown (len 0x0)"),
     Mutation("truncate-in-ram", "truncated", truncate_in_ram),
     Mutation("drop-trailer", "missing-vmdescription", drop_trailer, accepted_by=ALL_VERSIONS),
     Mutation("garbage-after-trailer", "trailing-data", garbage_after_trailer, accepted_by=ALL_VERSIONS),

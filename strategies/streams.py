@@ -8,6 +8,7 @@ wireformat and the reference Loader finds nothing wrong with it for the versions
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -29,6 +30,9 @@ from wireformat.records import (
     VmDescription,
 )
 
+from conformance.rules import compat
+from conformance.versions import FACTS
+
 from .records import machine_types
 
 PAGE_SIZE = 4096
@@ -38,8 +42,8 @@ PAGE = int(F.RAM_SAVE_FLAG_PAGE)
 EOS = int(F.RAM_SAVE_FLAG_EOS)
 FLUSH = int(F.RAM_SAVE_FLAG_MULTIFD_FLUSH)
 FOOTER_BYTE = 0x7E
+_versioned = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?").fullmatch  # a machine type a release has or lacks
 
-NEWER_THAN_7_2 = {"pc-i440fx-10.0", "pc-q35-10.0"}  # machine types of strategies.records.machine_types 7.2 lacks
 device_names = st.sampled_from(["timer", "cpu_common", "cpu", "apic", "fw_cfg", "0000:00:01.1/ide", "i8259", "globalstate", "hpet"])
 
 
@@ -77,13 +81,13 @@ def _page_records(draw, blocks: list[RamBlockInfo], last: dict, max_pages: int) 
 
 @st.composite
 def precopy_streams(draw, *, allow_10_0_only: bool = True, max_parts: int = 4, max_pages: int = 12) -> GeneratedStream:
-    targets = {"7.2", "10.0"}
+    targets = set(FACTS)  # every modelled version; those a part of the stream excludes are dropped
     recs: list[Record] = [FileHeader(magic=0x5145564D, version=3)]
     caps = draw(st.sampled_from([[], ["x-ignore-shared"]]))
     subs = [ConfigSubsection(name="configuration/capabilities", version_id=1, value=caps)] if caps else []
     machine = draw(machine_types)
-    if machine in NEWER_THAN_7_2:
-        targets.discard("7.2")  # a 7.2 destination cannot even start with that machine type
+    # a destination cannot even start with a versioned machine type its release lacks
+    targets -= {v for v in FACTS if _versioned(machine) and machine not in compat.machine_types(v)}
     recs.append(Configuration(machine_type=machine, subsections=subs))
     if draw(st.booleans()):
         recs.append(Command(cmd=MigCmd.MIG_CMD_OPEN_RETURN_PATH, data=b"", args={}))
@@ -98,7 +102,7 @@ def precopy_streams(draw, *, allow_10_0_only: bool = True, max_parts: int = 4, m
                            mr_addr=draw(st.integers(0, 2**32)) * PAGE_SIZE if caps else None) for n in names]
     flush = allow_10_0_only and draw(st.booleans())  # 8.1+ per-round multifd flush records
     if flush:
-        targets.discard("7.2")
+        targets -= {v for v, m in FACTS.items() if not m.multifd_flush_understood}
 
     def section(t, sid, body, idstr=None, version=None, instance=0):
         if t in (T.QEMU_VM_SECTION_START, T.QEMU_VM_SECTION_FULL):
@@ -119,7 +123,7 @@ def precopy_streams(draw, *, allow_10_0_only: bool = True, max_parts: int = 4, m
         recs += section(T.QEMU_VM_SECTION_PART, ram_id, body + [RamRecord(addr=0, flags=EOS)])
     if allow_10_0_only and draw(st.booleans()):
         recs.append(Command(cmd=MigCmd.MIG_CMD_SWITCHOVER_START, data=b"", args={}))
-        targets.discard("7.2")
+        targets -= {v for v, m in FACTS.items() if m.mig_cmd_max <= MigCmd.MIG_CMD_SWITCHOVER_START}
     recs += section(T.QEMU_VM_SECTION_END, ram_id, _page_records(draw, blocks, last, max_pages) + [RamRecord(addr=0, flags=EOS)])
 
     devices = draw(st.lists(st.tuples(device_names, st.integers(0, 2)), max_size=6, unique=True))

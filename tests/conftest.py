@@ -1,11 +1,11 @@
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
+
+import conformance.pytest_plugin  # noqa: F401  (registers the quick / ci / fuzz hypothesis profiles)
 
 pytest_plugins = ["tests.qemu_fixtures"]
 
-# Profiles: `quick` for development, `ci` (default under CI=true), `fuzz` for long campaigns.
-settings.register_profile("quick", max_examples=30, deadline=None)
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz", max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
+# The suite's default profile: `quick` for development, `ci` under CI=true (HYPOTHESIS_PROFILE,
+# or the plugin's --migconform-profile, chooses another).
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "quick"))

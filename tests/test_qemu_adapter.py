@@ -72,7 +72,7 @@ def test_explicit_paths_are_checked(qemu, tmp_path, monkeypatch):
     assert discover()["7.2"].source == "env"
     assert discover({"7.2": str(b72.path)})["7.2"].source == "option"
     assert parse_pairs(" 7.2=/a 10.0=/b,\n") == {"7.2": "/a", "10.0": "/b"}
-    with pytest.raises(QemuNotFound, match="expected VERSION=PATH"):
+    with pytest.raises(QemuNotFound, match="MIGCONFORM_QEMU takes VERSION=PATH"):
         parse_pairs("/just/a/path")
     with pytest.raises(QemuNotFound) as e:
         require("9.9")

@@ -23,11 +23,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 BINARY_NAME = "qemu-system-x86_64"
 ENV_VAR = "MIGCONFORM_QEMU"
 _VERSION_RE = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
+_PAIR_VERSION = re.compile(r"\d+\.\d+")  # the VERSION of a VERSION=PATH pair: a release, 10.0
 
 
 class QemuNotFound(Exception):
@@ -186,16 +187,21 @@ def make_binary(path: Path | str, source: str, expect: str | None = None) -> Qem
 
 # ---------------------------------------------------------------- discovery
 
-def parse_pairs(text: str | None) -> dict[str, str]:
-    """'7.2=/a,10.0=/b' (comma or whitespace separated) -> {"7.2": "/a", "10.0": "/b"}."""
-    out: dict[str, str] = {}
-    for item in re.split(r"[,\s]+", text or ""):
-        if not item:
-            continue
-        version, sep, path = item.partition("=")
-        if not sep or not version or not path:
-            raise QemuNotFound(f"{ENV_VAR}: expected VERSION=PATH, got {item!r}")
-        out[version.strip()] = path.strip()
+def parse_pairs(items: str | Iterable[str] | None, *, what: str = ENV_VAR, bare: bool = False) -> dict[str, str | None]:
+    """VERSION=PATH pairs -> {version: path}, the one reading of them: the text of
+    MIGCONFORM_QEMU ('7.2=/a,10.0=/b', comma or whitespace separated) or the values of a
+    repeatable option such as --qemu (each comma separated; a path may hold spaces). With
+    `bare`, a VERSION alone is taken too (path None). QemuNotFound, naming `what`, for an
+    item that is neither."""
+    parts = re.split(r"[,\s]+", items or "") if isinstance(items, str) or items is None else \
+        [p for item in items for p in item.split(",")]
+    out: dict[str, str | None] = {}
+    for part in filter(None, (p.strip() for p in parts)):
+        version, sep, path = (x.strip() for x in part.partition("="))
+        if not _PAIR_VERSION.fullmatch(version) or (sep and not path) or not (sep or bare):
+            form = "VERSION or VERSION=PATH" if bare else "VERSION=PATH"
+            raise QemuNotFound(f"{what} takes {form} (VERSION like 10.0), got {part!r}")
+        out[version] = path if sep else None
     return out
 
 

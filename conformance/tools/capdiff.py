@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from conformance.rules.compat import capabilities as _capdata
 from conformance.rules.compat import capability_errors, load
+from conformance.versions import version_key
 
 CAPS_COMMAND = "migrate-set-capabilities"
 PARAMS_COMMAND = "migrate-set-parameters"
@@ -44,11 +45,6 @@ __all__ = [
     "capability_names", "compare", "known_discrepancy", "model_answer", "normalise_error", "run_capdiff",
     "same_error", "setting_strategy", "settings_upto", "add_capdiff_parser", "cmd_capdiff",
 ]
-
-
-def _vt(version: str) -> tuple[int, int]:
-    major, minor = str(version).split(".")[:2]
-    return int(major), int(minor)
 
 
 # ---------------------------------------------------------------- settings and answers
@@ -217,14 +213,14 @@ def parameter_exists(version: str, name: str) -> bool:
         info = load(version).migration_properties.get(name)
         if info is not None:
             return bool(info["exists"])
-    return _vt(spec.since) <= _vt(version)
+    return version_key(spec.since) <= version_key(version)
 
 
 def parameter_values(version: str, name: str, env: Environment) -> list[str]:
     spec = PARAMETERS[name]
     out = []
     for value, since in spec.values:
-        if _vt(since) > _vt(version):
+        if version_key(since) > version_key(version):
             continue
         if value in spec.build_optional and name == "multifd-compression" and value not in env.compression_methods:
             continue
@@ -265,11 +261,11 @@ def _rules(version: str, patches: Mapping[str, Mapping[str, Any]] | None = None)
     replacement keys) describe a proposed data fix."""
     if not patches:
         return list(_capdata().rules_for(version))
-    v = _vt(version)
+    v = version_key(version)
     out = []
     for r in _capdata().rules:
         r = {**r, **patches.get(r.get("id", ""), {})}
-        if _vt(r["from"]) <= v and (r["to"] is None or v <= _vt(r["to"])):
+        if version_key(r["from"]) <= v and (r["to"] is None or v <= version_key(r["to"])):
             out.append(r)
     return out
 
@@ -699,9 +695,9 @@ def cmd_capdiff(args) -> int:
     from conformance.qemu import QemuError, QemuNotFound, discover, parse_pairs
 
     try:
-        pairs = parse_pairs(",".join(args.qemu or []))
+        pairs = parse_pairs(args.qemu or [], what="--qemu")
         found = discover(pairs)
-        wanted = args.versions or [v for v in sorted(found, key=_vt) if v in versions()]
+        wanted = args.versions or [v for v in sorted(found, key=version_key) if v in versions()]
         if not wanted:
             raise QemuNotFound("no installed QEMU of a version the model knows (pass --qemu VERSION=PATH)")
         reports = []

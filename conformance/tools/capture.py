@@ -1,7 +1,8 @@
-"""`migconform capture`: record what a real QEMU source writes, into a capture directory.
+"""`migconform capture`: record what a real QEMU source writes, into a capture directory;
+`migconform replay`: play one into a real destination. (Their options: cli/capture.py.)
 
 The directory holds the channel files and a manifest (versions, arguments, channel order,
-byte counts) that `migconform check DIR` reads back.
+byte counts) that `migconform check DIR` reads back (layout: check/capture_dir.py).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import json
 import time
 from pathlib import Path
 
-from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover
-from conformance.qemu.devices import DEVICE_SETS, make_ram_file
-
-MANIFEST = "manifest.json"
+from conformance.check.capture_dir import SCHEMA, read_manifest, write_manifest
+from conformance.errors import UsageError
+from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs
+from conformance.qemu.devices import make_ram_file
+from conformance.versions import VERSIONS, version_key
 
 
 def _kv(items: list[str] | None, what: str) -> dict:
@@ -33,52 +35,17 @@ def _kv(items: list[str] | None, what: str) -> dict:
     return out
 
 
-def add_capture_parser(sub) -> None:
-    c = sub.add_parser("capture", help="record a real QEMU source's migration stream into a capture directory")
-    c.add_argument("out", help="capture directory to create")
-    c.add_argument("--qemu", default=None, metavar="VERSION", help="source version (default: newest found)")
-    c.add_argument("--qemu-path", action="append", metavar="VERSION=PATH", help="use this binary for VERSION")
-    c.add_argument("--machine", default="pc-i440fx-7.2")
-    c.add_argument("--devices", default="none", choices=DEVICE_SETS)
-    c.add_argument("--mem-mb", type=int, default=64)
-    c.add_argument("--ram", default="zero", metavar="zero|random|SEED|FILE",
-                   help="guest RAM content: zero (a fresh guest), random (seeded), or a file of exactly --mem-mb MiB")
-    c.add_argument("--cap", action="append", metavar="NAME[=on|off]", help="migration capability (repeatable)")
-    c.add_argument("--param", action="append", metavar="NAME=VALUE", help="migration parameter (repeatable)")
-    c.add_argument("--global", dest="globals_", action="append", metavar="DRIVER.PROP=VALUE", help="-global for the source")
-    c.add_argument("--channels", type=int, default=0, metavar="N",
-                   help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
-    c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")
-    c.add_argument("--dirty", type=float, default=None, metavar="SECONDS",
-                   help="with --channels: boot a guest that keeps dirtying 112 pages, keep the migration from "
-                   "converging (1 MiB/s, downtime-limit 1 ms) for SECONDS, then stop the guest: several dirty-sync rounds")
-    c.add_argument("--timeout", type=float, default=120.0)
-    c.set_defaults(func=cmd_capture)
-
-    r = sub.add_parser("replay", help="play a capture directory into a real destination, one connection per channel")
-    r.add_argument("capture", help="capture directory (made by migconform capture)")
-    r.add_argument("--qemu", default=None, metavar="VERSION", help="destination version (default: newest found)")
-    r.add_argument("--qemu-path", action="append", metavar="VERSION=PATH")
-    r.add_argument("--schedule", default="", metavar="SPEC",
-                   help="delivery per channel, e.g. 'multifd1:chunk=4096,pause=0.001;main:delay=0.1' (default: all at once)")
-    r.add_argument("--timeout", type=float, default=30.0, help="seconds before a destination that has not finished counts as hung")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_replay)
-
-
 def cmd_capture(args) -> int:
-    from conformance.cli import UsageError, _pairs
-
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: exists and is not empty")
     try:
-        found = discover(_pairs(args.qemu_path))
+        found = discover(parse_pairs(args.qemu_path or [], what="--qemu-path"))
     except QemuNotFound as e:
         raise UsageError(str(e)) from None
     if not found:
         raise UsageError("no QEMU found: run scripts/setup.sh or pass --qemu-path VERSION=PATH")
-    version = args.qemu or max(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+    version = args.qemu or max(found, key=version_key)
     if version not in found:
         raise UsageError(f"QEMU {version} not found (have {', '.join(sorted(found))})")
     try:
@@ -108,7 +75,7 @@ def cmd_capture(args) -> int:
     except QemuError as e:
         raise UsageError(f"capture from QEMU {binary.full_version}: {e}") from None
     manifest = {
-        "migconform": "capture/1",
+        "migconform": SCHEMA,
         "source": {"qemu": binary.full_version, "version": version, "path": binary.path.name},
         "arguments": {"machine": args.machine, "devices": args.devices, "mem_mb": args.mem_mb, "ram": args.ram,
                       "capabilities": caps, "parameters": params, "globals": args.globals_ or []},
@@ -117,13 +84,12 @@ def cmd_capture(args) -> int:
         "bytes": {"main.bin": res.size},
         "seconds": round(time.monotonic() - t0, 3),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     print(f"captured {res.size} bytes from QEMU {binary.full_version} ({args.machine}, {args.devices}) into {out}")
     return 0
 
 
 def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: dict, ram_file, t0: float) -> int:
-    from conformance.cli import UsageError
     from conformance.qemu.tcp_migration import capture_channels
 
     dest = found.get(args.dest or binary.version)
@@ -154,7 +120,7 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
     for name, data in files.items():
         (out / name).write_bytes(data)
     manifest = {
-        "migconform": "capture/1",
+        "migconform": SCHEMA,
         "source": {"qemu": binary.full_version, "version": binary.version},
         "destination": {"qemu": dest.full_version, "version": dest.version, "status": cap.destination_status},
         "arguments": {"machine": args.machine, "devices": args.devices, "mem_mb": args.mem_mb, "ram": args.ram,
@@ -169,7 +135,7 @@ def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: 
         "bytes": {name: len(data) for name, data in files.items()},
         "seconds": round(time.monotonic() - t0, 3),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     print(f"captured main + {len(cap.multifd)} multifd channels from QEMU {binary.full_version} to "
           f"{dest.full_version} ({args.machine}) into {out}")
     return 0
@@ -200,14 +166,14 @@ def parse_schedule(spec: str):
 
 def cmd_replay(args) -> int:
     """Replay, then compare the destination with the capture's own verdict and RAM."""
-    from conformance.check.pipeline import check_capture
-    from conformance.cli import UsageError, _pairs, format_report
     from conformance.check.inputs import open_stream
+    from conformance.check.pipeline import check_capture
+    from conformance.check.report import format_report
     from conformance.qemu.tcp_migration import ram_digest, replay
 
     d = Path(args.capture)
     try:
-        m = json.loads((d / MANIFEST).read_text())
+        m = read_manifest(d)
         a = m["arguments"]
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"{d}: not a capture directory ({e})") from None
@@ -215,8 +181,11 @@ def cmd_replay(args) -> int:
         schedule = parse_schedule(args.schedule)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    found = discover(_pairs(args.qemu_path))
-    version = args.qemu or (max(found, key=lambda v: tuple(int(x) for x in v.split("."))) if found else None)
+    try:
+        found = discover(parse_pairs(args.qemu_path or [], what="--qemu-path"))
+    except QemuNotFound as e:
+        raise UsageError(str(e)) from None
+    version = args.qemu or (max(found, key=version_key) if found else None)
     if version not in found:
         raise UsageError(f"QEMU {version} not found")
     channels = {int(Path(c).stem.removeprefix("multifd")): (d / c).read_bytes() for c in m.get("channels", [])}
@@ -224,7 +193,7 @@ def cmd_replay(args) -> int:
     # what the model says first
     rep = check_capture(open_stream(str(d / m["main"]))[0],
                         [(c, open_stream(str(d / c))[0]) for c in m.get("channels", [])],
-                        name=str(d), target=version if version in ("7.2", "10.0") else None)
+                        name=str(d), target=version if version in VERSIONS else None)
     dst_ram = make_ram_file(d / "replay-ram.img", a["mem_mb"], content=b"") if m.get("guest_ram") else None
     try:
         v = replay(found[version], main, channels, machine=a["machine"], devices=a["devices"], mem_mb=a["mem_mb"],

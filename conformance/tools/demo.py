@@ -10,13 +10,9 @@ from typing import Callable
 
 from conformance.check.pipeline import check_stream
 from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types
-from conformance.rules.profile import PROFILES
+from conformance.versions import VERSIONS, version_key
 
 EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
-
-
-def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
 
 
 def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_checker: Callable | None,
@@ -29,7 +25,7 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
     if not found:
         print("migconform: error: no QEMU found: run scripts/setup.sh or pass --qemu VERSION=PATH")
         return EXIT_ERROR
-    versions = sorted(found, key=_vkey)
+    versions = sorted(found, key=version_key)
     worst = EXIT_OK
     agree = disagree = 0
     with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
@@ -37,7 +33,7 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
             binary = found[version]
             # the shared machine type, and this version's newest (which older ones lack)
             newest = max((m for m in machine_types(binary) if m.startswith("pc-i440fx-")),
-                         key=lambda m: _vkey(m.rsplit("-", 1)[1]))
+                         key=lambda m: version_key(m.rsplit("-", 1)[1]))
             for mach in dict.fromkeys([machine, newest]):
                 out = Path(tmp) / f"qemu-{version}-{mach}.mig"
                 print(f"== QEMU {binary.full_version} source, {mach}, {mem_mb} MiB, devices {devices}", flush=True)
@@ -48,7 +44,7 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
                     worst = EXIT_ERROR
                     continue
                 print(f"   captured {cap.size} bytes in {cap.duration:.2f} s")
-                for target in sorted(PROFILES, key=_vkey):
+                for target in VERSIONS:
                     with open(out, "rb") as f:
                         rep = check_stream(f, name=out.name, target=target, body_checker=body_checker,
                                            body_sizer=body_sizer(str(out)), machine=mach)

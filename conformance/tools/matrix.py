@@ -50,10 +50,12 @@ from conformance.qemu import (
     dump_vmstate,
     error_lines,
     feed,
+    parse_pairs,
     start_destination,
 )
 from conformance.rules.profile import PROFILES
 from conformance.rules.catalogue import Severity
+from conformance.versions import VERSIONS, version_key
 
 __all__ = [
     "CAPABILITY_SETS", "EXCLUDED_CAPABILITIES", "MATRIX_DEVICE_SETS", "DEFAULT_MACHINES", "DEFAULT_DEVICES",
@@ -68,7 +70,7 @@ SCHEMA = 1
 
 # ---------------------------------------------------------------- the grid's dimensions
 
-DEFAULT_VERSIONS = ("7.2", "10.0")
+DEFAULT_VERSIONS = VERSIONS  # the modelled ones
 
 # Shared machine types of interest; each version's newest i440fx/q35 are added (default_machines).
 DEFAULT_MACHINES: tuple[str, ...] = (
@@ -129,10 +131,6 @@ EXCLUDED_CAPABILITIES: dict[str, str] = {
 
 class MatrixError(Exception):
     """A usage or set-up error (one-line message)."""
-
-
-def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
 
 
 def _mkey(machine: str) -> tuple:
@@ -232,7 +230,7 @@ def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[st
             vs.append(compat.load(v).version)
         except compat.UnknownVersion as e:
             raise MatrixError(str(e)) from None
-    vs = sorted(dict.fromkeys(vs), key=_vkey)
+    vs = sorted(dict.fromkeys(vs), key=version_key)
     if not vs:
         raise MatrixError("no QEMU version to run")
     ms = list(dict.fromkeys(machines)) if machines else default_machines(vs)
@@ -968,28 +966,14 @@ def add_matrix_parser(subparsers) -> None:
 
 
 def _binaries(items: list[str] | None) -> dict[str, QemuBinary]:
-    pairs: dict[str, str] = {}
-    wanted: list[str] = []
-    for item in items or []:
-        for part in item.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            version, sep, path = part.partition("=")
-            version = version.strip()
-            if not re.fullmatch(r"\d+\.\d+", version):
-                raise MatrixError(f"--qemu takes VERSION or VERSION=PATH (VERSION like 10.0), got {part!r}")
-            if sep:
-                if not path.strip():
-                    raise MatrixError(f"--qemu {part!r}: empty path")
-                pairs[version] = path.strip()
-            wanted.append(version)
     try:
-        found = discover(pairs)
+        given = parse_pairs(items or [], what="--qemu", bare=True)
+        wanted = list(given)
+        found = discover({v: p for v, p in given.items() if p is not None})
     except QemuNotFound as e:
         raise MatrixError(str(e)) from None
     if not wanted:
-        wanted = [v for v in DEFAULT_VERSIONS if v in found] or sorted(found, key=_vkey)
+        wanted = [v for v in DEFAULT_VERSIONS if v in found] or sorted(found, key=version_key)
         wanted = [v for v in wanted if v in compat.versions()]
         if not wanted:
             raise MatrixError("no QEMU found: run scripts/setup.sh or pass --qemu VERSION=PATH")

@@ -23,6 +23,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
+from conformance.versions import version_key
+
 __all__ = [
     "CompatEntry", "MachineType", "VersionData", "Capabilities", "Prediction", "UnknownVersion",
     "UnknownMachine", "WIRE_PROPERTIES", "versions", "load", "capabilities", "machine_types",
@@ -90,8 +92,8 @@ class MachineType:
     verified: bool
 
     @property
-    def level(self) -> tuple[int, int]:
-        return _vt(self.compat_level)
+    def level(self) -> tuple[int, ...]:
+        return version_key(self.compat_level)
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,8 @@ class VersionData:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @property
-    def vt(self) -> tuple[int, int]:
-        return _vt(self.version)
+    def vt(self) -> tuple[int, ...]:
+        return version_key(self.version)
 
     def machine(self, name: str) -> MachineType:
         """The machine type `name` (an alias such as "pc" resolves to its target)."""
@@ -146,17 +148,17 @@ class Capabilities:
     other_rules: tuple[Mapping[str, Any], ...]
 
     def available(self, version: str) -> list[str]:
-        v = _vt(version)
+        v = version_key(version)
         out = []
         for name, c in self.capabilities.items():
-            if _vt(c["since"]) <= v and (c["removed"] is None or v < _vt(c["removed"])):
+            if version_key(c["since"]) <= v and (c["removed"] is None or v < version_key(c["removed"])):
                 out.append(name)
         return out
 
     def rules_for(self, version: str) -> list[Mapping[str, Any]]:
-        v = _vt(version)
+        v = version_key(version)
         return [r for r in self.rules
-                if _vt(r["from"]) <= v and (r["to"] is None or v <= _vt(r["to"]))]
+                if version_key(r["from"]) <= v and (r["to"] is None or v <= version_key(r["to"]))]
 
 
 @dataclass
@@ -171,11 +173,6 @@ class Prediction:
 
 # ---------------------------------------------------------------- loading
 
-def _vt(version: str) -> tuple[int, int]:
-    parts = str(version).split(".")
-    return (int(parts[0]), int(parts[1]))
-
-
 def _list_level(name: str) -> tuple[int, int]:
     _, major, minor = name.rsplit("_", 2)
     return (int(major), int(minor))
@@ -189,7 +186,7 @@ def _data_dir():
 def versions() -> tuple[str, ...]:
     """QEMU versions with a data file, oldest first."""
     names = [p.name for p in _data_dir().iterdir() if p.name.startswith("qemu-") and p.name.endswith(".json")]
-    return tuple(sorted((n[len("qemu-"):-len(".json")] for n in names), key=_vt))
+    return tuple(sorted((n[len("qemu-"):-len(".json")] for n in names), key=version_key))
 
 
 def _normalize_version(version: str) -> str:
@@ -366,8 +363,8 @@ def capability_errors(version: str, caps: Iterable[str], *, include_environment:
         if known is None:
             out.append(f"Parameter 'capability' does not accept value '{c}'")
         else:
-            when = (f"removed in {known['removed']}" if known["removed"] and _vt(v) >= _vt(known["removed"])
-                    else f"new in {known['since']}")
+            removed = known["removed"] and version_key(v) >= version_key(known["removed"])
+            when = f"removed in {known['removed']}" if removed else f"new in {known['since']}"
             out.append(f"Parameter 'capability' does not accept value '{c}' (capability {when})")
     for r in capdata.rules_for(v):
         if r.get("environment") and not include_environment:

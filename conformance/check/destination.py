@@ -1,0 +1,49 @@
+"""What the destination a stream is judged for knows, from what the user gives: its
+section tables and the MIG_CMD ids it decodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wireformat.commands import RELEASED, CommandSet
+
+from conformance.check.inputs import InputError, open_stream
+
+
+def destination_tables(dump_path: str | None, reference: str | None, target: str | None = None,
+                       builtin: bool = True):
+    """The destination's tables from its -dump-vmstate and/or a stream it saved itself;
+    else what every destination of the target version has (shipped with migconform), unless
+    `builtin` is off. InputError (one line) for a dump that cannot be read."""
+    if not dump_path and not reference:
+        if not builtin or target is None:
+            return None
+        from conformance.rules.tables import builtin_tables
+
+        return builtin_tables(target)
+    from wireformat import vmstate
+
+    from conformance.rules.tables import DestinationTables
+
+    dump = None
+    if dump_path:
+        try:
+            text = Path(dump_path).read_text()
+        except OSError as e:
+            raise InputError(f"{dump_path}: {e.strerror}") from None
+        try:
+            dump = vmstate.parse_dump_vmstate(text)
+        except ValueError as e:
+            raise InputError(f"{dump_path}: not a -dump-vmstate JSON: {str(e).splitlines()[0]}") from None
+    if reference:
+        src, _ = open_stream(reference)
+        with src:
+            return DestinationTables.from_reference_stream(src, dump)
+    return DestinationTables(dump=dump)
+
+
+def command_set(send_src_downtime_id: int | None = None) -> CommandSet:
+    """The released MIG_CMDs, or with the proposed SEND_SRC_DOWNTIME decoded under that id."""
+    if send_src_downtime_id is not None:
+        return CommandSet.with_send_src_downtime(send_src_downtime_id)
+    return RELEASED

@@ -1,0 +1,65 @@
+"""`migconform qemu list` and `migconform demo`: the QEMU binaries migconform finds, and the
+built-in demo over them. `qemu_pairs` reads every command's `--qemu VERSION=PATH`."""
+
+from __future__ import annotations
+
+import json
+
+from conformance.cli import EXIT_OK
+from conformance.errors import UsageError
+
+
+def qemu_pairs(items: list[str] | None, what: str = "--qemu") -> dict[str, str]:
+    """The VERSION=PATH values of a repeatable option; UsageError for a malformed one."""
+    from conformance.qemu import QemuNotFound, parse_pairs
+
+    try:
+        return parse_pairs(items or [], what=what)
+    except QemuNotFound as e:
+        raise UsageError(str(e)) from None
+
+
+def add_qemu_parser(sub) -> None:
+    q = sub.add_parser("qemu", help="QEMU binaries migconform can use")
+    qs = q.add_subparsers(dest="qemu_command", required=True)
+    ql = qs.add_parser("list", help="list discovered QEMU binaries")
+    ql.add_argument("--qemu", action="append", metavar="VERSION=PATH")
+    ql.add_argument("--json", action="store_true")
+    ql.set_defaults(func=cmd_qemu_list)
+
+
+def add_demo_parser(sub) -> None:
+    m = sub.add_parser("demo", help="capture a stream from each installed QEMU and check it")
+    m.add_argument("--qemu", action="append", metavar="VERSION=PATH")
+    m.add_argument("--machine", default="pc-i440fx-7.2", help="a machine type every installed QEMU has")
+    m.add_argument("--devices", default="virtio-net+virtio-blk")
+    m.add_argument("--mem-mb", type=int, default=128)
+    m.set_defaults(func=cmd_demo)
+
+
+def cmd_qemu_list(args) -> int:
+    from conformance.qemu import QemuNotFound, discover
+    from conformance.versions import version_key
+
+    pairs = qemu_pairs(args.qemu)
+    try:
+        found = discover(pairs)
+    except QemuNotFound as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps({v: {"path": str(b.path), "full_version": b.full_version, "source": b.source} for v, b in found.items()}, indent=2))
+    else:
+        if not found:
+            print("no QEMU found (run scripts/setup.sh, or pass --qemu VERSION=PATH)")
+        for v, b in sorted(found.items(), key=lambda kv: version_key(kv[0])):
+            print(f"QEMU {v:<5} {b.full_version:<10} {b.path}  ({b.source})")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from conformance.check.pipeline import trailer_body_sizer, vmstate_body_check
+    from conformance.check.report import format_report
+    from conformance.tools.demo import run_demo
+
+    return run_demo(qemu_pairs(args.qemu), machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
+                    body_checker=vmstate_body_check, body_sizer=trailer_body_sizer, report=format_report)
