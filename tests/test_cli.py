@@ -198,3 +198,65 @@ def test_capture_then_check_the_directory(qemu, tmp_path):
     assert code == 0, stdout
     assert json.loads(stdout)["stats"]["configuration"]["machine_type"] == "pc-q35-7.2"
     assert run("capture", str(out))[0] == 2  # never overwrites a capture
+
+
+def test_help_lists_every_command_as_its_own_parser_does():
+    """`migconform --help` shows stubs instead of importing the command modules; their help
+    must be what each module's parser says."""
+    from conformance.cli import build_parser
+
+    assert build_parser("").format_help() == build_parser(None).format_help()
+
+
+@pytest.mark.parametrize("argv, absent", [
+    (["--help"], ("construct", "conformance.rules.loader", "conformance.check.inputs", "conformance.qemu")),
+    (["check", "GOOD"], ("conformance.qemu", "conformance.tools", "asyncio")),
+])
+def test_commands_import_only_what_they_use(streams, argv, absent):
+    argv = [str(streams["good"]) if a == "GOOD" else a for a in argv]
+    code = ("import contextlib, io, sys\nfrom conformance.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+            "print('\\n'.join(sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    loaded = set(p.stdout.split())
+    assert p.returncode == 0 and "conformance.cli" in loaded, p.stderr
+    assert not [m for m in loaded if m.startswith(absent)]
+
+
+def test_qemu_option_is_read_one_way(capsys):
+    from conformance.cli import main
+    from conformance.qemu import QemuNotFound, parse_pairs
+
+    assert parse_pairs(["7.2=/a b/qemu", "10.0=/c,9.2=/d"], what="--qemu") == {
+        "7.2": "/a b/qemu", "10.0": "/c", "9.2": "/d"}
+    assert parse_pairs(["7.2", "10.0=/c"], what="--qemu", bare=True) == {"7.2": None, "10.0": "/c"}
+    for bad in ("7.2", "latest=/q", "7.2=", "=/q"):
+        with pytest.raises(QemuNotFound, match=r"--qemu takes VERSION=PATH \(VERSION like 10.0\), got"):
+            parse_pairs([bad], what="--qemu")
+    for argv in (["qemu", "list", "--qemu", "no-equals-sign"], ["demo", "--qemu", "7.2"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("migconform: error: --qemu takes VERSION=PATH") and err.count("\n") == 1
+
+
+def test_capture_directory_layout(tmp_path, monkeypatch):
+    from conformance.check.capture_dir import LayoutError, capture_files, find_captures, stream_files, write_manifest
+
+    d = tmp_path / "cap"
+    d.mkdir()
+    (d / "main.bin").write_bytes(GOOD)
+    (d / "multifd1.bin").write_bytes(b"")
+    (d / "multifd0.bin").write_bytes(b"")
+    (d / "multifd-notes").mkdir()  # a directory is no channel
+    assert capture_files(d) == (d / "main.bin", [d / "multifd0.bin", d / "multifd1.bin"])
+    write_manifest(d, {"main": "main.bin", "channels": ["multifd1.bin"]})
+    assert capture_files(d) == (d / "main.bin", [d / "multifd1.bin"])
+    assert stream_files(str(d), ["extra.bin"]) == (str(d / "main.bin"), [str(d / "multifd1.bin"), "extra.bin"])
+    monkeypatch.chdir(tmp_path)
+    assert stream_files("./cap/main.bin") == ("./cap/main.bin", [])  # a file keeps the name it was given
+    (d / "manifest.json").write_text("{}")
+    with pytest.raises(LayoutError, match="manifest.json: not a capture manifest"):
+        capture_files(d)
+    (tmp_path / "notes.md").write_text("not a stream")
+    assert list(find_captures(tmp_path)) == [d]
