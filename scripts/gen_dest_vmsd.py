@@ -172,7 +172,8 @@ class Observer:
             return  # old-style section: no VMSD
         variants = self.tops.get(name)
         if not variants:
-            self.outside[name][family].append(observed_shape(dev))
+            self.outside[name][family].append(observed_shape(
+                dev, decoded.fields if decoded else None, decoded.subsections if decoded else None))
             for s in dev.get("subsections", []):
                 self.subs_seen[name].add(s["vmsd_name"])
             return
@@ -253,18 +254,32 @@ class Observer:
         return True
 
 
-def observed_shape(d: dict) -> dict:
-    """A VMSD known only from the streams: fields as written, subsections as written."""
+def observed_shape(d: dict, values=None, subvalues=None) -> dict:
+    """A VMSD known only from the streams: fields as written (with the destination's own
+    value of fields it checks), subsections as written."""
     fields = []
+    vals = list(values) if values is not None else None
+    vi = 0
     for name, entries in group_entries(d.get("fields", [])):
         first = entries[0]
+        fv = vals[vi:vi + len(entries)] if vals is not None else None
+        vi += len(entries)
         f = {"n": name, "t": first["type"], "c": first.get("array_len", len(entries))}
         if first["type"] in ("struct", "vstruct") or "fields" in first:
-            f["d"] = observed_shape(first.get("struct", first))
+            ev = fv[0].value if fv else None
+            ev = ev[0] if isinstance(ev, list) else ev
+            f["d"] = observed_shape(first.get("struct", first), ev.fields if ev is not None else None,
+                                    ev.subsections if ev is not None else None)
         else:
             f["e"] = first["size"]
+            if any(first["type"].endswith(t) for t in CHECKED_TYPES) and fv:
+                v = fv[0].value
+                f["val"] = v[0] if isinstance(v, list) else v
         fields.append(f)
-    subs = {s["vmsd_name"]: observed_shape(s) for s in d.get("subsections", [])}
+    svals = {s.name: s for s in subvalues or ()}
+    subs = {s["vmsd_name"]: observed_shape(s, svals[s["vmsd_name"]].fields if s["vmsd_name"] in svals else None,
+                                           svals[s["vmsd_name"]].subsections if s["vmsd_name"] in svals else None)
+            for s in d.get("subsections", [])}
     return {"n": d.get("vmsd_name", d.get("name")), "v": d.get("version"), "f": fields, "s": subs}
 
 
@@ -275,41 +290,73 @@ def binary_subsection_names(binary_path: Path, prefix: str) -> list[str]:
     return sorted({m.group(0)[:-1].decode() for m in pat.finditer(data)})
 
 
-_VAR_MACRO = re.compile(r"VMSTATE_[A-Z0-9_]*(?:VARRAY|VBUFFER)[A-Z0-9_]*\(\s*([A-Za-z_][^,()]*?)\s*,")
+_VAR_MACRO = re.compile(r"VMSTATE_([A-Z0-9_]*(?:VARRAY|VBUFFER)[A-Z0-9_]*)\(\s*([A-Za-z][^,()]*?)\s*,"
+                        r"\s*[^,()]*,\s*([A-Za-z][^,()]*?)\s*,")
+_NAME = re.compile(r'\.name\s*=\s*"([^"]+)"')
 
 
-def variable_field_names(src: Path | None) -> set[str]:
-    """Field names a VMSTATE_*VARRAY*/*VBUFFER* macro declares anywhere in a QEMU source tree
-    (read, never copied): their element count or size comes from another field. A name shared
-    with a fixed field elsewhere only makes that field "variable" too: never judged wrongly."""
-    if src is None:
-        return set()
-    names: set[str] = set()
-    for sub in ("hw", "target/i386", "migration", "net", "system", "softmmu", "include", "backends", "ui", "audio"):
-        for path in (src / sub).rglob("*.[ch]") if (src / sub).is_dir() else ():
-            try:
-                text = path.read_text(errors="replace")
-            except OSError:
-                continue
-            names.update(m.group(1).strip() for m in _VAR_MACRO.finditer(text))
-    return names
+class VariableFields:
+    """Fields whose element count (VMS_VARRAY_*) or size (VMS_VBUFFER) comes from another
+    field, read from a QEMU source tree (read, never copied): (vmsd name, field) is variable
+    when a file declaring a VMSD of that name has such a macro for that field; a VMSD whose
+    name is not a literal anywhere falls back to the field name alone (a name shared with a
+    fixed field elsewhere only makes that one "not judged" too, never judged wrongly). For a
+    VARRAY the count field is kept (not for *_MULTIPLY, whose count is scaled)."""
+
+    def __init__(self, src: Path | None):
+        self.by_file: dict[str, dict[str, str | None]] = {}
+        self.files_of: dict[str, set[str]] = defaultdict(set)
+        self.anywhere: dict[str, set] = defaultdict(set)
+        if src is None:
+            return
+        for sub in ("hw", "target/i386", "migration", "net", "system", "softmmu", "include", "backends", "ui",
+                    "audio", "accel"):
+            for path in sorted((src / sub).rglob("*.[ch]")) if (src / sub).is_dir() else ():
+                try:
+                    text = path.read_text(errors="replace")
+                except OSError:
+                    continue
+                found: dict[str, str | None] = {}
+                for m in _VAR_MACRO.finditer(text):
+                    macro, fname, third = m[1], m[2].strip(), m[3].strip()
+                    if fname.startswith("_") or "KNOWN" in macro:
+                        continue  # a macro's own definition; *_KNOWN is a fixed count
+                    count = third if "VARRAY" in macro and "MULTIPLY" not in macro else None
+                    found[fname] = count
+                    self.anywhere[fname].add(count)
+                if found:
+                    self.by_file[str(path)] = found
+                for n in _NAME.findall(text):
+                    self.files_of[n].add(str(path))
+
+    def lookup(self, vmsd: str, field: str) -> tuple[bool, str | None]:
+        files = self.files_of.get(vmsd)
+        if files:
+            hits = {self.by_file[f][field] for f in files if field in self.by_file.get(f, {})}
+        else:
+            hits = self.anywhere.get(field, set())
+        if not hits:
+            return False, None
+        return True, next(iter(hits)) if len(hits) == 1 else None
 
 
 # ----------------------------------------------------------------------------- merge
 
-def wire_facts(version: str, obs: Observer, ref: str, i: int, f: dict, other: dict, var_names: set) -> dict | None:
+def wire_facts(version: str, obs: Observer, ref: str, i: int, f: dict, other: dict, var_names: "VariableFields") -> dict | None:
     """Type, element size and count of declared field i of shape ref, with the count's source.
 
     `other` holds the 10.0 facts by declaration (vmsd, field, C size, version): a 7.2 count
     agrees with it or the field is taken as variable; a 7.2 field no 7.2 stream wrote takes
     10.0's facts when the declaration is the same."""
     facts = obs.wire.get((ref, i))
-    key = (obs.shape(ref)["n"], f["n"], f["s"], f["v"])
+    shape_name = obs.shape(ref)["n"]
+    key = (shape_name, f["n"], f["s"], f["v"])
     if facts is not None and not facts["t"] and facts["absent"] and not f.get("x"):
         return {"c": "var", "cs": "streams: absent with no test (zero elements)"}
     if facts is None or not facts["t"]:
-        if f["n"] in var_names and "num" not in f:
-            return {"c": "var", "cs": "QEMU sources: a VARRAY/VBUFFER macro declares a field of this name"}
+        var, cf = var_names.lookup(obs.shape(ref)["n"], f["n"])
+        if var and "num" not in f:
+            return {"c": "var", "cs": "QEMU sources: VARRAY/VBUFFER", **({"cf": cf} if cf else {})}
         if version == "7.2" and key in other:
             return {**other[key], "cs": f"10.0 for the same declaration ({other[key].get('cs', '?')})"}
         if "num" in f:
@@ -324,8 +371,8 @@ def wire_facts(version: str, obs: Observer, ref: str, i: int, f: dict, other: di
     theirs = other.get(key, {}).get("c") if version == "7.2" else None
     if "num" in f:
         out["c"], out["cs"] = f["num"], "dump"
-    elif f["n"] in var_names and not (isinstance(theirs, int) and other[key].get("cs") == "dump"):
-        out["c"], out["cs"] = "var", "QEMU sources: a VARRAY/VBUFFER macro declares a field of this name"
+    elif var_names.lookup(shape_name, f["n"])[0] and not (isinstance(theirs, int) and other[key].get("cs") == "dump"):
+        out["c"], out["cs"] = "var", "QEMU sources: VARRAY/VBUFFER"
     elif facts["absent"] and not f.get("x"):
         out["c"], out["cs"] = "var", "streams: absent with no test (zero elements)"
     elif len(counts - {0}) > 1:
@@ -342,6 +389,10 @@ def wire_facts(version: str, obs: Observer, ref: str, i: int, f: dict, other: di
             out["c"], out["cs"] = c, "7.2 streams, and 10.0 for the same declaration"
         else:
             out["c"], out["cs"] = c, "streams (the same count in every capture)"
+    if out.get("c") == "var":
+        cf = var_names.lookup(shape_name, f["n"])[1]
+        if cf:
+            out["cf"] = cf
     return out
 
 
@@ -349,7 +400,7 @@ def build(version: str, binary, work: Path, other: dict, sources: Path | None) -
     from conformance.qemu import DEVICE_SETS, capture_stream, dump_vmstate
 
     interner = Interner()
-    var_names = variable_field_names(sources)
+    var_names = VariableFields(sources)
     dumps = {}
     for m in MACHINES[version]:
         p = dump_vmstate(binary, m, work / f"dump-{version}-{m}.json")

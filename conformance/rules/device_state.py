@@ -190,6 +190,7 @@ class _Load:
         fields = shape["f"]
         groups = _desc_groups(desc)
         gi = 0
+        ints: dict[str, int] = {}  # integers read at this level: a VARRAY's count is one of them
         for i, f in enumerate(fields):
             where = f"{name}:{f['n']}"
             key = f"{path}{i}"
@@ -211,12 +212,20 @@ class _Load:
                 gi += 1
             elif groups is not None:
                 groups = None  # the source wrote something else here: its description no longer aligns
-            self.field(f, where, key, entries, name)
+            got = self.field(f, where, key, entries, name, ints)
+            if got is not None:
+                ints[f["n"]] = got
         self.subsections(shape["n"], {self.l.shapes[r]["n"]: r for r in shape["s"]}, desc, path, complete=True)
 
-    def field(self, f: dict, where: str, key: str, entries: list[dict] | None, vmsd: str) -> None:
+    def field(self, f: dict, where: str, key: str, entries: list[dict] | None, vmsd: str,
+              ints: dict[str, int]) -> int | None:
+        """Read one declared field; its value when it is a single integer (a later count)."""
         w = f.get("w") or {}
         count = w.get("c", f.get("num"))
+        if count == "var" and w.get("cf") in ints:
+            count = ints[w["cf"]]  # VMS_VARRAY_*: the count is an earlier field of the same struct
+            if count < 0:
+                raise _NotJudged("negative element count", where)
         if count is None or count == "var":
             raise _NotJudged("element count not known" if count is None else "element count from another field",
                              where)
@@ -230,7 +239,7 @@ class _Load:
                     d = entries[0] if "array_len" in entries[0] else entries[k] if k < len(entries) else None
                 d = d.get("struct", d) if d is not None else None
                 self.vmsd(f["d"], nested["v"], d, f"{key}.{k}/")
-            return
+            return None
         t, e = w.get("t"), w.get("e")
         if t is None or e is None:
             raise _NotJudged("wire type not known", where)
@@ -238,18 +247,20 @@ class _Load:
             raise _NotJudged(f"'{t}' field", where)
         if t.endswith(" equal") or t == "int32 le":
             for _ in range(count):
-                self.checked(t, e, where, key)
-            return
-        self.take(e * count)
+                got = self.checked(t, e, where, self.values.get(key))
+            return got if count == 1 else None
+        raw = self.take(e * count)
+        if count == 1 and e in (1, 2, 4, 8) and (t == "bool" or t.startswith(("int", "uint"))):
+            return int.from_bytes(raw, "big", signed=bool(_SIGNED.match(t)))
+        return None
 
-    def checked(self, t: str, size: int, where: str, key: str) -> None:
+    def checked(self, t: str, size: int, where: str, local: int | None) -> int:
         at = self.pos
         raw = self.take(size)
-        local = self.values.get(key)
-        if local is None:
-            return  # the destination's own value is not known: the bytes are read, the check not judged
         signed = bool(_SIGNED.match(t)) or t == "int32 le"
         got = int.from_bytes(raw, "big", signed=signed)
+        if local is None:
+            return got  # the destination's own value is not known: the bytes are read, the check not judged
         if t == "int32 le":
             if not 0 <= got <= local:
                 raise _Stop(Finding("device-field-equal-mismatch",
@@ -259,6 +270,7 @@ class _Load:
             mask = (1 << (8 * size)) - 1
             raise _Stop(Finding("device-field-equal-mismatch",
                                 f"{local & mask:x} != {got & mask:x}; Failed to load {where}", where, at))
+        return got
 
     def subsections(self, name: str, known: dict, desc: dict | None, path: str, complete: bool,
                     outside: dict | None = None) -> None:
@@ -307,6 +319,10 @@ class _Load:
                 continue
             if f["t"] in CUSTOM_TYPES:
                 raise _NotJudged(f"'{f['t']}' field", where)
+            if f["t"].endswith(" equal") or f["t"] == "int32 le":
+                for _ in range(f["c"]):
+                    self.checked(f["t"], f["e"], where, f.get("val"))
+                continue
             self.take(f["e"] * f["c"])
         subs = shape.get("s") or {}
         names = shape.get("names")
