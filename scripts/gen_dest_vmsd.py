@@ -214,6 +214,7 @@ class Observer:
                 else:
                     w["absent"] += 1  # written by no test, yet absent: zero elements
                     w["c"].add(0)
+                    sink.append(("v", f"{key}#n", 0))
                 continue
             entries, fvals = matched[i]
             if f.get("x"):
@@ -222,6 +223,8 @@ class Observer:
             count = first.get("array_len", len(entries))
             w["t"].add(first["type"])
             w["c"].add(count)
+            if count != 1:  # the destination's own count: a VARRAY counted by a property uses it
+                sink.append(("v", f"{key}#n", count))
             if first["type"] in ("struct", "vstruct") or "fields" in first:
                 w["e"].add(None)
                 if "d" not in f:

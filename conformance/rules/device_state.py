@@ -226,6 +226,10 @@ class _Load:
             count = ints[w["cf"]]  # VMS_VARRAY_*: the count is an earlier field of the same struct
             if count < 0:
                 raise _NotJudged("negative element count", where)
+        elif count == "var" and w.get("cf") and self.values.get(f"{key}#n") is not None:
+            # counted by a field the stream does not carry (a device property): the
+            # destination's own count for this device, as its own saves show it
+            count = self.values[f"{key}#n"]
         if count is None or count == "var":
             raise _NotJudged("element count not known" if count is None else "element count from another field",
                              where)
