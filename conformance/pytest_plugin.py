@@ -257,11 +257,16 @@ def check_capture_path(path: Path, target: str | None = None):
     from conformance.check.inputs import InputError, open_stream
     from conformance.rules.profile import profile
 
+    from conformance.rules.tables import builtin_tables
+
     main, channels = capture_files(path)
     sizer = trailer_body_sizer(str(main))
+    prof = profile(target)
     try:
         src, name = open_stream(str(main))
-        kw = dict(name=name, target=profile(target), body_checker=vmstate_body_check, body_sizer=sizer)
+        # the defaults of `check`: the target version's built-in destination tables and layouts
+        kw = dict(name=name, target=prof, body_checker=vmstate_body_check, body_sizer=sizer,
+                  tables=builtin_tables(prof.version))
         if channels:
             chans = [(p.name, open_stream(str(p))[0]) for p in channels]
             return check_capture(src, chans, **kw)
