@@ -214,9 +214,9 @@ def _trailer(raw: bytes) -> int:
         at += 1
 
 
-def _mutate(raw: bytes, idstr: str, body_fn, desc_fn=None) -> bytes:
+def _mutate(raw: bytes, idstr: str, body_fn, desc_fn=None) -> bytes | None:
     """A stream a source with other device state would write: the body changed and, when
-    its layout changes, the VMDESCRIPTION object with it."""
+    its layout changes, the VMDESCRIPTION object with it. None: no such section."""
     from wireformat.reader import StreamReader
     from wireformat.records import DeviceState, SectionHeader
 
@@ -227,7 +227,8 @@ def _mutate(raw: bytes, idstr: str, body_fn, desc_fn=None) -> bytes:
         elif isinstance(rec, DeviceState) and heads.get(rec.section_id) and heads[rec.section_id].idstr == idstr:
             target = rec
             break
-    assert target is not None, idstr
+    if target is None:
+        return None
     off, n = target.offset, len(target.data)
     t = _trailer(raw)
     desc = json.loads(raw[t + 5:])
@@ -288,8 +289,11 @@ def test_differential_against_real_destinations(tmp_path, qemu):
             continue
         raw = p.read_bytes()
         for name, (idstr, body_fn, desc_fn) in MUTATIONS.items():
+            mutated = _mutate(raw, idstr, body_fn, desc_fn)
+            if mutated is None:
+                continue  # e.g. no floppy controller on q35
             q = tmp_path / f"{p.stem}-{name}.bin"
-            q.write_bytes(_mutate(raw, idstr, body_fn, desc_fn))
+            q.write_bytes(mutated)
             cases.append((q, m, d))
     agree, judged, rows = 0, 0, []
     for path, machine, devices in cases:
