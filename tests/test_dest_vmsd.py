@@ -282,7 +282,7 @@ def test_differential_against_real_destinations(tmp_path, qemu):
     from conformance.qemu import load_stream
 
     streams = _streams(tmp_path, qemu)
-    cases = [(p, m, d) for p, m, d in streams]
+    cases = [(p, m, d, None) for p, m, d in streams]
     # mutate the running e1000+usb streams of each source version and family
     for p, m, d in streams:
         if d != "e1000+usb" or "running" not in p.name:
@@ -294,21 +294,29 @@ def test_differential_against_real_destinations(tmp_path, qemu):
                 continue  # e.g. no floppy controller on q35
             q = tmp_path / f"{p.stem}-{name}.bin"
             q.write_bytes(mutated)
-            cases.append((q, m, d))
-    agree, judged, rows = 0, 0, []
-    for path, machine, devices in cases:
+            cases.append((q, m, d, p))
+    agree, not_judged, rows, base = 0, 0, [], {}
+    for path, machine, devices, origin in cases:
         for target in VERSIONS:
             real_ok, real_sec = _real(load_stream(qemu(target), path, machine=machine, devices=devices))
             ok, sec, doc = _model(path, target)
-            not_judged = ok and not real_ok and doc["stats"].get("device_state", {}).get("not_judged", 0)
-            row = (path.name, target, real_ok, real_sec, ok, sec)
-            rows.append(row)
-            if not_judged and (ok, real_ok) == (True, False) and "cpu-fred" in path.name and target == "10.0":
-                continue  # 10.0's cpu/fred layout is not in the data: counted as not judged, never guessed
-            judged += 1
+            unjudged = doc["stats"].get("device_state", {}).get("not_judged", 0)
+            if origin is None:
+                base[(path, target)] = unjudged
+            elif ok and unjudged > base[(origin, target)]:
+                # the mutated section is one the layout data cannot follow: counted, not compared
+                not_judged += 1
+                rows.append((path.name, target, real_ok, real_sec, "not judged"))
+                continue
+            rows.append((path.name, target, real_ok, real_sec, ok, sec))
             if ok == real_ok and (ok or sec == real_sec):
                 agree += 1
             else:
-                print("DISAGREE", row)
-    print(f"differential: {len(cases)} streams x {len(VERSIONS)} destinations, {judged} judged, {agree} agree")
-    assert judged >= len(cases) * len(VERSIONS) - 2 and agree == judged, [r for r in rows if r[2] != r[4]]
+                print("DISAGREE", rows[-1])
+    judged = len(rows) - not_judged
+    print(f"differential: {len(cases)} streams x {len(VERSIONS)} destinations: {judged} judged, {agree} agree, "
+          f"{not_judged} not judged; rejected by the real destination: {sum(1 for r in rows if not r[2])}")
+    for r in rows:
+        print("  ", *r)
+    assert agree == judged, [r for r in rows if len(r) == 6 and (r[2], r[3]) != (r[4], r[5] if not r[4] else r[3])]
+    assert not_judged <= 4  # cpu/fred into 10.0 (its layout is in no stream of ours), one per source stream
