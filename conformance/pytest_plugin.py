@@ -212,9 +212,10 @@ class CaptureError(Exception):
 
 
 def check_capture_path(path: Path, target: str | None = None):
-    """Run the conformance checks of `migconform check PATH --target TARGET` (without the
-    builtin destination tables); the Report. CaptureError for what cannot be read."""
+    """Run the conformance checks of `migconform check PATH --target TARGET` with check's
+    defaults (the built-in destination tables); the Report. CaptureError for what cannot be read."""
     from conformance.check.capture_dir import capture_files
+    from conformance.check.destination import destination_tables
     from conformance.check.inputs import InputError
     from conformance.check.paths import check_files
     from conformance.check.pipeline import StreamReadError
@@ -222,7 +223,10 @@ def check_capture_path(path: Path, target: str | None = None):
 
     try:
         main, channels = capture_files(path)
-        return check_files(str(main), [str(p) for p in channels], target=profile(target))
+        prof = profile(target)
+        # the defaults of `check`: the target version's built-in destination tables and layouts
+        return check_files(str(main), [str(p) for p in channels], target=prof,
+                           tables=destination_tables(None, None, prof.version))
     except (InputError, StreamReadError) as e:
         raise CaptureError(str(e)) from None
 

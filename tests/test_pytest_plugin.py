@@ -193,3 +193,32 @@ def test_plugin_loaded_in_this_suite(pytestconfig):
 
     assert pytestconfig.pluginmanager.is_registered(plugin)
     assert pytestconfig.getoption("captures") == [] and sys.modules["tests.qemu_fixtures"]
+
+
+def _rejected_by_destination_layout() -> bytes:
+    """A real 10.0 stream (pc-i440fx-7.2) whose fdc claims three floppies: its own
+    description still matches the body, but the destination's `uint8 equal` check fails."""
+    import lzma
+
+    from tests.test_dest_vmsd import _mutate, _offset_of, _trailer
+
+    raw = lzma.decompress((MULTIFD / "qemu100-i440fx-7.2.main.bin.xz").read_bytes())
+    import json
+
+    fdc = next(d for d in json.loads(raw[_trailer(raw) + 5:])["devices"] if d["name"] == "fdc")
+    at = _offset_of(fdc, "state", "num_floppies")
+    return _mutate(raw, "fdc", lambda b: b[:at] + b"\x03" + b[at + 1:])
+
+
+def test_capture_items_judge_as_check_does(run, pytester):
+    """The plugin uses `check`'s defaults (built-in destination tables and layouts): a stream
+    `check` rejects fails as a pytest item, with the same violation."""
+    from conformance.cli import main
+
+    d = pytester.path / "layout"
+    d.mkdir()
+    (d / "fdc3.mig").write_bytes(_rejected_by_destination_layout())
+    assert main(["check", str(d / "fdc3.mig"), "--json"]) == 1
+    r = run(f"--captures={d}", "-rA")
+    r.assert_outcomes(failed=1)
+    assert "device-field-equal-mismatch" in r.stdout.str() and "2 != 3" in r.stdout.str()

@@ -45,7 +45,7 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
                    mem_mb: int = 64, ram_file: Path | str | None = None,
                    capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
                    globals_: Iterable[str] = (), extra_args: Iterable[str] = (), timeout: float = 60.0,
-                   transport: str = "fd") -> CaptureResult:
+                   transport: str = "fd", run_seconds: float = 0.0) -> CaptureResult:
     """Start a stopped (-S) source, migrate it into `out`, wait for `completed`.
 
     transport "fd" (default) hands QEMU the open file (QMP getfd, uri fd:NAME): QEMU writes it
@@ -53,6 +53,9 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
     `exec:cat > FILE`: QEMU reports `completed` before it closes the pipe, and on close it
     SIGTERMs a `cat` that has not exited yet (io/channel-command.c), so the tail still in the
     pipe can in principle be lost (not seen in 120 parallel captures here).
+
+    run_seconds > 0 lets the guest run that long first (firmware programs the devices: PCI
+    config, RTC, PIT ...), so the stream carries device state a paused guest never has.
     """
     out = Path(out)
     globals_ = tuple(globals_)
@@ -62,6 +65,9 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
     with QemuProcess(binary, args, cmd_timeout=min(timeout, 30.0), name=f"src-{binary.version}") as q:
         q.set_capabilities(capabilities or {})
         q.set_parameters(parameters or {})
+        if run_seconds > 0:
+            q.cmd("cont")
+            time.sleep(run_seconds)
         if transport == "fd":
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:

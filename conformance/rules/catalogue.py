@@ -86,6 +86,19 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         _C("section-not-open", "PART/END for an iterable section that already ended or was never started", "accepted by QEMU; no source writes it"),
         _C("missing-footer", "no 0x7e footer after a section body", "Missing section footer for %s"),
         _C("footer-mismatch", "footer carries another section id", "Mismatched section id in footer for %s - read 0x%x expected 0x%x"),
+        _C("device-load-failed", "the destination's own VMSD reads a device body to another length than the source "
+           "wrote (a field it sizes, counts or gates differently), or refuses a subsection's version",
+           "Missing section footer for %s / %s: incoming version_id %d is too new for local version_id %d / "
+           "error while loading state for instance 0x%x of device '%s'"),
+        _C("device-subsection-unknown", "a subsection the destination's VMSD of that device does not have",
+           "error while loading state for instance 0x%x of device '%s' (vmstate_subsection_load: -ENOENT); "
+           "load of migration failed: No such file or directory"),
+        _C("device-field-equal-mismatch", "a `... equal` field differs from the destination's own value, or an "
+           "`int32 le` field exceeds it", "%x != %x / Invalid value %d expecting positive value <= %d; "
+           "Failed to load %s:%s"),
+        _C("device-state-not-judged", "never a violation: a section the destination's layout cannot follow to its end "
+           "(a custom-coded field, a count from a device property, an unresolved field_exists test), counted in "
+           "stats.device_state", "(none: QEMU loads it with code the layout data does not describe)"),
         _C("device-body-mismatch", "a device body does not match its VMSD description", "the destination reads another length and fails at the footer"),
         _C("unknown-command", "MIG_CMD id 0 or beyond the destination's table", "MIG_CMD 0x%x unknown (len 0x%x)"),
         _C("command-bad-length", "a fixed-length command with another length", "%s received with bad length - expecting %zu, got %d"),

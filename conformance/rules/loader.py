@@ -240,6 +240,7 @@ class Loader:
             # (machine types <= 2.2 suppress the trailer; they send no configuration either)
             self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
+        self._load_device_state()
         if self.rp_messages and self.pings:  # the return path was fed, and PINGs went unanswered
             self._v("rp-ping-unanswered", D, RETURN_PATH, 0, f"no PONG for PING {', '.join(f'{p:#x}' for p in self.pings)}")
         return self.violations[start:]
@@ -711,6 +712,19 @@ class Loader:
             if problem:
                 self._v("device-body-mismatch", R, "main", off, problem, f"{idstr} instance {inst}")
 
+    def _load_device_state(self) -> None:
+        """Each FULL body read as the destination reads it: by its own VMSD layout (rules.device_state)."""
+        layouts = getattr(self.tables, "device_layouts", None)
+        if layouts is None:
+            return
+        from conformance.rules.device_state import judge_bodies
+
+        machine = self.machine or (self.configuration.machine_type if self.configuration else None)
+        j = judge_bodies(layouts, self.device_bodies, self.section_list, machine, self.vmdescription)
+        for off, section, f in j.findings:
+            self._v(f.code, R, "main", off, f.message, section)
+        self.device_state = j.stats()
+
     # -- report ---------------------------------------------------------------------------
     def stats(self) -> dict:
         conf = self.configuration
@@ -729,4 +743,5 @@ class Loader:
             "status": self.final_status(),
             "return_path": dict(self.rp_messages) or None,
             "violations_dropped": self.dropped,
+            **({"device_state": self.device_state} if getattr(self, "device_state", None) else {}),
         }

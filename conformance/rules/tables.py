@@ -37,6 +37,8 @@ class DestinationTables:
     entries: dict[tuple[str, int], int] = field(default_factory=dict)  # (idstr, instance) -> version
     dump: vmstate.DumpVmstate | None = None
     ram_blocks: dict[str, int] = field(default_factory=dict)  # name -> used_length
+    # the destination's own VMSD layouts (rules.device_state.Layouts): device bodies are read by them
+    device_layouts: object = None
 
     @classmethod
     def from_reference_stream(cls, src: BinaryIO, dump: vmstate.DumpVmstate | None = None) -> "DestinationTables":
@@ -135,4 +137,7 @@ def builtin_tables(version: str) -> BuiltinTables | None:
     if not res.is_file():
         return None
     table = json.loads(res.read_text())["vmsd"]
-    return BuiltinTables(version=version, vmsd={k: [tuple(b) for b in v] for k, v in table.items()})
+    from conformance.rules.device_state import builtin_layouts
+
+    return BuiltinTables(version=version, vmsd={k: [tuple(b) for b in v] for k, v in table.items()},
+                         device_layouts=builtin_layouts(version))
