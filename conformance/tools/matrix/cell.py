@@ -211,10 +211,8 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
     """Capture (or reuse the capture), load into the destination, predict, check, explain."""
     binaries = store.binaries
     src_bin, dst_bin = binaries[spec.src], binaries[spec.dst]
-    timeout = store.timeout if timeout is None else timeout
     prediction = predict_cell(spec, store.globals_)
     cap = store.get(spec.capture_key)
-    caps = spec.capabilities
     if cap.outcome is not None:
         real = cap.outcome
         checker = CheckerVerdict(None, [], f"no stream: the source {real.said}")
@@ -223,9 +221,7 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
         assert path is not None
         checker = store.verdicts.get((str(path), spec.dst, spec.machine),
                                      lambda: check_capture(path, spec.dst, spec.machine))
-        dev, extra = guest_args(spec.devices, caps)
-        real = load_into(dst_bin, path, machine=spec.machine, devices=dev, mem_mb=store.mem_mb,
-                         caps=caps, globals_=store.globals_, extra_args=extra, timeout=timeout)
+        real = load_cell(spec, store, path, timeout=timeout)
         if real.kind == "refused":
             checker = CheckerVerdict(None, checker.violations,
                                      "not applicable: the destination refused its set-up before reading the stream "
@@ -238,6 +234,16 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
         except Exception as e:  # an explanation must never cost the verdict
             res.explanation = {"summary": f"(no explanation: {type(e).__name__}: {e})", "details": []}
     return res
+
+
+def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: float | None = None) -> Outcome:
+    """Load `stream` into the cell's destination, started with the cell's guest, capabilities
+    and the store's memory size and -global settings."""
+    caps = spec.capabilities
+    dev, extra = guest_args(spec.devices, caps)
+    return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=store.mem_mb,
+                     caps=caps, globals_=store.globals_, extra_args=extra,
+                     timeout=store.timeout if timeout is None else timeout)
 
 
 def load_into(binary: QemuBinary, stream: Path, *, machine: str, devices: str, mem_mb: int, caps: Sequence[str],
