@@ -248,7 +248,7 @@ LAZY_COMMANDS = (
     (("matrix",), "conformance.tools.matrix", "add_matrix_parser", "real migrations over a version x machine-type grid"),
     (("vmstate-diff",), "conformance.tools.vmstate_diff", "add_vmstate_diff_parser", "compare two binaries' -dump-vmstate"),
     (("capdiff",), "conformance.tools.capdiff", "add_capdiff_parser", "capability rules: the model against real QEMU"),
-    (("downtime",), "conformance.rules.downtime", "add_downtime_parser", "analyse QEMU 10.0 vmstate_downtime_* traces"),
+    (("downtime",), "conformance.tools.downtime", "add_downtime_parser", "analyse QEMU 10.0 vmstate_downtime_* traces"),
 )
 
 
