@@ -13,8 +13,6 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from hypothesis import strategies as st
-
 from wireformat.reader import StreamReader
 from wireformat.records import (
     Eof,
@@ -167,8 +165,3 @@ MUTATIONS = [
     Mutation("garbage-after-trailer", "trailing-data", garbage_after_trailer, accepted_by=ALL_VERSIONS),
     Mutation("truncate-trailer", "vmdescription-truncated", truncate_trailer, accepted_by=ALL_VERSIONS),
 ]
-BY_NAME = {m.name: m for m in MUTATIONS}
-
-
-def mutations() -> st.SearchStrategy[Mutation]:
-    return st.sampled_from(MUTATIONS)

@@ -224,9 +224,6 @@ class MultifdDeviceStatePacket(Record):
         return bool(self.flags & MULTIFD_FLAG_SYNC)
 
 
-MultifdPacket = MultifdRamPacket | MultifdDeviceStatePacket
-
-
 # --- helpers shared by the codec and the reader ---------------------------------------------
 
 
@@ -584,6 +581,3 @@ class MultifdChannelReader:
         data = w.take(n, self.copy, "RAM packet data", off)
         return _ram_record(h, raw_name, arr, data, offset=off, channel=self.channel)
 
-
-def iter_channel(src: BinaryIO, channel: str = "multifd0", **kw) -> Iterator[Record]:
-    return iter(MultifdChannelReader(src, channel, **kw))

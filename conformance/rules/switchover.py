@@ -134,12 +134,6 @@ class Setup:
         expected = set(self.counted)
         return tuple(n for n in self.senders if n not in expected)
 
-    @property
-    def never_sent(self) -> tuple[str, ...]:
-        """Devices the destination waits for whose source side never sends the marker."""
-        senders = set(self.senders)
-        return tuple(n for n in self.counted if n not in senders)
-
 
 class Kind(str, Enum):
     OPEN_RETURN_PATH = "OPEN_RETURN_PATH"  # main stream command

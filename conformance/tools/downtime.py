@@ -32,7 +32,6 @@ class TraceFormatError(ValueError):
     """A file that is not a QEMU downtime trace (one line, for the CLI)."""
 
 
-TRACE_EVENTS = ("vmstate_downtime_save", "vmstate_downtime_load", "vmstate_downtime_checkpoint")
 _PREFIX = r"(?:(?P<pid>\d+)@(?P<sec>\d+)\.(?P<usec>\d+):)?"
 _LINE = re.compile(_PREFIX + r"(?P<event>vmstate_downtime_(?:save|load|checkpoint))(?: (?P<rest>.*))?$")
 _DEVICE = re.compile(r"type=(?P<type>\S+) idstr=(?P<idstr>.*) instance_id=(?P<inst>-?\d+) downtime=(?P<dt>-?\d+)$")
