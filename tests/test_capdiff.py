@@ -161,7 +161,7 @@ def test_model_agrees_with_real_qemu(cap_session, version, data):
 
 
 # A model error found here goes into capdiff.KNOWN_DISCREPANCIES with its data fix, and gets a
-# strict xfail against the real binary until conformance/compat is fixed (none open now: the
+# strict xfail against the real binary until conformance/rules/compat is fixed (none open now: the
 # first, zero-copy-send-vs-xbzrle ending at 8.1, was fixed in the data).
 
 

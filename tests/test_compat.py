@@ -1,4 +1,4 @@
-"""Compat data (conformance/compat/data) and model: schema, model semantics, the compat
+"""Compat data (conformance/rules/compat/data) and model: schema, model semantics, the compat
 promise as a property, and facts cross-checked against the real 7.2 and 10.0 binaries
 (`qemu` marker: skipped with a reason when a binary is absent, failing under CI=true)."""
 

@@ -124,7 +124,7 @@ def _names_block(ctx):
 
 
 # The definition of a RAM record. The reader has a hand-written fast path for PAGE and
-# ZERO records; tests/test_ram.py proves the two agree.
+# ZERO records; tests/test_reader.py proves the two agree.
 RamRecordStruct = Struct(
     "word" / RamWord,
     "block" / If(_names_block, CountedString),

@@ -347,7 +347,7 @@ def model_answer(version: str, setting: CapSetting, env: Environment | None = No
 @dataclass(frozen=True)
 class Discrepancy:
     """A disagreement between a real QEMU and the model that is the model's (or its data's)
-    fault, recorded until conformance/compat is fixed. `patches` is the proposed data fix:
+    fault, recorded until conformance/rules/compat is fixed. `patches` is the proposed data fix:
     a mismatch is explained by this entry only if the model with the fix gives the real answer."""
 
     id: str
@@ -360,7 +360,7 @@ class Discrepancy:
 
 
 # Recorded model errors (each with the data fix that makes the model agree). The first one
-# found, zero-copy-send-vs-xbzrle ending at 8.1, is fixed in conformance/compat's data.
+# found, zero-copy-send-vs-xbzrle ending at 8.1, is fixed in conformance/rules/compat's data.
 KNOWN_DISCREPANCIES: tuple[Discrepancy, ...] = ()
 
 
