@@ -1,6 +1,6 @@
 """Wire constants of the QEMU migration stream, under QEMU's own names.
 
-Values are facts of the format (shared/spec/wire-format.md); nothing here says what a
+Values are facts of the format (QEMU migration/savevm.c, ram.c, migration.c); nothing here says what a
 destination accepts — that is conformance's job.
 """
 

@@ -1,7 +1,7 @@
-"""What a destination of a given QEMU version accepts (spec validation.md).
+"""What a destination of a given QEMU version accepts (the codes: docs/violations.md).
 
 Only versions whose behaviour was checked on a real binary are modelled; the rest of the
-history (spec wire-format.md §10) is read from QEMU's sources and is not claimed here.
+history is read from QEMU's sources and is not claimed here.
 """
 
 from __future__ import annotations

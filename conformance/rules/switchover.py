@@ -1,4 +1,4 @@
-"""Switchover-ack (8.1+, spec wire-format.md §8): a sans-IO model of both ends and a
+"""Switchover-ack (8.1+, QEMU migration/savevm.c, hw/vfio/migration.c): a sans-IO model of both ends and a
 checker of what passes between them.
 
 What each end decides, device by device (a VFIO device's precopy support depends on the
