@@ -3,7 +3,7 @@ decoding the stream, so that a fuzzer (or a differential test) knows what it bro
 
 A mutation returns the new bytes, or None when the stream has no place for it. `code` is
 the violation the reference loader must report first; `accepted_by` the destination
-versions that nonetheless complete the load (spec validation.md).
+versions that nonetheless complete the load (the codes: docs/violations.md).
 """
 
 from __future__ import annotations
@@ -177,8 +177,3 @@ MUTATIONS = [
     Mutation("garbage-after-trailer", "trailing-data", garbage_after_trailer, accepted_by=ALL_VERSIONS),
     Mutation("truncate-trailer", "vmdescription-truncated", truncate_trailer, accepted_by=ALL_VERSIONS),
 ]
-BY_NAME = {m.name: m for m in MUTATIONS}
-
-
-def mutations() -> st.SearchStrategy[Mutation]:
-    return st.sampled_from(MUTATIONS)

@@ -32,7 +32,6 @@ CONT = int(F.RAM_SAVE_FLAG_CONTINUE)
 
 # idstr-like names: QEMU's are printable ASCII, up to 255 bytes
 names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
-any_names = st.text(st.characters(max_codepoint=0xFF), min_size=0, max_size=255)
 machine_types = st.sampled_from(["pc-i440fx-7.2", "pc-q35-7.2", "pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-2.12"]) | names
 capability_names = st.sampled_from(["x-ignore-shared", "mapped-ram"]) | names
 

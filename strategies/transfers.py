@@ -1,5 +1,5 @@
 """Hypothesis strategies for multi-round multifd transfers and the orders a destination can
-receive them in (spec wire-format.md §5.5; model: conformance.rules.ram_model).
+receive them in (QEMU migration/multifd.c's syncs; model: conformance.rules.ram_model).
 
 A *transfer* is what a conforming source emits over R rounds (sync epochs): in round r it
 sends the pages dirtied in that round — non-zero pages in multifd packets of up to

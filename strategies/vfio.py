@@ -1,4 +1,4 @@
-"""Hypothesis strategies for VFIO device state sent over multifd (spec wire-format.md §6.2;
+"""Hypothesis strategies for VFIO device state sent over multifd (QEMU hw/vfio/migration-multifd.c;
 model: conformance.rules.vfio_model): what a source's save threads send, the orders a destination
 can receive it in, and the destination's queue caps.
 

@@ -1,5 +1,6 @@
 """Capability differential: the compat model against real QEMU 7.2 and 10.0 answering
-migrate-set-capabilities / migrate-set-parameters (conformance/capdiff.py)."""
+migrate-set-capabilities / migrate-set-parameters (conformance/tools/capdiff.py, the real side
+through conformance/qemu/capsession.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conformance.qemu import CapSession
 from conformance.tools.capdiff import (
     BACKGROUND_SNAPSHOT_KERNEL_ERROR,
     CAPS_COMMAND,
@@ -16,14 +18,17 @@ from conformance.tools.capdiff import (
     PARAMS_COMMAND,
     ZERO_COPY_ERROR,
     Answer,
-    CapSession,
     CapSetting,
     Environment,
     Step,
     capability_names,
+    check,
     compare,
+    environment,
     model_answer,
     normalise_error,
+    open_session,
+    real_answer,
     run_capdiff,
     same_error,
     setting_strategy,
@@ -129,7 +134,7 @@ def cap_session(qemu):
 
     def get(version: str) -> CapSession:
         if version not in sessions:
-            s = CapSession(qemu(version))
+            s = open_session(qemu(version))
             s.start()
             sessions[version] = s
         return sessions[version]
@@ -149,14 +154,14 @@ def test_model_agrees_with_real_qemu(cap_session, version, data):
     proposed data fix gives the real answer) passes here and is an xfail below."""
     session = cap_session(version)
     setting = data.draw(setting_strategy(version), label="setting")
-    real, model, mismatch = session.check(setting)
+    real, model, mismatch = check(session, setting)
     assert not any("QEMU failed" in (e or "") for e in real.errors), f"{setting.describe()}: {real}"
     if mismatch is not None and mismatch.known is None:
-        pytest.fail(f"model and real QEMU disagree\n{mismatch}\n  environment: {session.env}", pytrace=False)
+        pytest.fail(f"model and real QEMU disagree\n{mismatch}\n  environment: {environment(session.host)}", pytrace=False)
 
 
 # A model error found here goes into capdiff.KNOWN_DISCREPANCIES with its data fix, and gets a
-# strict xfail against the real binary until conformance/compat is fixed (none open now: the
+# strict xfail against the real binary until conformance/rules/compat is fixed (none open now: the
 # first, zero-copy-send-vs-xbzrle ending at 8.1, was fixed in the data).
 
 
@@ -167,8 +172,8 @@ def test_session_reuse_resets_and_restarts(cap_session, version):
     assert all(not on for on in s.initial_caps.values())
     assert set(s.names) == set(capability_names(version))  # the names the model draws from
     before = s.restarts
-    a = s.apply(CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8}))
-    b = s.apply(CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8}))
+    a = real_answer(s, CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8}))
+    b = real_answer(s, CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8}))
     assert a == b  # the first setting left nothing behind
     s.reset()
     caps = {c["capability"]: c["state"] for c in s.q.cmd("query-migrate-capabilities")}
@@ -176,7 +181,7 @@ def test_session_reuse_resets_and_restarts(cap_session, version):
     assert s.q.cmd("query-migrate-parameters")["multifd-channels"] == s.initial_params["multifd-channels"]
     assert s.restarts == before
     s.q.terminate()  # a dead process is replaced, and the answer is unchanged
-    assert s.apply(CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8})) == a
+    assert real_answer(s, CapSetting.make(["multifd", "postcopy-ram"], {"multifd-channels": 8})) == a
     assert s.restarts == before + 1
 
 

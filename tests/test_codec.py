@@ -32,7 +32,7 @@ def test_configuration_roundtrip(conf):
 
 
 def test_configuration_known_bytes():
-    # 10.0 with x-ignore-shared, bytes as captured (spec wire-format.md §1.4)
+    # 10.0 with x-ignore-shared, bytes as captured (vmstate_configuration, migration/savevm.c)
     raw = bytes.fromhex("07 0000000d") + b"pc-i440fx-7.2" + bytes.fromhex("05 1a") + b"configuration/capabilities" + \
         bytes.fromhex("00000001 00000001 0f") + b"x-ignore-shared"
     conf = configuration_from_container(ConfigurationStruct.parse(raw[1:]))
@@ -163,7 +163,7 @@ def test_return_path_known_bytes():
 
 
 def test_xbzrle_decode_sample():
-    # skip 0, write 2 bytes e7 6f (spec §4.6)
+    # skip 0, write 2 bytes e7 6f (migration/xbzrle.c)
     page = ram.xbzrle_decode(bytes.fromhex("0002e76f"), bytes(4096))
     assert page[:2] == b"\xe7\x6f" and not any(page[2:])
     with pytest.raises(ram.XbzrleError):

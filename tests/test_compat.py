@@ -1,4 +1,4 @@
-"""Compat data (conformance/compat/data) and model: schema, model semantics, the compat
+"""Compat data (conformance/rules/compat/data) and model: schema, model semantics, the compat
 promise as a property, and facts cross-checked against the real 7.2 and 10.0 binaries
 (`qemu` marker: skipped with a reason when a binary is absent, failing under CI=true)."""
 
@@ -161,7 +161,7 @@ def test_globals_applied_last_and_parsed():
     assert wire_properties("10.0", "pc-i440fx-10.0", ["migration.send-switchover-start=off"])["send-switchover-start"] == "off"
 
 
-# (version, machine) -> expected wire knobs, from compat-properties.md / wire-format.md 1.8
+# (version, machine) -> expected wire knobs, from the hw_compat_* arrays (hw/core/machine.c) of each release
 WIRE_FACTS = [
     ("7.2", "pc-i440fx-2.3", {"send-configuration": "off", "send-section-footer": "off", "store-global-state": "off"}),
     ("7.2", "pc-i440fx-2.4", {"send-configuration": "on", "send-section-footer": "on", "store-global-state": "on"}),

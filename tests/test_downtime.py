@@ -1,6 +1,6 @@
-"""The strict downtime SLA model and the QEMU 10.0 downtime trace analyser
-(conformance.rules.downtime): properties, committed real traces, and a real 10.0 → 10.0
-migration traced on both sides."""
+"""The strict downtime SLA model (conformance.rules.downtime) and the QEMU 10.0 downtime
+trace analyser (conformance.tools.downtime): properties, committed real traces, and a real
+10.0 → 10.0 migration traced on both sides."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pytest
 from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
 
-from conformance.rules.downtime import (
-    SlaClock,
-    SlaCommand,
+from conformance.rules.downtime import SlaClock, SlaCommand, simulate, sla_violations
+from conformance.tools.downtime import (
     TraceFormatError,
     add_downtime_parser,
     analyse,
@@ -23,8 +22,6 @@ from conformance.rules.downtime import (
     parse_trace,
     read_trace,
     section_costs,
-    simulate,
-    sla_violations,
     trace_side,
 )
 from strategies.downtime import MAX_COST_US, sla_cases, sla_commands, section_costs as cost_lists

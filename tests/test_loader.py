@@ -1,4 +1,4 @@
-"""The reference loader judges streams as QEMU 7.2 / 10.0 destinations do (spec validation.md)."""
+"""The reference loader judges streams as QEMU 7.2 / 10.0 destinations do (the codes: docs/violations.md)."""
 
 import io
 import struct

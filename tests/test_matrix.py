@@ -17,7 +17,6 @@ import pytest
 
 from conformance.rules import compat
 from conformance.tools.matrix import (
-    _EXTRA_DEVICE_SETS,
     CAPABILITY_SETS,
     DEFAULT_CAPS,
     DEFAULT_DEVICES,
@@ -42,7 +41,9 @@ from conformance.tools.matrix import (
     predict_cell,
     run_cell,
 )
-from conformance.tools.matrix_report import ProgressBar, cell_text, format_text, render_html
+from conformance.tools.matrix.command import split_values
+from conformance.tools.matrix.grid import EXTRA_DEVICE_SETS
+from conformance.tools.matrix.report import ProgressBar, cell_text, format_text, render_html
 from conformance.qemu import DEVICE_SETS, LoadVerdict, MigrationFailed, QemuExited, QemuTimeout, QmpCommandError
 
 
@@ -256,7 +257,7 @@ def test_report_html_is_self_contained_and_escaped():
 
 
 def test_findings_are_grouped():
-    from conformance.tools.matrix_report import group_findings
+    from conformance.tools.matrix.report import group_findings
 
     v = {"code": "missing-footer", "severity": "reject", "channel": "main", "offset": 345433,
          "message": "Missing section footer for timer", "section": "timer (id 0)"}
@@ -320,11 +321,9 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_parser_defaults_and_lists():
     a = _args("--qemu", "7.2", "--qemu", "10.0", "--machines", "pc-q35-7.2", "pc-i440fx-7.2,pc-q35-5.2",
               "--caps", "none", "--caps", "validate-uuid")
-    from conformance.tools.matrix import _split
-
     assert a.qemu == ["7.2", "10.0"] and a.workers == 2 and a.json is None and a.html is None
-    assert _split(a.machines) == ["pc-q35-7.2", "pc-i440fx-7.2", "pc-q35-5.2"]
-    assert _split(a.caps) == ["none", "validate-uuid"]
+    assert split_values(a.machines) == ["pc-q35-7.2", "pc-i440fx-7.2", "pc-q35-5.2"]
+    assert split_values(a.caps) == ["none", "validate-uuid"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -439,7 +438,7 @@ def test_explains_a_missing_device_section(matrix_store: CaptureStore):
     """The destination lacks the source's virtio-rng: it fails at that section, which the
     explanation finds in the stream, with what the destination's -dump-vmstate knows."""
     spec = CellSpec("10.0", "7.2", "pc-q35-7.2", "ahci-cd+vga+serial+balloon+rng", "none")
-    no_rng = list(_EXTRA_DEVICE_SETS[spec.devices])
+    no_rng = list(EXTRA_DEVICE_SETS[spec.devices])
     assert no_rng[-2:] == ["-device", "virtio-rng-pci"]
     real = _load_elsewhere(matrix_store, spec, no_rng[:-2])
     assert real.kind == "failed" and "Unknown savevm section or instance" in real.message, real

@@ -632,7 +632,8 @@ def test_capture_pages(name):
 
 
 def test_capture_72_sends_some_pages_twice():
-    """Fact of the 7.2 source (spec §5.5 says pages are never sent twice between syncs): at
+    """Fact of the 7.2 source (a reading of migration/multifd.c would say pages are never sent twice
+    between syncs): at
     packet boundaries the last page of one packet can open the next one, on the other
     channel, between the same two sync points. Seen in most 7.2 runs, never in 10.0."""
     where = collections.defaultdict(list)

@@ -6,7 +6,7 @@
   the cut (it ends where the network failed, nothing else wrong), the new main channel
   (no header) checked as a recovery channel after the old one, and both return paths;
 * multifd + postcopy: 7.2 accepts the pair (run for real: what happens is asserted as this
-  run's facts), 10.0 refuses it over QMP with the text of capabilities.md.
+  run's facts), 10.0 refuses it over QMP (migrate_caps_check, migration/options.c).
 
 The guest RAM is a file of random bytes; after each migration the destination's RAM is
 compared with it (the pages the guest never wrote).
@@ -38,7 +38,7 @@ from wireformat.reader import DecodeError, StreamReader
 from wireformat.returnpath import iter_messages
 
 PAGE = 4096
-MULTIFD_REFUSED = "Postcopy is not yet compatible with multifd"  # capabilities.md §3, 8.1..10.0
+MULTIFD_REFUSED = "Postcopy is not yet compatible with multifd"  # migration/options.c, 8.1..10.0
 # the guest writes below 2 MiB (SeaBIOS, the kernel loaded at 1 MiB) and near the top
 # (observed with 128 MiB: SeaBIOS's relocated code at 0x6fe2000..0x7000000, tables in the
 # last 128 KiB); the reader kernel only reads: the pages in between must be the source's

@@ -18,6 +18,7 @@ from conformance.qemu import (
     QemuExited,
     QemuNotFound,
     QemuProcess,
+    QemuTimeout,
     QmpCommandError,
     capture_stream,
     discover,
@@ -175,6 +176,33 @@ def test_stalled_stream_is_reported_as_hung(qemu, tmp_path):
     assert v.status in ("setup", "active")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(fifo) not in ps  # the exec: helper died with QEMU
+
+
+# ------------------------------------------------------------------ QMP events and out-of-band commands
+
+@pytest.mark.parametrize("version", QEMU_VERSIONS)
+def test_events_and_out_of_band_commands(qemu, version):
+    """cont on a stopped (-S) guest announces RESUME, stop announces STOP, quit SHUTDOWN;
+    the events stay readable once the process is gone. exec-oob reaches QEMU's dispatcher,
+    which refuses commands not marked allow-oob (monitor/qmp-dispatch.c)."""
+    with QemuProcess(qemu(version), ["-machine", SHARED_MACHINE], cmd_timeout=10.0) as q:
+        assert q.events() == []
+        q.cmd("cont")
+        assert q.wait_event("RESUME", 5.0)["event"] == "RESUME"
+        seen = len(q.events())
+        q.cmd("stop")
+        assert q.wait_event("STOP", 5.0, since=seen)["event"] == "STOP"
+        with pytest.raises(QemuTimeout):
+            q.wait_event("RESUME", 0.2, since=seen)  # the earlier RESUME is before `since`
+        with pytest.raises(QmpCommandError, match="does not support OOB"):
+            q.execute_oob("query-status")
+        with pytest.raises(QmpCommandError) as e:  # allowed out of band; refused only for the state
+            q.execute_oob("migrate-pause")
+        assert "OOB" not in e.value.desc and "postcopy" in e.value.desc
+        q.cmd("quit")
+        assert q.wait_event("SHUTDOWN", 5.0)["event"] == "SHUTDOWN"
+    assert not q.alive()
+    assert [e["event"] for e in q.events()] == ["RESUME", "STOP", "SHUTDOWN"]
 
 
 # ------------------------------------------------------------------ process hygiene

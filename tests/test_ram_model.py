@@ -1,4 +1,4 @@
-"""The multifd RAM reference model (conformance/ram_model.py) under generated transfers and
+"""The multifd RAM reference model (conformance/rules/ram_model.py) under generated transfers and
 delivery schedules (strategies/transfers.py), and on the real 7.2 / 10.0 captures.
 
 What the properties say: every schedule the protocol permits ends with the source's RAM and

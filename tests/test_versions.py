@@ -95,7 +95,7 @@ print(json.dumps({
     "target_help": check.help,
     "check": [code, json.loads(out.getvalue())["target"]],
     "mutations": sorted(mutations.ALL_VERSIONS),
-    "switchover_start": sorted(mutations.BY_NAME["switchover-start"].accepted_by),
+    "switchover_start": sorted(next(m for m in mutations.MUTATIONS if m.name == "switchover-start").accepted_by),
     "stream_targets": sorted(find(precopy_streams(), lambda g: True).targets),
 }))
 """

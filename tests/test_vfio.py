@@ -3,7 +3,7 @@ parse, truncation, hostile sizes, the documented config-state framing heuristic,
 device-state buffer carried in a multifd device-state packet.
 
 No VFIO device is available to the project, so there are no real captures here: the
-byte layouts are those of the spec (wire-format.md §6)."""
+byte layouts are read from QEMU's hw/vfio/migration.c and hw/vfio/migration-multifd.c."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_marker_values():
 
 
 def test_section_shapes():
-    """The section bodies a 10.x source writes (spec §6.1)."""
+    """The section bodies a 10.x source writes (hw/vfio/migration.c)."""
     start = be64(V.DEV_SETUP_STATE) + END_B
     m = V.parse_markers(start, offset=100, section="vfio (id 5)")
     assert shape(m) == [(V.DEV_SETUP_STATE, None, None), (END, None, None)]
@@ -224,7 +224,7 @@ def test_device_state_too_short(cut):
 
 def test_device_state_over_multifd():
     """A save thread's output on one channel: data buffers idx 0..k-1, then the config
-    buffer (idx k, CONFIG_STATE) whose data is a DEV_CONFIG_STATE group (spec §6.2)."""
+    buffer (idx k, CONFIG_STATE) whose data is a DEV_CONFIG_STATE group (hw/vfio/migration-multifd.c)."""
     config = b"\x10" * 64
     buffers = [VfioDeviceState(idx=0, data=b"A" * 100), VfioDeviceState(idx=1, data=b"B" * 50),
                VfioDeviceState(idx=2, flags=V.VFIO_DEVICE_STATE_CONFIG_STATE,

@@ -1,4 +1,4 @@
-"""The VFIO device-state reassembly model (conformance/vfio_model.py) under generated arrival
+"""The VFIO device-state reassembly model (conformance/rules/vfio_model.py) under generated arrival
 orders and caps (strategies/vfio.py).
 
 The central property: for every arrival order and cap, either every device's state is

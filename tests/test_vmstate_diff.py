@@ -1,4 +1,4 @@
-"""vmstate-diff: two -dump-vmstate files compared per direction (conformance/vmstate_diff.py),
+"""vmstate-diff: two -dump-vmstate files compared per direction (conformance/tools/vmstate_diff.py),
 on synthetic dumps, on the real 7.2/10.0 dumps in tests/data, and against real migrations."""
 
 from __future__ import annotations

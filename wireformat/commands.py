@@ -1,4 +1,5 @@
-"""QEMU_VM_COMMAND records: `be16 cmd`, `be16 len`, `len` payload bytes (spec §2).
+"""QEMU_VM_COMMAND records: `be16 cmd`, `be16 len`, `len` payload bytes (QEMU
+migration/savevm.c, enum qemu_vm_cmd and mig_cmd_args).
 
 The framing is kept apart from the payload so that a payload of the wrong length still
 frames (a destination reports it as a bad length, we must be able to say so too).

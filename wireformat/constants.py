@@ -1,6 +1,6 @@
 """Wire constants of the QEMU migration stream, under QEMU's own names.
 
-Values are facts of the format (shared/spec/wire-format.md); nothing here says what a
+Values are facts of the format (QEMU migration/savevm.c, ram.c, migration.c); nothing here says what a
 destination accepts — that is conformance's job.
 """
 
@@ -32,7 +32,6 @@ class SectionType(IntEnum):
 
 FULL_HEADER_TYPES = (SectionType.QEMU_VM_SECTION_START, SectionType.QEMU_VM_SECTION_FULL)
 SHORT_HEADER_TYPES = (SectionType.QEMU_VM_SECTION_PART, SectionType.QEMU_VM_SECTION_END)
-SECTION_TYPES = FULL_HEADER_TYPES + SHORT_HEADER_TYPES
 
 
 class MigCmd(IntEnum):
@@ -68,9 +67,6 @@ MIG_CMD_FIXED_LEN = {
     MigCmd.MIG_CMD_POSTCOPY_RESUME: 0,
     MigCmd.MIG_CMD_SWITCHOVER_START: 0,
 }
-
-MIG_CMD_POSTCOPY_RAM_DISCARD_VERSION = 0
-MAX_PACKAGED_SIZE = 0xFFFFFFFF
 
 
 class MigRpMsg(IntEnum):
@@ -117,7 +113,6 @@ RAM_SECTION_IDSTR = "ram"
 RAM_SECTION_VERSION = 4
 
 # Configuration subsections (savevm.c vmstate_configuration)
-CONFIGURATION_VMSD = "configuration"
 SUBSECTION_TARGET_PAGE_BITS = "configuration/target-page-bits"
 SUBSECTION_CAPABILITIES = "configuration/capabilities"
 SUBSECTION_UUID = "configuration/uuid"

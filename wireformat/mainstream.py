@@ -1,5 +1,5 @@
 """Main-stream framing: file header, CONFIGURATION, section headers and footers,
-EOF and the VMDESCRIPTION trailer (spec wire-format.md §1), plus `build_record`, the
+EOF and the VMDESCRIPTION trailer (QEMU migration/savevm.c), plus `build_record`, the
 inverse of the reader for every record type.
 """
 

@@ -1,5 +1,5 @@
-"""Multifd channels: the initial packet, RAM packets and device-state packets (spec
-wire-format.md §5).
+"""Multifd channels: the initial packet, RAM packets and device-state packets (QEMU
+migration/multifd.h, migration/multifd.c).
 
 A multifd channel is its own TCP connection: a 64-byte initial packet, then packets until
 the connection closes. Every packet starts with the same 12 bytes (magic, version,
@@ -44,7 +44,7 @@ from .reader import DecodeError
 from .records import Record
 from .window import Window
 
-# --- flags (spec §5.4), QEMU's names ----------------------------------------------------
+# --- flags (migration/multifd.h), QEMU's names ------------------------------------------
 
 MULTIFD_FLAG_SYNC = 0x1
 MULTIFD_FLAG_NOCOMP = 0 << 1
@@ -222,9 +222,6 @@ class MultifdDeviceStatePacket(Record):
     @property
     def is_sync(self) -> bool:
         return bool(self.flags & MULTIFD_FLAG_SYNC)
-
-
-MultifdPacket = MultifdRamPacket | MultifdDeviceStatePacket
 
 
 # --- helpers shared by the codec and the reader ---------------------------------------------
@@ -584,6 +581,3 @@ class MultifdChannelReader:
         data = w.take(n, self.copy, "RAM packet data", off)
         return _ram_record(h, raw_name, arr, data, offset=off, channel=self.channel)
 
-
-def iter_channel(src: BinaryIO, channel: str = "multifd0", **kw) -> Iterator[Record]:
-    return iter(MultifdChannelReader(src, channel, **kw))

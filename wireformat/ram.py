@@ -1,4 +1,4 @@
-"""The `ram` section payload: RAM_SAVE_FLAG_* records (spec wire-format.md §4).
+"""The `ram` section payload: RAM_SAVE_FLAG_* records (QEMU migration/ram.c).
 
 Parse parameters (keyword arguments of `RamRecordStruct.parse`/`build`):
   page_size          target page size (4096 on x86)
@@ -124,7 +124,7 @@ def _names_block(ctx):
 
 
 # The definition of a RAM record. The reader has a hand-written fast path for PAGE and
-# ZERO records; tests/test_ram.py proves the two agree.
+# ZERO records; tests/test_reader.py proves the two agree.
 RamRecordStruct = Struct(
     "word" / RamWord,
     "block" / If(_names_block, CountedString),
@@ -183,7 +183,7 @@ def build_record(rec: RamRecord, **params) -> bytes:
     return RamRecordStruct.build({"word": {"addr": rec.addr, "flags": rec.flags}, "block": rec.block, "body": body}, **p)
 
 
-# --- XBZRLE payload (spec §4.6): pairs of ULEB128 (zero run, new-bytes run) ---------------
+# --- XBZRLE payload (migration/xbzrle.c): pairs of ULEB128 (zero run, new-bytes run) -------
 
 
 class XbzrleError(ValueError):

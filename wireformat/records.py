@@ -2,6 +2,8 @@
 
 Every record knows the channel it came from and the byte offset where it starts there.
 Fields are the wire fields; nothing here is a judgement about whether they are allowed.
+`summary()` gives a record as one line of plain data (JSON-ready, like scapy's mysummary):
+what `migconform dump` shows of it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ class Record:
     def kind(self) -> str:
         return type(self).__name__
 
+    def summary(self) -> dict:
+        """Where the record is; subclasses say what it holds."""
+        return {"offset": self.offset}
+
 
 @dataclass(slots=True, kw_only=True)
 class FileHeader(Record):
     magic: int
     version: int
+
+    def summary(self) -> dict:
+        return {"magic": f"{self.magic:#010x}", "version": self.version}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -57,6 +66,11 @@ class Configuration(Record):
         sub = self.subsection("configuration/uuid")
         return sub.value if sub else None
 
+    def summary(self) -> dict:
+        uuid = self.uuid
+        return {"machine_type": self.machine_type, "capabilities": self.capabilities,
+                "uuid": uuid.hex() if uuid else None, "subsections": [s.name for s in self.subsections]}
+
 
 @dataclass(slots=True, kw_only=True)
 class SectionHeader(Record):
@@ -74,6 +88,12 @@ class SectionHeader(Record):
     @property
     def type_name(self) -> str:
         return SectionType(self.section_type).name.removeprefix("QEMU_VM_")
+
+    def summary(self) -> dict:
+        out = {"type": self.type_name, "offset": self.offset, "section_id": self.section_id}
+        if self.is_full:
+            out.update(idstr=self.idstr, instance_id=self.instance_id, version_id=self.version_id)
+        return out
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,6 +131,11 @@ class Command(Record):
         except ValueError:
             return f"MIG_CMD_0x{self.cmd:x}"
 
+    def summary(self, name: str | None = None) -> dict:
+        """`name`: the command's name where the id is not QEMU's (a proposed command)."""
+        return {"offset": self.offset, "name": name or self.name, "len": len(self.data), "args": self.args,
+                "depth": self.depth}
+
 
 @dataclass(slots=True, kw_only=True)
 class PackageEnd(Record):
@@ -128,6 +153,9 @@ class VmDescription(Record):
     def complete(self) -> bool:
         return self.announced is None or self.announced == len(self.json)
 
+    def summary(self) -> dict:
+        return {"offset": self.offset, "length": len(self.json)}
+
 
 @dataclass(slots=True, kw_only=True)
 class TrailingData(Record):
@@ -135,6 +163,9 @@ class TrailingData(Record):
 
     length: int
     head: bytes
+
+    def summary(self) -> dict:
+        return {"offset": self.offset, "length": self.length}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -144,6 +175,13 @@ class RamBlockInfo:
     page_size: int | None = None  # postcopy, huge-page backed blocks
     mr_addr: int | None = None  # x-ignore-shared
     mapped_ram: Any = None  # mapped-ram header (dict)
+
+    def summary(self) -> dict:
+        """The block's length, and the optional fields its MEM_SIZE entry carries."""
+        out = {"used_length": self.used_length}
+        out.update((k, v) for k, v in (("page_size", self.page_size), ("mr_addr", self.mr_addr),
+                                       ("mapped_ram", self.mapped_ram)) if v is not None)
+        return out
 
 
 @dataclass(slots=True, kw_only=True)

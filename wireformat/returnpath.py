@@ -1,4 +1,5 @@
-"""Return-path messages, destination to source: `be16 type`, `be16 len`, payload (spec §3).
+"""Return-path messages, destination to source: `be16 type`, `be16 len`, payload (QEMU
+migration/migration.c, enum mig_rp_message_type).
 
 RECV_BITMAP is followed, outside the message, by the bitmap blob: `be64 size`, `size`
 bytes (little-endian bit order, bit i = page i), `be64` end marker.

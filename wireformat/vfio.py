@@ -1,4 +1,4 @@
-"""VFIO device state (spec wire-format.md §6): the markers of a VFIO section body on the
+"""VFIO device state (QEMU hw/vfio/migration.c, hw/vfio/migration-multifd.c): the markers of a VFIO section body on the
 main stream, and the VFIODeviceStatePacket carried in multifd device-state packets.
 
 Section body. A sequence of be64 markers (constants.VfioMigFlag):

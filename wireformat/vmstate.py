@@ -2,8 +2,8 @@
 
 A QEMU_VM_SECTION_FULL body (and the CONFIGURATION record body) is a device's
 vmstate fields back to back with no framing, followed by zero or more
-subsections (shared/spec/wire-format.md §1.6).  Field sizes come only from a
-description; this module uses the stream's own VMDESCRIPTION trailer (§1.7),
+subsections (QEMU migration/vmstate.c).  Field sizes come only from a
+description; this module uses the stream's own VMDESCRIPTION trailer (migration/savevm.c),
 whose device objects describe exactly what the source wrote.
 
 It also reads the other description format, the JSON written by

@@ -31,6 +31,8 @@ _KIND = {
 
 
 MAX_KEPT_BODIES = 32 << 20
+# records a stream has once: the key of `dump_stream`'s result they fill
+_ONE_OF = {FileHeader: "header", Configuration: "configuration", TrailingData: "trailing"}
 
 
 def _plain(v):
@@ -91,6 +93,7 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     try:
         for rec in reader:
             t = type(rec)
+            # counted: RAM pages per block, section parts and bytes
             if t is RamRun:
                 pages[last_block.get(rec.channel, "?")]["page" if rec.flags & 0x8 else "zero"] += rec.count
             elif t is RamRecord:
@@ -102,16 +105,14 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                     pages[last_block.get(rec.channel, "?")][label] += 1
                 elif kind == F.RAM_SAVE_FLAG_MEM_SIZE:
                     for b in rec.blocks:
-                        out["ram"]["blocks"].setdefault(b.name, {"used_length": b.used_length})
-                        extra = {k: getattr(b, k) for k in ("page_size", "mr_addr", "mapped_ram") if getattr(b, k) is not None}
-                        out["ram"]["blocks"][b.name].update(extra)
+                        info = b.summary()
+                        out["ram"]["blocks"].setdefault(b.name, {"used_length": info.pop("used_length")}).update(info)
                     other["mem_size"] += 1
                 else:
                     other[F(kind).name.removeprefix("RAM_SAVE_FLAG_").lower()] += 1
             elif t is SectionHeader:
                 if rec.is_full:
-                    cur = {"type": rec.type_name, "offset": rec.offset, "section_id": rec.section_id, "idstr": rec.idstr,
-                           "instance_id": rec.instance_id, "version_id": rec.version_id, "parts": 0, "bytes": 0}
+                    cur = {**rec.summary(), "parts": 0, "bytes": 0}
                     out["sections"].append(cur)
                     section_by_id[rec.section_id] = cur
                 else:
@@ -124,29 +125,23 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                     if fields and cur["type"] == "SECTION_FULL" and kept + len(rec.data) <= MAX_KEPT_BODIES:
                         bodies.append((cur, rec.data))
                         kept += len(rec.data)
+            # shown as the records say
             elif t is Command:
-                out["commands"].append({"offset": rec.offset, "name": commands.name(rec.cmd), "len": len(rec.data),
-                                        "args": rec.args, "depth": rec.depth})
-            elif t is FileHeader:
-                out["header"] = {"magic": f"{rec.magic:#010x}", "version": rec.version}
-            elif t is Configuration:
-                out["configuration"] = {"machine_type": rec.machine_type, "capabilities": rec.capabilities,
-                                        "uuid": rec.uuid.hex() if rec.uuid else None,
-                                        "subsections": [s.name for s in rec.subsections]}
+                out["commands"].append(rec.summary(commands.name(rec.cmd)))
+            elif t in _ONE_OF:
+                out[_ONE_OF[t]] = rec.summary()
             elif t is Eof:
                 if rec.depth == 0:
                     out["eof"] = rec.offset
             elif t is VmDescription:
                 vmdesc = rec.json if rec.complete else None
-                out["vmdescription"] = {"offset": rec.offset, "length": len(rec.json)}
+                out["vmdescription"] = rec.summary()
                 try:
                     desc = json.loads(rec.json)
                     out["vmdescription"]["devices"] = len(desc.get("devices", []))
                     out["vmdescription"]["page_size"] = desc.get("page_size")
                 except (ValueError, AttributeError):
                     out["vmdescription"]["devices"] = None
-            elif t is TrailingData:
-                out["trailing"] = {"offset": rec.offset, "length": rec.length}
     except DecodeError as e:
         out["error"] = str(e)
     for blk, counts in pages.items():

@@ -41,7 +41,7 @@ COMMANDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("conformance.tools.capdiff", "add_capdiff_parser",
      {"capdiff": "compare the compat model's capability/parameter rules with real QEMU binaries "
                  "(exit 0 agree, 1 disagreement, 2 error)"}),
-    ("conformance.rules.downtime", "add_downtime_parser",
+    ("conformance.tools.downtime", "add_downtime_parser",
      {"downtime": "analyse QEMU 10.0 vmstate_downtime_* trace logs of a migration "
                   "(exit 0, 2 on unreadable/foreign files)"}),
     ("conformance.cli.qemu", "add_demo_parser", {"demo": "capture a stream from each installed QEMU and check it"}),

@@ -24,10 +24,6 @@ class LoadVerdict:
     version: str = ""  # full version of the destination
     duration: float = 0.0
 
-    @property
-    def last_error(self) -> str | None:
-        return self.error_lines[-1] if self.error_lines else None
-
 
 def start_destination(binary: QemuBinary, *, machine: str, devices: str = "none", mem_mb: int = 64,
                       ram_file: Path | str | None = None, capabilities: Mapping[str, bool] | None = None,

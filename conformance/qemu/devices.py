@@ -82,7 +82,6 @@ DIRTIER_BOOT_SECTOR = bytes.fromhex(
     "72ef"          # jb mov es, bx
     "ebea"          # jmp mov bx, 0x2000
 )
-DIRTIED_PAGES = range(0x20000, 0x90000, 0x1000)
 
 
 def make_dirtier_disk(path: Path | str) -> Path:

@@ -95,6 +95,7 @@ class QemuProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._qmp: QMPClient | None = None
         self._stderr_cache: str | None = None
+        self._event_history: list[dict] = []  # what the client had received when it was disconnected
         self.started_at = 0.0
         _live.add(self)  # even unstarted: terminate() removes the private dir
 
@@ -156,6 +157,7 @@ class QemuProcess:
             except subprocess.TimeoutExpired:
                 raise QemuError(f"QEMU pid {proc.pid} did not die within {timeout:.0f} s of SIGKILL") from None
         if self._qmp is not None:
+            self._event_history = self.events()
             try:
                 self._run(self._qmp.disconnect(), 2.0)
             except BaseException:  # the peer is gone; whatever the client says about it is moot
@@ -232,13 +234,58 @@ class QemuProcess:
     def cmd(self, name: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None,
             **kwargs: Any) -> Any:
         """Run a QMP command (arguments as a dict, for hyphenated names, or as keywords)."""
+        return self._execute(name, {**(args or {}), **kwargs}, timeout, oob=False)
+
+    def execute_oob(self, name: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None,
+                    **kwargs: Any) -> Any:
+        """Run a QMP command out of band (exec-oob): QEMU answers it from the monitor's own
+        thread, even while its main loop is blocked (e.g. migrate-recover while a vCPU waits
+        for a page). Only commands QEMU allows out of band are accepted."""
+        return self._execute(name, {**(args or {}), **kwargs}, timeout, oob=True)
+
+    def events(self, *, wait: float = 0.0) -> list[dict]:
+        """Every QMP event received so far, oldest first; kept once the process is gone.
+        `wait`: first let the client read for that many seconds without sending a command
+        (events come from QEMU's other threads even while its main loop is blocked)."""
+        if self._qmp is None:
+            return list(self._event_history)
+        if wait > 0:
+            try:
+                self._run(asyncio.sleep(wait), wait + 1.0)
+            except asyncio.TimeoutError:
+                pass
+        return [dict(e) for e in self._qmp.events.history]
+
+    def wait_event(self, name: str, timeout: float, *, since: int = 0) -> dict:
+        """The first event `name` among the events from index `since` on (see events()),
+        waiting up to `timeout` seconds for it; QemuTimeout if none comes, QemuExited if
+        the process ends first."""
+        deadline = time.monotonic() + timeout
+        drained = False
+        while True:
+            gone = not self.alive() or self._qmp is None
+            found = next((e for e in self.events()[since:] if e.get("event") == name), None)
+            if found is not None:
+                return found
+            if gone:
+                if not drained and self._qmp is not None:  # what it sent before it died may be unread
+                    drained = True
+                    self.events(wait=0.05)
+                    continue
+                self._check_alive(f"waiting for event {name}")
+                raise QemuError(f"event {name}: QEMU is not running")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QemuTimeout(f"no {name} event within {timeout:.0f} s")
+            self.events(wait=min(0.02, left))
+
+    def _execute(self, name: str, arguments: dict, timeout: float | None, *, oob: bool) -> Any:
         if self._qmp is None:
             self._check_alive(f"before QMP {name}")
             raise QemuError(f"QMP {name}: not connected")
-        arguments = {**(args or {}), **kwargs}
         t = self.cmd_timeout if timeout is None else timeout
         try:
-            return self._run(self._qmp.execute(name, arguments or None), t)
+            return self._run(self._qmp.execute(name, arguments or None, oob=oob), t)
         except ExecuteError as e:
             raise QmpCommandError(name, e.error_class, str(e)) from None
         except asyncio.TimeoutError:

@@ -1,5 +1,5 @@
-"""Multifd channels judged together with their main stream (spec wire-format.md §5,
-validation.md §5): a sans-IO model fed the records of every channel.
+"""Multifd channels judged together with their main stream (QEMU migration/multifd.c; the
+codes: docs/violations.md): a sans-IO model fed the records of every channel.
 
 What a real destination does with bad multifd data matters for the severity: errors in a
 channel's initial packet end the load; a damaged packet or a missing SYNC leaves the

@@ -156,7 +156,7 @@ class Loader:
         self.blocks: dict[str, int] = {}
         self.blocks_announced = False
         self.last_block: dict[str, str] = {}  # per channel, survives section boundaries
-        self.device_bodies: list[tuple[str | None, int, bytes]] = []
+        self.device_bodies: list[tuple[str | None, int, bytes, int]] = []  # (idstr, instance, body, offset)
         self._kept = 0
         self.vmdescription: bytes | None = None
         self.saw_eof = False

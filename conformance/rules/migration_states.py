@@ -5,8 +5,9 @@ Pure data and functions (no processes). The values are QAPI's `MigrationStatus`,
 capability is on. Each side has its own state; a transition is taken with a compare-and-swap
 from an expected old state, so only the edges below can ever be seen.
 
-Sources: shared/spec/state-machine.md (source reading and VERIFIED sequences), and what the
-real 7.2.22 and 10.0.2 binaries did in tests/test_postcopy_states.py (noted "observed"):
+Sources: QEMU's migrate_set_state calls (migration/migration.c, savevm.c, postcopy-ram.c) and
+qapi/migration.json, and what the real 7.2.22 and 10.0.2 binaries did in
+tests/test_postcopy_states.py (noted "observed"):
 
 * the 7.2 destination emits a MIGRATION event `setup` when `migrate-incoming` (and
   `migrate-recover`) starts listening, without changing its state: query-migrate shows no

@@ -1,9 +1,8 @@
-"""What a destination of a given QEMU version accepts (spec validation.md).
+"""What a destination of a given QEMU version accepts (the codes: docs/violations.md).
 
 Only versions whose behaviour was checked on a real binary are modelled; the rest of the
-history (spec wire-format.md §10) is read from QEMU's sources and is not claimed here.
-The facts per version are rows of conformance/versions.py; a profile adds the machine
-types the version's compat data lists.
+history is read from QEMU's sources and is not claimed here. The facts per version are rows of
+conformance/versions.py; a profile adds the machine types the version's compat data lists.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Reference model of a destination's guest RAM under multifd sync semantics (spec
-wire-format.md §5.5), sans-IO: events in, RAM state and violations out.
+"""Reference model of a destination's guest RAM under multifd sync semantics (QEMU
+migration/multifd.c), sans-IO: events in, RAM state and violations out.
 
 Lanes. The destination reads the main stream and N multifd channels, each in order (FIFO);
 between lanes nothing is ordered except by the sync barrier:

@@ -1,4 +1,4 @@
-"""Switchover-ack (8.1+, spec wire-format.md §8): a sans-IO model of both ends and a
+"""Switchover-ack (8.1+, QEMU migration/savevm.c, hw/vfio/migration.c): a sans-IO model of both ends and a
 checker of what passes between them.
 
 What each end decides, device by device (a VFIO device's precopy support depends on the
@@ -133,12 +133,6 @@ class Setup:
             return ()
         expected = set(self.counted)
         return tuple(n for n in self.senders if n not in expected)
-
-    @property
-    def never_sent(self) -> tuple[str, ...]:
-        """Devices the destination waits for whose source side never sends the marker."""
-        senders = set(self.senders)
-        return tuple(n for n in self.counted if n not in senders)
 
 
 class Kind(str, Enum):

@@ -1,5 +1,5 @@
-"""Reference model of a destination reassembling VFIO device state sent over multifd (spec
-wire-format.md §6.2, validation.md §6; QEMU hw/vfio/migration-multifd.c, 10.0/10.1),
+"""Reference model of a destination reassembling VFIO device state sent over multifd (QEMU
+hw/vfio/migration-multifd.c, 10.0/10.1; the codes: docs/violations.md),
 sans-IO: buffer arrivals in, per-device load state and violations out. No device here.
 
 Each device-state packet carries a VFIODeviceStatePacket (be32 version 0, be32 idx, be32

@@ -6,7 +6,8 @@ QEMU whose capabilities and parameters are at their start-up values, as at most 
 commands (parameters first or capabilities first). The *answer* is, per command, accepted or
 the error ``desc`` QEMU gives. `model_answer` predicts it from `conformance.rules.compat`
 (`capability_errors`, the per-release capability rules) plus the small parameter model of this
-module; `CapSession` asks a real QEMU, reusing one process across settings.
+module; `conformance.qemu.CapSession` asks a real QEMU, reusing one process across settings
+(`real_answer`, `check`).
 
 What is modelled where
 * capability names and the rules of `migrate_caps_check`: `conformance.rules.compat.capability_errors`
@@ -15,8 +16,9 @@ What is modelled where
   `Environment` (TCG vs KVM dirty ring, userfaultfd write-protect, replication support,
   compiled-in multifd compression methods), probed once per process;
 * parameters (`PARAMETERS`): which exist per release, their value ranges and the parameter
-  checks that read capabilities, from shared/spec/capabilities.md section 4 and QAPI's input
-  rules. The compat data has no parameter rules; these live here.
+  checks that read capabilities, from QEMU's qapi/migration.json (MigrationParameters, input
+  rules of the QAPI visitor) and `migrate_params_check` (migration/options.c; in 7.2,
+  migration/migration.c). The compat data has no parameter rules; these live here.
 
 Normalisation of error texts (`normalise_error`, `same_error`): whitespace is collapsed and a
 trailing full stop dropped on both sides; the model may add an explanation in parentheses at
@@ -32,18 +34,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from conformance.qemu.capsession import CAPS_COMMAND, PARAMS_COMMAND, CapSession, HostFacts
 from conformance.rules.compat import capabilities as _capdata
 from conformance.rules.compat import capability_errors, load
 from conformance.versions import version_key
 
-CAPS_COMMAND = "migrate-set-capabilities"
-PARAMS_COMMAND = "migrate-set-parameters"
-
 __all__ = [
-    "CAPS_COMMAND", "PARAMS_COMMAND", "PARAMETERS", "KNOWN_DISCREPANCIES", "Answer", "CapSession",
-    "CapSetting", "Discrepancy", "Environment", "Mismatch", "Step", "all_capability_names",
-    "capability_names", "compare", "known_discrepancy", "model_answer", "normalise_error", "run_capdiff",
-    "same_error", "setting_strategy", "settings_upto", "add_capdiff_parser", "cmd_capdiff",
+    "CAPS_COMMAND", "PARAMS_COMMAND", "PARAMETERS", "KNOWN_DISCREPANCIES", "Answer", "CapSetting",
+    "Discrepancy", "Environment", "Mismatch", "Step", "all_capability_names", "capability_names", "check",
+    "compare", "environment", "known_discrepancy", "model_answer", "normalise_error", "open_session",
+    "real_answer", "run_capdiff", "same_error", "setting_strategy", "settings_upto", "add_capdiff_parser",
+    "cmd_capdiff",
 ]
 
 
@@ -250,7 +251,7 @@ def _param_error(version: str, params: Mapping[str, Any], caps: set[str], curren
     if "zero-copy-send" in caps and new_compression != "none":
         return ZERO_COPY_ERROR  # checked on the values being set
     if "mapped-ram" in caps and current.get("multifd-compression", "none") != "none":
-        return MAPPED_RAM_PARAM_ERROR  # checked on the values in force (capabilities.md section 3)
+        return MAPPED_RAM_PARAM_ERROR  # checked on the values in force (migrate_params_check reads them)
     return None
 
 
@@ -342,7 +343,7 @@ def model_answer(version: str, setting: CapSetting, env: Environment | None = No
 @dataclass(frozen=True)
 class Discrepancy:
     """A disagreement between a real QEMU and the model that is the model's (or its data's)
-    fault, recorded until conformance/compat is fixed. `patches` is the proposed data fix:
+    fault, recorded until conformance/rules/compat is fixed. `patches` is the proposed data fix:
     a mismatch is explained by this entry only if the model with the fix gives the real answer."""
 
     id: str
@@ -355,7 +356,7 @@ class Discrepancy:
 
 
 # Recorded model errors (each with the data fix that makes the model agree). The first one
-# found, zero-copy-send-vs-xbzrle ending at 8.1, is fixed in conformance/compat's data.
+# found, zero-copy-send-vs-xbzrle ending at 8.1, is fixed in conformance/rules/compat's data.
 KNOWN_DISCREPANCIES: tuple[Discrepancy, ...] = ()
 
 
@@ -407,160 +408,30 @@ def compare(version: str, setting: CapSetting, real: Answer, model: Answer, env:
 
 # ---------------------------------------------------------------- a real QEMU
 
-class CapSession:
-    """One QEMU process answering settings one after the other: before each, capabilities and
-    the parameters of `PARAMETERS` are put back to their start-up values (and checked); if that
-    is refused or does not stick, or the process died, it is restarted."""
+def open_session(binary, machine: str = "pc-i440fx-7.2") -> CapSession:
+    """A CapSession (conformance.qemu) that restores the parameters of `PARAMETERS` too."""
+    return CapSession(binary, machine, parameters=PARAMETERS)
 
-    def __init__(self, binary, machine: str = "pc-i440fx-7.2", *, name: str | None = None):
-        self.binary = binary
-        self.version = binary.version
-        self.machine = machine
-        self.name = name or f"capdiff-{binary.version}"
-        self.q = None
-        self.names: list[str] = []
-        self.initial_caps: dict[str, bool] = {}
-        self.initial_params: dict[str, Any] = {}
-        self.env: Environment | None = None
-        self.restarts = 0
-        self.settings_run = 0
-        self._dirty = False
 
-    # lifecycle
-    def __enter__(self) -> "CapSession":
-        self.start()
-        return self
+def environment(host: HostFacts | None) -> Environment:
+    """The model's Environment for what a real QEMU says of its host and build."""
+    if host is None:
+        return Environment()
+    return Environment(kvm_dirty_ring=host.kvm_dirty_ring, uffd_write_protect=host.uffd_write_protect,
+                       replication=host.replication, compression_methods=host.compression_methods)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-    def start(self) -> None:
-        from conformance.qemu import QemuProcess
+def real_answer(session: CapSession, setting: CapSetting) -> Answer:
+    """The real answer to `setting`, from the start-up state."""
+    return Answer(tuple(Step(command, error) for command, error in session.apply(setting.steps())))
 
-        self.close()
-        q = QemuProcess(self.binary, ["-machine", self.machine], name=self.name, cmd_timeout=10.0)
-        q.start()
-        self.q = q
-        self.initial_caps = {c["capability"]: bool(c["state"]) for c in q.cmd("query-migrate-capabilities")}
-        self.names = list(self.initial_caps)
-        params = q.cmd("query-migrate-parameters")
-        self.initial_params = {k: params[k] for k in PARAMETERS if k in params}
-        if self.env is None:
-            self.env = self._probe_environment()
-        self._dirty = False
 
-    def close(self) -> None:
-        if self.q is not None:
-            self.q.terminate()
-            self.q = None
-
-    def restart(self) -> None:
-        self.restarts += 1
-        self.start()
-
-    # environment
-    def _probe_environment(self) -> Environment:
-        """Host/build facts, asked of this QEMU with single capabilities whose only check is the
-        environment one (then put back), query-kvm and the QMP schema."""
-        from conformance.qemu import QmpCommandError
-
-        q = self.q
-        kvm = bool(q.cmd("query-kvm").get("enabled"))
-        dirty_ring = False
-        if kvm:
-            try:
-                dirty_ring = int(q.cmd("qom-get", path="/machine/accel", property="dirty-ring-size")) > 0
-            except QmpCommandError:
-                dirty_ring = False
-
-        def accepted(cap: str, refusal: str) -> bool:
-            if cap not in self.names:
-                return True
-            try:
-                self._set_caps({cap: True})
-            except QmpCommandError as e:
-                if refusal not in e.desc:
-                    raise
-                return False
-            self._set_caps({cap: False})
-            return True
-
-        uffd = accepted("background-snapshot", "not supported by host kernel")
-        replication = accepted("x-colo", "without replication")
-        return Environment(kvm_dirty_ring=dirty_ring, uffd_write_protect=uffd, replication=replication,
-                           compression_methods=frozenset(self._compression_methods()))
-
-    def _compression_methods(self) -> set[str]:
-        schema = self.q.cmd("query-qmp-schema")
-        by_name = {e["name"]: e for e in schema}
-        cmd = next((e for e in schema if e.get("meta-type") == "command" and e["name"] == PARAMS_COMMAND), None)
-        if cmd is None:
-            return set()
-        stack = [by_name[cmd["arg-type"]]]
-        while stack:
-            obj = stack.pop()
-            for m in obj.get("members", []):
-                if m["name"] == "multifd-compression":
-                    return {v["name"] if isinstance(v, dict) else v
-                            for v in by_name[m["type"]].get("members", by_name[m["type"]].get("values", []))}
-            for b in obj.get("base", []) if isinstance(obj.get("base"), list) else []:
-                stack.append(by_name[b])
-        return set()
-
-    # commands
-    def _set_caps(self, caps: Mapping[str, bool]) -> None:
-        self.q.cmd(CAPS_COMMAND, capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
-
-    def reset(self) -> None:
-        from conformance.qemu import QemuError
-
-        if self.q is None or not self.q.alive():
-            self.restart()
-            return
-        if not self._dirty:
-            return
-        try:
-            self._set_caps(self.initial_caps)
-            self.q.cmd(PARAMS_COMMAND, dict(self.initial_params))
-            now = {c["capability"]: bool(c["state"]) for c in self.q.cmd("query-migrate-capabilities")}
-            params = self.q.cmd("query-migrate-parameters")
-            ok = now == self.initial_caps and all(params.get(k) == v for k, v in self.initial_params.items())
-        except QemuError:
-            ok = False
-        if not ok:
-            self.restart()
-        self._dirty = False
-
-    def apply(self, setting: CapSetting) -> Answer:
-        """The real answer to `setting`, from the start-up state."""
-        from conformance.qemu import QemuError, QmpCommandError
-
-        self.reset()
-        self.settings_run += 1
-        steps = []
-        for command, args in setting.steps():
-            self._dirty = True
-            try:
-                self.q.cmd(command, args)
-                steps.append(Step(command, None))
-            except QmpCommandError as e:
-                steps.append(Step(command, e.desc))
-            except QemuError as e:  # the process died or hung: say so, start afresh next time
-                steps.append(Step(command, f"QEMU failed: {e}"))
-                self.close()
-                break
-        return Answer(tuple(steps))
-
-    def model(self, setting: CapSetting) -> Answer:
-        if self.q is None:
-            self.start()
-        return model_answer(self.version, setting, self.env, self.initial_params)
-
-    def check(self, setting: CapSetting) -> tuple[Answer, Answer, Mismatch | None]:
-        """(real, model, mismatch or None) for one setting."""
-        real = self.apply(setting)
-        model = self.model(setting)
-        return real, model, compare(self.version, setting, real, model, self.env, self.initial_params)
+def check(session: CapSession, setting: CapSetting) -> tuple[Answer, Answer, Mismatch | None]:
+    """(real, model, mismatch or None) for one setting."""
+    real = real_answer(session, setting)
+    env = environment(session.host)
+    model = model_answer(session.version, setting, env, session.initial_params)
+    return real, model, compare(session.version, setting, real, model, env, session.initial_params)
 
 
 # ---------------------------------------------------------------- generation
@@ -641,10 +512,10 @@ def run_capdiff(binary, settings: Iterable[CapSetting], *, machine: str = "pc-i4
     import time
 
     t0 = time.monotonic()
-    with CapSession(binary, machine) as s:
-        rep = CapdiffReport(binary.version, binary.full_version, s.env)
+    with open_session(binary, machine) as s:
+        rep = CapdiffReport(binary.version, binary.full_version, environment(s.host))
         for setting in settings:
-            _, _, mm = s.check(setting)
+            _, _, mm = check(s, setting)
             rep.settings += 1
             if mm is not None:
                 rep.mismatches.append(mm)

@@ -1,18 +1,25 @@
 """`migconform demo`, the built-in default job: capture a stream from each installed QEMU,
 judge it as every modelled destination version would, and load it into every installed
-real destination to show that the verdicts agree."""
+real destination to show that the verdicts agree.
+
+A small matrix: its cells are (source version, destination version, machine type) with one
+device set and no capability, captured and loaded by the matrix's own store and cell runner;
+what the demo adds is the checker's full report for every modelled destination."""
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Callable
 
 from conformance.check.pipeline import check_stream
-from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types
+from conformance.qemu import QemuNotFound, discover, machine_types
+from conformance.tools.matrix.cell import load_cell
+from conformance.tools.matrix.grid import CellSpec
+from conformance.tools.matrix.store import CaptureStore
 from conformance.versions import VERSIONS, version_key
 
 EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
+CAPTURE_TIMEOUT, LOAD_TIMEOUT = 60.0, 30.0  # seconds
 
 
 def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_checker: Callable | None,
@@ -29,25 +36,25 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
     worst = EXIT_OK
     agree = disagree = 0
     with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
+        store = CaptureStore(tmp, found, mem_mb=mem_mb, timeout=CAPTURE_TIMEOUT)
         for version in versions:
             binary = found[version]
             # the shared machine type, and this version's newest (which older ones lack)
             newest = max((m for m in machine_types(binary) if m.startswith("pc-i440fx-")),
                          key=lambda m: version_key(m.rsplit("-", 1)[1]))
             for mach in dict.fromkeys([machine, newest]):
-                out = Path(tmp) / f"qemu-{version}-{mach}.mig"
                 print(f"== QEMU {binary.full_version} source, {mach}, {mem_mb} MiB, devices {devices}", flush=True)
-                try:
-                    cap = capture_stream(binary, out, machine=mach, mem_mb=mem_mb, devices=devices)
-                except QemuError as e:
-                    print(f"   capture failed: {e}")
+                cap = store.get((version, mach, devices, "none"))
+                if cap.path is None:
+                    print(f"   capture failed: {cap.outcome.message if cap.outcome else 'no stream'}")
                     worst = EXIT_ERROR
                     continue
-                print(f"   captured {cap.size} bytes in {cap.duration:.2f} s")
-                for target in VERSIONS:
-                    with open(out, "rb") as f:
-                        rep = check_stream(f, name=out.name, target=target, body_checker=body_checker,
-                                           body_sizer=body_sizer(str(out)), machine=mach)
+                print(f"   captured {cap.size} bytes in {cap.seconds:.2f} s")
+                for target in sorted(PROFILES, key=version_key):
+                    with open(cap.path, "rb") as f:
+                        rep = check_stream(f, name=f"qemu-{version}-{mach}.mig", target=target,
+                                           body_checker=body_checker, body_sizer=body_sizer(str(cap.path)),
+                                           machine=mach)
                     print("\n".join(("   " + line).rstrip() for line in report(rep).splitlines()))
                     if target not in found:
                         continue
@@ -55,10 +62,10 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
                         print(f"   real QEMU {found[target].full_version} has no machine type {mach}: "
                               "it cannot start a destination for this stream at all")
                         continue
-                    real = load_stream(found[target], out, machine=mach, devices=devices, mem_mb=mem_mb)
-                    errors = [line for line in real.error_lines if not line.startswith("warning:")]
-                    said = "completed" if real.completed else f"failed: {errors[0] if errors else real.status}"
-                    same = real.completed == (not rep.rejected)
+                    real = load_cell(CellSpec(version, target, mach, devices, "none"), store, cap.path,
+                                     timeout=LOAD_TIMEOUT)
+                    said = "completed" if real.ok else f"failed: {real.message}"
+                    same = real.ok == (not rep.rejected)
                     agree += same
                     disagree += not same
                     print(f"   real QEMU {found[target].full_version} destination: {said}"

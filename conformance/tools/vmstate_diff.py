@@ -120,10 +120,6 @@ class VmstateDiff:
     evidence: dict[str, str] = field(default_factory=dict)  # direction -> stream name
     ignored: list[Difference] = field(default_factory=list)  # left out on request (--ignore)
 
-    def by_verdict(self, verdict: str, direction: str | None = None) -> list[Difference]:
-        dirs = [direction] if direction else list(DIRECTIONS)
-        return [d for d in self.differences if any(d.verdict(x) == verdict for x in dirs)]
-
     def breaking(self, direction: str | None = None, *, strict: bool = False) -> list[Difference]:
         dirs = [direction] if direction else list(DIRECTIONS)
         bad = {BREAKS, WOULD_BREAK} if strict else {BREAKS}

@@ -35,8 +35,8 @@ __all__ = [
 DATA_PACKAGE = "conformance.rules.compat"
 SCHEMA = 1
 
-# Properties of the `migration` object that change the bytes of the stream (wire-format.md
-# section 1.8, compat-properties.md section 1). zero-page-detection is a migration parameter
+# Properties of the `migration` object that change the bytes of the stream (migration/options.c,
+# set per machine type by the hw_compat_* arrays of hw/core/machine.c). zero-page-detection is a migration parameter
 # that is also a property of the object (hw_compat_8_2 sets it).
 WIRE_PROPERTIES: tuple[str, ...] = (
     "send-configuration",
@@ -467,7 +467,7 @@ def predict(src_version: str, dst_version: str, machine: str, capabilities: Iter
                 note = "a 10.0+ destination handles SWITCHOVER_START whatever its own setting"
         elif knob == "multifd-flush-after-each-section" and s != d:
             if multifd:
-                fatal = "both ends must agree where multifd syncs happen (wire-format.md section 5.5)"
+                fatal = "both ends must agree where multifd syncs happen (migration/multifd.c)"
             else:
                 note = "no effect without the multifd capability"
         elif knob == "x-preempt-pre-7-2" and s != d:

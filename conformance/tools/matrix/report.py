@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from typing import Any, Mapping, TextIO
 
-VERDICTS = ("pass", "expected-fail", "disagree", "error")
 _TEXT_MARK = {"pass": "pass", "expected-fail": "xfail", "disagree": "DIFF", "error": "ERR"}
 _ANSI = {"pass": "32", "expected-fail": "36", "disagree": "1;31", "error": "1;33"}
 

@@ -1,0 +1,264 @@
+"""One cell of the matrix: what really happened (Outcome), what the checker says of the
+stream (CheckerVerdict), what the compat model predicts, and `run_cell`, which gets all
+three and the explanation."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+from conformance.check.pipeline import Report, check_stream, trailer_body_sizer, vmstate_body_check
+from conformance.qemu import (
+    MigrationFailed,
+    QemuBinary,
+    QemuError,
+    QemuExited,
+    QemuTimeout,
+    QmpCommandError,
+    error_lines,
+    feed,
+    start_destination,
+)
+from conformance.rules import compat
+from conformance.rules.profile import PROFILES
+from conformance.tools.matrix.explain import explain_cell
+from conformance.tools.matrix.grid import CellSpec, guest_args
+
+if TYPE_CHECKING:
+    from conformance.tools.matrix.store import CaptureStore
+
+OK_KINDS = ("completed",)
+
+
+@dataclass
+class Outcome:
+    """What really happened. kind: completed | failed | hung | unsupported-machine (a side
+    cannot start with that machine type) | refused (a side refuses the set-up, e.g. a
+    capability) | error (the harness could not get a verdict)."""
+
+    kind: str
+    side: str = "destination"  # where it happened: "source" or "destination"
+    message: str = ""
+    error_lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.kind in OK_KINDS
+
+    @property
+    def errors(self) -> list[str]:
+        """The error lines without QEMU's warnings."""
+        return _errors(self.error_lines)
+
+    @property
+    def said(self) -> str:
+        """What happened, as the rest of a sentence about the side ("the source ...")."""
+        return {"unsupported-machine": f"cannot start: {self.message}",
+                "refused": f"refused the set-up: {self.message}", "hung": f"hung: {self.message}",
+                "failed": f"failed: {self.message}", "error": f"harness error: {self.message}",
+                "completed": "completed"}.get(self.kind, self.message)
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Outcome":
+        return cls(**{k: d[k] for k in ("kind", "side", "message", "error_lines", "seconds") if k in d})
+
+
+def _errors(lines: Iterable[str]) -> list[str]:
+    return [ln for ln in lines if not ln.startswith("warning:")]
+
+
+def _first_error(lines: Sequence[str], default: str) -> str:
+    errs = _errors(lines)
+    return errs[0] if errs else default
+
+
+_UNSUPPORTED_MACHINE = re.compile(r"unsupported machine type|Unsupported machine type")
+
+
+def outcome_of_verdict(v) -> Outcome:
+    """An Outcome from a conformance.qemu LoadVerdict."""
+    if v.completed:
+        return Outcome("completed", "destination", "completed", list(v.error_lines), v.duration)
+    if v.hung:
+        return Outcome("hung", "destination", f"no verdict within the timeout (last status {v.status!r})",
+                       list(v.error_lines), v.duration)
+    # A LoadVerdict does not say whether the process died while starting or while loading
+    # (a load that fails at once exits before the first query-migrate answers, status None);
+    # run_cell starts the destination itself to tell. Only the machine type is recognised here.
+    if v.status is None and v.exit_code is not None and _UNSUPPORTED_MACHINE.search("\n".join(v.error_lines)):
+        return Outcome("unsupported-machine", "destination", _first_error(v.error_lines, "unsupported machine type"),
+                       list(v.error_lines), v.duration)
+    return Outcome("failed", "destination", _first_error(v.error_lines, f"status {v.status!r}, exit code {v.exit_code}"),
+                   list(v.error_lines), v.duration)
+
+
+def outcome_of_exception(e: BaseException, side: str, seconds: float = 0.0) -> Outcome:
+    """An Outcome for an adapter exception raised on `side`."""
+    if isinstance(e, QemuExited):
+        lines = error_lines(e.stderr)
+        if _UNSUPPORTED_MACHINE.search(e.stderr):
+            return Outcome("unsupported-machine", side, _first_error(lines, "unsupported machine type"), lines, seconds)
+        return Outcome("refused", side, _first_error(lines, str(e)), lines, seconds)
+    if isinstance(e, QmpCommandError):
+        return Outcome("refused", side, e.desc, [str(e)], seconds)
+    if isinstance(e, MigrationFailed):
+        return Outcome("failed", side, str(e.info.get("error-desc", e)), [str(e)], seconds)
+    if isinstance(e, QemuTimeout):
+        return Outcome("hung", side, str(e), [str(e)], seconds)
+    return Outcome("error", side, f"{type(e).__name__}: {e}", [str(e)], seconds)
+
+
+# ---------------------------------------------------------------- judging a stream
+
+@dataclass
+class CheckerVerdict:
+    ok: bool | None  # None: not applicable (no stream, or the destination never read it)
+    violations: list[dict] = field(default_factory=list)
+    note: str = ""
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def checker_verdict(rep: Report) -> CheckerVerdict:
+    """The verdict of a checker Report."""
+    return CheckerVerdict(not rep.rejected, [x.as_json() for x in rep.violations],
+                          "conforms" if not rep.violations else
+                          ("rejects" if rep.rejected else "accepts with violations"))
+
+
+def check_capture(path: Path, target: str, machine: str) -> CheckerVerdict:
+    """The checker's verdict on the stream as a QEMU `target` destination with `machine`."""
+    if target not in PROFILES:
+        return CheckerVerdict(None, [], f"the checker does not model QEMU {target} destinations")
+    with open(path, "rb") as f:
+        rep = check_stream(f, name=path.name, target=target, machine=machine, body_sizer=trailer_body_sizer(path),
+                           body_checker=vmstate_body_check)
+    return checker_verdict(rep)
+
+
+# ---------------------------------------------------------------- cells
+
+@dataclass
+class CellResult:
+    spec: CellSpec
+    real: Outcome
+    model: compat.Prediction
+    checker: CheckerVerdict
+    src_version: str = ""  # full versions
+    dst_version: str = ""
+    capture_bytes: int = 0
+    capture_seconds: float = 0.0
+    explanation: dict = field(default_factory=dict)  # {"summary": str, "details": [str], "section": {...}}
+
+    @property
+    def model_agrees(self) -> bool:
+        return self.model.compatible == self.real.ok
+
+    @property
+    def checker_agrees(self) -> bool | None:
+        return None if self.checker.ok is None else self.checker.ok == self.real.ok
+
+    @property
+    def verdict(self) -> str:
+        """pass | expected-fail | disagree | error."""
+        if self.real.kind == "error":
+            return "error"
+        if not self.model_agrees or self.checker_agrees is False:
+            return "disagree"
+        return "pass" if self.real.ok else "expected-fail"
+
+    @property
+    def disagreeing(self) -> list[str]:
+        """Which predictions the real outcome contradicts (none for a cell without a verdict)."""
+        if self.real.kind == "error":
+            return []
+        out = []
+        if not self.model_agrees:
+            out.append("model")
+        if self.checker_agrees is False:
+            out.append("checker")
+        return out
+
+    def as_json(self) -> dict:
+        s = self.spec
+        return {
+            "id": s.id, "src": s.src, "dst": s.dst, "machine": s.machine, "devices": s.devices, "caps": s.caps,
+            "capabilities": list(s.capabilities),
+            "src_version": self.src_version, "dst_version": self.dst_version,
+            "verdict": self.verdict, "disagreeing": self.disagreeing,
+            "real": self.real.as_json(),
+            "model": {"compatible": self.model.compatible, "reasons": list(self.model.reasons),
+                      "warnings": list(self.model.warnings), "agrees": self.model_agrees},
+            "checker": {**self.checker.as_json(), "agrees": self.checker_agrees},
+            "capture": {"bytes": self.capture_bytes, "seconds": round(self.capture_seconds, 3)},
+            "explanation": self.explanation,
+        }
+
+
+def predict_cell(spec: CellSpec, globals_: Sequence[str] = ()) -> compat.Prediction:
+    return compat.predict(spec.src, spec.dst, spec.machine, spec.capabilities, globals_)
+
+
+def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = None, explain: bool = True) -> CellResult:
+    """Capture (or reuse the capture), load into the destination, predict, check, explain."""
+    binaries = store.binaries
+    src_bin, dst_bin = binaries[spec.src], binaries[spec.dst]
+    prediction = predict_cell(spec, store.globals_)
+    cap = store.get(spec.capture_key)
+    if cap.outcome is not None:
+        real = cap.outcome
+        checker = CheckerVerdict(None, [], f"no stream: the source {real.said}")
+    else:
+        path = cap.path
+        assert path is not None
+        checker = store.verdicts.get((str(path), spec.dst, spec.machine),
+                                     lambda: check_capture(path, spec.dst, spec.machine))
+        real = load_cell(spec, store, path, timeout=timeout)
+        if real.kind == "refused":
+            checker = CheckerVerdict(None, checker.violations,
+                                     "not applicable: the destination refused its set-up before reading the stream "
+                                     f"({real.message}); the checker judges streams only")
+    res = CellResult(spec, real, prediction, checker, src_version=cap.full_version or src_bin.full_version,
+                     dst_version=dst_bin.full_version, capture_bytes=cap.size, capture_seconds=cap.seconds)
+    if explain:
+        try:
+            res.explanation = explain_cell(res, store, cap)
+        except Exception as e:  # an explanation must never cost the verdict
+            res.explanation = {"summary": f"(no explanation: {type(e).__name__}: {e})", "details": []}
+    return res
+
+
+def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: float | None = None) -> Outcome:
+    """Load `stream` into the cell's destination, started with the cell's guest, capabilities
+    and the store's memory size and -global settings."""
+    caps = spec.capabilities
+    dev, extra = guest_args(spec.devices, caps)
+    return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=store.mem_mb,
+                     caps=caps, globals_=store.globals_, extra_args=extra,
+                     timeout=store.timeout if timeout is None else timeout)
+
+
+def load_into(binary: QemuBinary, stream: Path, *, machine: str, devices: str, mem_mb: int, caps: Sequence[str],
+              globals_: Sequence[str], extra_args: Sequence[str], timeout: float) -> Outcome:
+    """What `load_stream` does, in its two steps, so that a destination that cannot start
+    (machine type, device, capability) is told from one that fails to load."""
+    t0 = time.monotonic()
+    try:
+        q = start_destination(binary, machine=machine, devices=devices, mem_mb=mem_mb,
+                              capabilities={c: True for c in caps}, globals_=globals_, extra_args=extra_args,
+                              cmd_timeout=min(timeout, 10.0))
+    except QemuError as e:
+        return outcome_of_exception(e, "destination", time.monotonic() - t0)
+    try:
+        with q:
+            return outcome_of_verdict(feed(q, stream, timeout=max(1.0, timeout - (time.monotonic() - t0))))
+    except QemuError as e:
+        return outcome_of_exception(e, "destination", time.monotonic() - t0)

@@ -1,0 +1,206 @@
+"""The matrix's grid: versions x machine types x device sets x capability sets, validated
+against the compat data (no QEMU needed), and the guest command line of a cell."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from conformance.qemu import DEVICE_SETS
+from conformance.rules import compat
+from conformance.versions import VERSIONS, version_key
+
+DEFAULT_VERSIONS = VERSIONS  # the modelled ones
+
+# Shared machine types of interest; each version's newest i440fx/q35 are added (default_machines).
+DEFAULT_MACHINES: tuple[str, ...] = (
+    "pc-i440fx-2.12", "pc-q35-2.12", "pc-i440fx-5.2", "pc-q35-5.2", "pc-i440fx-7.2", "pc-q35-7.2",
+)
+
+# A fixed -uuid for both ends: validate-uuid makes the destination compare the source's.
+MATRIX_UUID = "6b3f0c4e-2f6a-4c1e-9d7e-1a2b3c4d5e6f"
+
+# Device sets: the adapter's named sets, plus one of the matrix's own built from the
+# adapter's extra_args (passed verbatim to both ends): storage, display, serial and two virtio
+# devices with no host set-up, valid for 7.2 and 10.0 on both machine families.
+EXTRA_DEVICE_SETS: dict[str, tuple[str, ...]] = {
+    "ahci-cd+vga+serial+balloon+rng": (
+        "-device", "ich9-ahci,id=ahci0", "-device", "ide-cd,bus=ahci0.0",  # an empty CD-ROM
+        "-device", "VGA",
+        "-chardev", "null,id=ser0", "-device", "isa-serial,chardev=ser0",
+        "-device", "virtio-balloon-pci", "-device", "virtio-rng-pci",
+    ),
+}
+MATRIX_DEVICE_SETS: tuple[str, ...] = tuple(DEVICE_SETS) + tuple(EXTRA_DEVICE_SETS)
+DEFAULT_DEVICES: tuple[str, ...] = MATRIX_DEVICE_SETS
+
+# Named capability sets, each checked to migrate via a file on 7.2 and 10.0 (both directions,
+# stopped guest). "a+b" combines capabilities; any capability the compat data knows may be
+# named, those in EXCLUDED_CAPABILITIES are refused with the reason.
+CAPABILITY_SETS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    # validated: listed in the configuration record, and every MEM_SIZE entry carries the block's
+    # address (mr_addr); the guest's private RAM is still sent (only shared RAM would be skipped)
+    "x-ignore-shared": ("x-ignore-shared",),
+    # the configuration record carries the source's UUID; both ends get the same -uuid
+    "validate-uuid": ("validate-uuid",),
+    # harmless on a stopped guest: a single pass sends no XBZRLE page
+    "xbzrle": ("xbzrle",),
+    # adds a 'dirty-bitmap' section (no bitmap to send) and MIG_CMD_POSTCOPY_ADVISE
+    "dirty-bitmaps": ("dirty-bitmaps",),
+    "events": ("events",),
+}
+DEFAULT_CAPS: tuple[str, ...] = ("none", "x-ignore-shared", "validate-uuid")
+
+EXCLUDED_CAPABILITIES: dict[str, str] = {
+    "return-path": "needs a bidirectional channel; a file migration fails ('Unable to write to file: Bad file descriptor')",
+    "switchover-ack": "requires return-path",
+    "postcopy-ram": "needs a return path and a live destination",
+    "postcopy-preempt": "needs postcopy-ram",
+    "postcopy-blocktime": "postcopy only",
+    "multifd": "needs tcp: (N+1 connections); the matrix migrates through a file",
+    "mapped-ram": "needs a seekable file: URI ('Migration requires seekable transport'); the matrix uses fd:",
+    "zero-copy-send": "needs multifd",
+    "rdma-pin-all": "needs RDMA",
+    "x-colo": "COLO needs a secondary VM",
+    "background-snapshot": "needs userfaultfd write-protect (snapshots, not migration)",
+    "pause-before-switchover": "the source stops in pre-switchover until migrate-continue",
+    "release-ram": "postcopy only",
+}
+
+
+class MatrixError(Exception):
+    """A usage or set-up error (one-line message)."""
+
+
+def _mkey(machine: str) -> tuple:
+    m = re.fullmatch(r"pc-(i440fx|q35)-(\d+)\.(\d+)(?:\.(\d+))?", machine)
+    if not m:
+        return (2, machine)
+    return (0, int(m[2]), int(m[3]), int(m[4] or 0), m[1])
+
+
+def safe_name(text: str) -> str:
+    """`text` as a token of a file name."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+
+
+def parse_caps(name: str) -> tuple[str, ...]:
+    """A capability set name: a named set ("none", "validate-uuid"), or capabilities joined
+    with '+' ("x-ignore-shared+xbzrle"). Raises MatrixError for unknown or excluded ones."""
+    name = name.strip()
+    if name in CAPABILITY_SETS:
+        return CAPABILITY_SETS[name]
+    known = compat.capabilities().capabilities
+    out = []
+    for c in name.split("+"):
+        c = c.strip()
+        if not c:
+            raise MatrixError(f"capability set {name!r}: empty capability name")
+        if c in EXCLUDED_CAPABILITIES:
+            raise MatrixError(f"capability {c!r} cannot be used in the matrix: {EXCLUDED_CAPABILITIES[c]}")
+        if c not in known:
+            raise MatrixError(f"unknown capability {c!r} (named sets: {', '.join(CAPABILITY_SETS)}; or join "
+                              "capabilities with '+')")
+        out.append(c)
+    return tuple(dict.fromkeys(out))
+
+
+def newest_machine(version: str, family: str) -> str | None:
+    """The newest machine type of `family` ("pc-q35") that QEMU `version` offers."""
+    ms = [m for m in compat.load(version).machine_types if m.family == family]
+    return max(ms, key=lambda m: m.level).name if ms else None
+
+
+def default_machines(versions: Sequence[str]) -> list[str]:
+    """DEFAULT_MACHINES that every version offers, plus each version's newest pc-i440fx and
+    pc-q35 (which older versions lack: those cells are expected failures)."""
+    shared = [m for m in DEFAULT_MACHINES if all(compat.load(v).has_machine(m) for v in versions)]
+    newest = [n for v in versions for fam in ("pc-i440fx", "pc-q35") if (n := newest_machine(v, fam))]
+    return sorted(dict.fromkeys(shared + newest), key=_mkey)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    src: str  # "7.2"
+    dst: str
+    machine: str
+    devices: str  # a MATRIX_DEVICE_SETS name
+    caps: str  # a capability set name (see parse_caps)
+
+    @property
+    def id(self) -> str:
+        return f"{self.src}->{self.dst}/{self.machine}/{self.devices}/{self.caps}"
+
+    @property
+    def direction(self) -> str:
+        return f"{self.src}->{self.dst}"
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return parse_caps(self.caps)
+
+    @property
+    def capture_key(self) -> tuple[str, str, str, str]:
+        return (self.src, self.machine, self.devices, self.caps)
+
+
+@dataclass(frozen=True)
+class Grid:
+    versions: tuple[str, ...]
+    machines: tuple[str, ...]
+    devices: tuple[str, ...]
+    caps: tuple[str, ...]
+
+    @property
+    def directions(self) -> list[tuple[str, str]]:
+        return [(s, d) for s in self.versions for d in self.versions]
+
+    def cells(self) -> list[CellSpec]:
+        """Ordered so that the cells of one capture are adjacent (source first)."""
+        return [CellSpec(s, d, m, dev, c) for c in self.caps for m in self.machines for dev in self.devices
+                for s in self.versions for d in self.versions]
+
+    def as_json(self) -> dict:
+        return {"versions": list(self.versions), "machines": list(self.machines), "devices": list(self.devices),
+                "capabilities": {c: list(parse_caps(c)) for c in self.caps},
+                "directions": [f"{s}->{d}" for s, d in self.directions]}
+
+
+def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[str] | None = None,
+               devices: Sequence[str] | None = None, caps: Sequence[str] | None = None) -> Grid:
+    """The grid, validated against the compat data (no QEMU needed). MatrixError on bad names."""
+    vs = []
+    for v in versions:
+        try:
+            vs.append(compat.load(v).version)
+        except compat.UnknownVersion as e:
+            raise MatrixError(str(e)) from None
+    vs = sorted(dict.fromkeys(vs), key=version_key)
+    if not vs:
+        raise MatrixError("no QEMU version to run")
+    ms = list(dict.fromkeys(machines)) if machines else default_machines(vs)
+    for m in ms:
+        if not any(compat.load(v).has_machine(m) for v in vs):
+            raise MatrixError(f"machine type {m!r} exists in none of QEMU {', '.join(vs)}")
+    ds = list(dict.fromkeys(devices)) if devices else list(DEFAULT_DEVICES)
+    for d in ds:
+        if d not in MATRIX_DEVICE_SETS:
+            raise MatrixError(f"unknown device set {d!r} (known: {', '.join(MATRIX_DEVICE_SETS)})")
+    cs = list(dict.fromkeys(caps)) if caps else list(DEFAULT_CAPS)
+    for c in cs:
+        parse_caps(c)
+    return Grid(tuple(vs), tuple(ms), tuple(ds), tuple(cs))
+
+
+def guest_args(devices: str, caps: Iterable[str]) -> tuple[str, list[str]]:
+    """(adapter device-set name, extra_args) for a matrix device set and capability set."""
+    extra: list[str] = []
+    if devices in EXTRA_DEVICE_SETS:
+        name, extra = "none", list(EXTRA_DEVICE_SETS[devices])
+    else:
+        name = devices
+    if "validate-uuid" in caps:
+        extra += ["-uuid", MATRIX_UUID]
+    return name, extra

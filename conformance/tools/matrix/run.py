@@ -1,0 +1,98 @@
+"""The whole matrix: every cell of a grid on a pool of threads, one task per capture."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from conformance.qemu import QemuBinary
+from conformance.rules import compat
+from conformance.tools.matrix.cell import CellResult, CheckerVerdict, Outcome, run_cell
+from conformance.tools.matrix.grid import CellSpec, Grid, MatrixError
+from conformance.tools.matrix.store import CaptureStore
+
+EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE = 0, 1, 2
+SCHEMA = 1
+
+
+@dataclass
+class MatrixResult:
+    grid: Grid
+    cells: list[CellResult]
+    versions: dict[str, str]  # "7.2" -> "7.2.22"
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in ("pass", "expected-fail", "disagree", "error")}
+        for c in self.cells:
+            out[c.verdict] += 1
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_AGREE if all(c.verdict in ("pass", "expected-fail") for c in self.cells) else EXIT_DISAGREE
+
+    def as_json(self) -> dict:
+        return {"schema": SCHEMA, "tool": "migconform matrix", "versions": dict(self.versions),
+                "grid": self.grid.as_json(), "settings": dict(self.settings),
+                "summary": {"cells": len(self.cells), **self.counts(), "seconds": round(self.seconds, 2)},
+                "cells": [c.as_json() for c in self.cells]}
+
+
+def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path | str | None = None,
+               workers: int = 2, mem_mb: int = 64, timeout: float = 30.0, globals_: Sequence[str] = (),
+               progress: Callable[[CellResult, int, int], None] | None = None, explain: bool = True) -> MatrixResult:
+    """Run every cell of `grid` with `workers` threads; one task per capture (its cells run
+    one after the other, so each capture is made once before its loads)."""
+    missing = [v for v in grid.versions if v not in binaries]
+    if missing:
+        raise MatrixError(f"no QEMU binary for {', '.join(missing)}")
+    t0 = time.monotonic()
+    cells = grid.cells()
+    groups: dict[tuple, list[CellSpec]] = {}
+    for c in cells:
+        groups.setdefault(c.capture_key, []).append(c)
+    results: dict[CellSpec, CellResult] = {}
+    done = 0
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory(prefix="migconform-matrix-") as tmp:
+        store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_)
+
+        def run_group(specs: list[CellSpec]) -> list[CellResult]:
+            nonlocal done
+            out = []
+            for s in specs:
+                try:
+                    r = run_cell(s, store, explain=explain)
+                except Exception as e:  # a bug or an I/O error costs this cell its verdict, not the run
+                    r = CellResult(s, Outcome("error", "destination", f"{type(e).__name__}: {e}"),
+                                   compat.Prediction(True, []), CheckerVerdict(None, [], "not run"))
+                out.append(r)
+                with lock:
+                    done += 1
+                    n = done
+                if progress is not None:
+                    progress(r, n, len(cells))
+            return out
+
+        pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="matrix")
+        try:
+            futures = [pool.submit(run_group, g) for g in groups.values()]
+            for f in as_completed(futures):
+                for r in f.result():
+                    results[r.spec] = r
+        except BaseException:  # Ctrl-C: drop the queued groups, let the running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    return MatrixResult(grid, [results[c] for c in cells],
+                        {v: binaries[v].full_version for v in grid.versions},
+                        {"mem_mb": mem_mb, "timeout": timeout, "workers": workers, "globals": list(globals_),
+                         "transport": "fd: into a file, loaded with exec:cat FILE"},
+                        time.monotonic() - t0)

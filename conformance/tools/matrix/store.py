@@ -1,0 +1,117 @@
+"""Captures made once and shared: across the threads of a run (in memory) and across
+processes (pytest-xdist workers, a kept --keep folder) through a file lock per capture."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, Hashable, Mapping, Sequence, TypeVar
+
+from conformance.qemu import QemuBinary, QemuError, capture_stream
+from conformance.tools.matrix.cell import CheckerVerdict, Outcome, outcome_of_exception
+from conformance.tools.matrix.grid import guest_args, parse_caps, safe_name
+
+V = TypeVar("V")
+
+
+class Memo(Generic[V]):
+    """Values computed once per key and shared by threads. Two threads may compute the
+    same key at once (the computation runs outside the lock, it may start a QEMU); the
+    first value stored wins and both get it."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        value = compute()
+        with self._lock:
+            return self._values.setdefault(key, value)
+
+
+@dataclass
+class Capture:
+    key: tuple[str, str, str, str]  # (version, machine, devices, caps)
+    path: Path | None  # None: the source did not produce a stream
+    outcome: Outcome | None  # the source's failure, None when the capture worked
+    size: int = 0
+    seconds: float = 0.0
+    full_version: str = ""
+
+
+class CaptureStore:
+    """Captures made once per (version, machine, devices, caps) in `root`, shared by threads
+    and by processes (pytest-xdist workers) through a lock file per capture. What is derived
+    from the captures and the binaries is kept with them, for the store's life:
+    `verdicts` (the checker's, per stream, target and machine), `dumps` (decoded streams,
+    per path) and `vmstates` (a destination's parsed -dump-vmstate, per binary and machine)."""
+
+    def __init__(self, root: Path | str, binaries: Mapping[str, QemuBinary], *, mem_mb: int = 64,
+                 timeout: float = 30.0, globals_: Sequence[str] = ()):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.binaries = dict(binaries)
+        self.mem_mb = mem_mb
+        self.timeout = timeout
+        self.globals_ = tuple(globals_)
+        self._captures: Memo[Capture] = Memo()
+        self.verdicts: Memo[CheckerVerdict] = Memo()
+        self.dumps: Memo[dict] = Memo()
+        self.vmstates: Memo[Any] = Memo()
+
+    def _stem(self, key: tuple[str, str, str, str]) -> str:
+        b = self.binaries[key[0]]
+        salt = hashlib.sha256(repr((str(b.path), b.full_version, self.mem_mb, self.globals_)).encode()).hexdigest()[:10]
+        return "_".join(safe_name(k) for k in key) + "_" + salt
+
+    def get(self, key: tuple[str, str, str, str]) -> Capture:
+        return self._captures.get(key, lambda: self._locked(key))
+
+    def _locked(self, key: tuple[str, str, str, str]) -> Capture:
+        """The capture on disk, made under the lock by the first process that wants it."""
+        stem = self._stem(key)
+        meta = self.root / f"{stem}.json"
+        with open(self.root / f"{stem}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if meta.is_file():
+                    return self._read(key, meta)
+                cap = self._capture(key, self.root / f"{stem}.mig")
+                tmp = meta.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"path": str(cap.path) if cap.path else None, "size": cap.size,
+                                           "seconds": cap.seconds, "full_version": cap.full_version,
+                                           "outcome": cap.outcome.as_json() if cap.outcome else None}))
+                tmp.replace(meta)
+                return cap
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self, key, meta: Path) -> Capture:
+        d = json.loads(meta.read_text())
+        return Capture(key, Path(d["path"]) if d["path"] else None,
+                       Outcome.from_json(d["outcome"]) if d["outcome"] else None, d["size"], d["seconds"],
+                       d["full_version"])
+
+    def _capture(self, key, out: Path) -> Capture:
+        version, machine, devices, caps_name = key
+        binary = self.binaries[version]
+        caps = parse_caps(caps_name)
+        dev, extra = guest_args(devices, caps)
+        t0 = time.monotonic()
+        try:
+            r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=self.mem_mb,
+                               capabilities={c: True for c in caps}, globals_=self.globals_, extra_args=extra,
+                               timeout=self.timeout)
+        except QemuError as e:
+            out.unlink(missing_ok=True)
+            return Capture(key, None, outcome_of_exception(e, "source", time.monotonic() - t0), 0,
+                           time.monotonic() - t0, binary.full_version)
+        return Capture(key, r.path, None, r.size, r.duration, binary.full_version)
