@@ -6,11 +6,17 @@ Errors are one line on stderr; no tracebacks.
 
 from __future__ import annotations
 
-import argparse
+from conformance.cli import signals as _signals
+
+if _signals.started_as_command():  # before the imports below: a Ctrl-C during them is one line too
+    _signals.install()
+
+import argparse  # noqa: E402
 import importlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from wireformat.commands import RELEASED, CommandSet
@@ -319,6 +325,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        _signals.install()  # the command itself (tests pass argv and keep their own handlers)
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)

@@ -4,12 +4,11 @@ real destination to show that the verdicts agree."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from conformance.check.pipeline import check_stream
-from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types
+from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, load_stream, machine_types, reaper
 from conformance.rules.profile import PROFILES
 
 EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
@@ -32,7 +31,7 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
     versions = sorted(found, key=_vkey)
     worst = EXIT_OK
     agree = disagree = 0
-    with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
+    with reaper.temporary_directory("migconform-demo-") as tmp:
         for version in versions:
             binary = found[version]
             # the shared machine type, and this version's newest (which older ones lack)

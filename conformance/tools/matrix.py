@@ -24,7 +24,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -52,6 +51,7 @@ from conformance.qemu import (
     feed,
     start_destination,
 )
+from conformance.qemu import reaper
 from conformance.rules.profile import PROFILES
 from conformance.rules.catalogue import Severity
 
@@ -887,7 +887,7 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     results: dict[CellSpec, CellResult] = {}
     done = 0
     lock = threading.Lock()
-    with tempfile.TemporaryDirectory(prefix="migconform-matrix-") as tmp:
+    with reaper.temporary_directory("migconform-matrix-") as tmp:  # removed on every way out
         store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_)
 
         def run_group(specs: list[CellSpec]) -> list[CellResult]:
