@@ -230,6 +230,26 @@ def test_signals_at_random_moments(replay_source, seed):
     _check(signal_run(command, argv, SIGNALS[(seed // len(table)) % len(SIGNALS)], rng.uniform(0.0, seconds)))
 
 
+@pytest.mark.qemu
+def test_an_interrupted_capture_leaves_nothing_and_the_same_command_then_works(qemu, tmp_path):
+    qemu("10.0")
+    out = tmp_path / "cap"
+    argv = [sys.executable, "-m", "conformance.cli", "capture", str(out), "--qemu", "10.0", "--channels", "2",
+            "--dirty", "2", "--mem-mb", MEM]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not any(p.name.startswith(".cap.partial-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # mid-migration
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130 and proc.stderr.read().decode() == "migconform: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["cap"] and (out / "manifest.json").is_file()
+
+
 def test_sigint_while_waiting_for_a_connection_is_one_line():
     """No QEMU needed: `check tcp:` blocks in accept(); SIGINT there and during start-up."""
     import socket

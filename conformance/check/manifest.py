@@ -201,7 +201,8 @@ def _object(fields: Mapping[str, tuple[bool, Check]], v: Any, where: str) -> dic
         raise _fail(where, "an object", v)
     unknown = [k for k in v if k not in fields]
     if unknown:
-        raise ManifestError(f"{_join(where, unknown[0])}: unknown field (known: {', '.join(fields)})")
+        shown = repr(unknown[0]) if len(unknown[0]) <= 40 else repr(unknown[0][:40]) + "..."
+        raise ManifestError(f"{where or 'manifest'}: unknown field {shown} (known: {', '.join(fields)})")
     out = {}
     for key, (required, check) in fields.items():
         if key in v:
@@ -314,11 +315,13 @@ def parse(doc: Any, *, device_sets: Collection[str] | None = None) -> Manifest:
                  return_path=d.get("return_path"), other=d.get("other", ()),
                  channel_order=d.get("channel_order", ()), guest_ram=d.get("guest_ram"),
                  final_ram_sha256=d.get("final_ram_sha256"), bytes_=d.get("bytes", {}), seconds=d.get("seconds"))
+    named = [m.main, *m.channels, *m.other, *(n for n in (m.return_path, m.guest_ram) if n)]
+    if len(m.files) != len(named):
+        twice = next(n for n in named if named.count(n) > 1)
+        raise ManifestError(f"{twice!r}: the same file is named twice")
     stray = [n for n in m.channel_order if n not in (m.main, *m.channels)]
     if stray:
         raise ManifestError(f"channel_order: {stray[0]!r} is neither main nor a channel")
-    if len(m.files) != len([m.main, *m.channels, *m.other]) + len([n for n in (m.return_path, m.guest_ram) if n]):
-        raise ManifestError("the same file is named twice")
     return m
 
 

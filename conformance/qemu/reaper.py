@@ -72,11 +72,13 @@ class _Guardian:
         self._owner = 0  # pid that started it (a forked child needs its own)
         self.failed: str | None = None  # why there is none, if it could not start
 
-    def send(self, line: bytes) -> None:
+    def send(self, line: bytes, *, start: bool = True) -> None:
+        """Tell the guardian; with `start` False only if one runs already (a short-lived
+        child alone does not need one: PDEATHSIG covers it, and there is no directory)."""
         with self._lock:
             for attempt in range(2):
                 if self._proc is None or self._owner != os.getpid():
-                    if not self._start():
+                    if not start or not self._start():
                         return
                     if line[:2] in (b"-g", b"-d"):
                         return  # a fresh guardian was told the current state; nothing to forget
@@ -151,7 +153,7 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, stdin=subpr
     proc = subprocess.Popen(list(argv), env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                             start_new_session=True, preexec_fn=_child_setup(os.getpid()), **popen_kw)
     _groups[proc.pid] = proc
-    _guardian.send(b"+g %d\n" % proc.pid)
+    _guardian.send(b"+g %d\n" % proc.pid, start=False)
     return proc
 
 
@@ -168,7 +170,7 @@ def kill(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"pid {proc.pid} did not die within {timeout:.0f} s of SIGKILL") from None
     if _groups.pop(proc.pid, None) is not None:
-        _guardian.send(b"-g %d\n" % proc.pid)
+        _guardian.send(b"-g %d\n" % proc.pid, start=False)
 
 
 def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float) -> subprocess.CompletedProcess:
