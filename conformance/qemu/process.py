@@ -113,7 +113,9 @@ class QemuProcess:
             raise QemuError("QemuProcess.start() called twice")
         with open(self.stderr_path, "wb") as err:
             # own session, tied to us: terminate() kills QEMU together with its exec: helpers
-            self._proc = reaper.spawn(self.argv, env=self.binary.env(), stderr=err)
+            # its temporary files too (a snapshot=on drive's overlay lives in $TMPDIR between
+            # creation and unlink): in the private dir, removed with it whatever happens
+            self._proc = reaper.spawn(self.argv, env={**self.binary.env(), "TMPDIR": str(self._dir)}, stderr=err)
         _live.add(self)
         self.started_at = time.monotonic()
         self._loop = asyncio.new_event_loop()
