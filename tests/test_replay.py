@@ -194,3 +194,68 @@ def test_four_channels(qemu, ram, version, machine):
     v = replay(b, cap.main, cap.multifd, machine=machine, mem_mb=MEM, ram_file=dst_ram, capabilities=CAPS,
                parameters=params, schedule=Schedule(chunk={"multifd3": 1344}, start_delay={"multifd0": 0.1}))
     assert v.completed and v.ram_sha256 == ram_digest(src_ram.read_bytes())
+
+
+# ---------------------------------------------------------------- replay of every capture kind, from the CLI
+
+KINDS = {
+    "single": [],
+    "single-ram-random": ["--ram", "random"],
+    "single-dirty": ["--dirty", "1"],
+    "channels": ["--channels", "2", "--ram", "7"],
+    "channels-dirty": ["--channels", "2", "--dirty", "1"],
+}
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    from conformance.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_capture_kind_replays_into_its_own_version(qemu, tmp_path, capsys, version, kind):
+    qemu(version)
+    out = tmp_path / "cap"
+    code, _, err = cli(capsys, "capture", out, "--qemu", version, "--mem-mb", MEM, *KINDS[kind])
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["migconform"] == "capture/2" and "extra_args" not in m
+    assert m["arguments"]["ram_backend"] == ("file" if "--ram" in KINDS[kind] else "default")
+    assert m["arguments"]["guest"] == ("dirtier" if "--dirty" in KINDS[kind] else "paused")
+    code, stdout, err = cli(capsys, "replay", out, "--qemu", version, "--json")
+    doc = json.loads(stdout)
+    assert (code, doc["outcome"], doc["agrees"]) == (0, "completed", True), (doc, err)
+    # the RAM is compared whenever the capture knows it: its RAM file, or the running guest's final RAM
+    assert doc["ram_equal"] is (True if kind != "single" else None), doc
+
+
+def test_a_destination_that_exits_is_failed_with_its_error_not_a_warning(qemu, tmp_path, capsys):
+    """A manifest that hides the source's RAM backend: the destination refuses the stream
+    (Unknown ramblock "ram0") after a warning about its unconnected NIC hub."""
+    qemu("10.0")
+    out = tmp_path / "cap"
+    assert cli(capsys, "capture", out, "--qemu", "10.0", "--mem-mb", MEM, "--ram", "3",
+               "--devices", "virtio-net+virtio-blk")[0] == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["arguments"]["ram_backend"] = "default"
+    (out / "manifest.json").write_text(json.dumps(m))
+    code, stdout, err = cli(capsys, "replay", out, "--qemu", "10.0", "--json", "--timeout", "20")
+    doc = json.loads(stdout)
+    assert doc["error_lines"][0].startswith("warning:"), doc["error_lines"]  # what used to be shown
+    assert doc["outcome"] == 'failed: Unknown ramblock "ram0", cannot accept migration', doc
+    assert doc["seconds"] < 15 and doc["agrees"] is False and code == 1
+
+
+def test_a_version_without_the_machine_type_is_not_applicable(qemu, tmp_path, capsys):
+    qemu("7.2"), qemu("10.0")
+    out = tmp_path / "cap"
+    assert cli(capsys, "capture", out, "--qemu", "10.0", "--mem-mb", MEM, "--machine", "pc-i440fx-10.0")[0] == 0
+    code, stdout, err = cli(capsys, "replay", out, "--qemu", "7.2", "--json")
+    doc = json.loads(stdout)
+    assert doc["outcome"] == "not applicable: QEMU 7.2.22 has no machine type pc-i440fx-10.0".replace(
+        "7.2.22", qemu("7.2").full_version), doc
+    assert doc["agrees"] is None and code == 0 and err == ""

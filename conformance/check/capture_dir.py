@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from conformance.check import manifest as mf
 from conformance.check.inputs import InputError
 
-MANIFEST = "manifest.json"
-SCHEMA = "capture/1"  # the manifest's "migconform" entry
+MANIFEST = mf.FILE
 
 # Files next to streams that are not streams (notes, reports, scripts).
 NOT_STREAMS = (".json", ".md", ".txt", ".log", ".py", ".sh")
@@ -25,11 +25,6 @@ NOT_STREAMS = (".json", ".md", ".txt", ".log", ".py", ".sh")
 
 class LayoutError(InputError):
     """A directory that is not a capture directory (one line)."""
-
-
-def read_manifest(directory: Path | str) -> dict[str, Any]:
-    """The manifest as written; OSError or ValueError (JSON) as they come."""
-    return json.loads((Path(directory) / MANIFEST).read_text())
 
 
 def write_manifest(directory: Path | str, manifest: dict[str, Any]) -> Path:
@@ -49,11 +44,12 @@ def capture_files(path: Path | str) -> tuple[Path, list[Path]]:
     if not path.is_dir():
         return path, []
     if (path / MANIFEST).is_file():
+        # read as untrusted data: checked against the schema, files confined to the directory
         try:
-            m = read_manifest(path)
-            return path / m["main"], [path / c for c in m.get("channels", [])]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LayoutError(f"{path / MANIFEST}: not a capture manifest: {e}") from None
+            m = mf.load(path)
+            return mf.resolve(path, m.main), [mf.resolve(path, c) for c in m.channels]
+        except mf.ManifestError as e:
+            raise LayoutError(f"not a capture manifest: {e}") from None
     mains = _files(path, "main*")
     if len(mains) != 1:
         raise LayoutError(f"{path}: a capture directory needs {MANIFEST} or exactly one main* file")

@@ -7,10 +7,16 @@ Errors are one line on stderr; no tracebacks.
 
 from __future__ import annotations
 
-import argparse
+from conformance.cli import signals as _signals
+
+if _signals.started_as_command():  # before the imports below: a Ctrl-C during them is one line too
+    _signals.install()
+
+import argparse  # noqa: E402
 import importlib
 import os
 import sys
+import threading
 
 from conformance.errors import UsageError
 
@@ -76,6 +82,8 @@ def _for_the_user(e: Exception) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        _signals.install()  # the command itself (tests pass argv and keep their own handlers)
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is None or command not in {n for _, _, helps in COMMANDS for n in helps}:

@@ -23,7 +23,7 @@ def add_capture_parser(sub) -> None:
                    help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
     c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")
     c.add_argument("--dirty", type=float, default=None, metavar="SECONDS",
-                   help="with --channels: boot a guest that keeps dirtying 112 pages, keep the migration from "
+                   help="boot a guest that keeps dirtying 112 pages, keep the migration from "
                    "converging (1 MiB/s, downtime-limit 1 ms) for SECONDS, then stop the guest: several dirty-sync rounds")
     c.add_argument("--timeout", type=float, default=120.0)
     c.set_defaults(func=cmd_capture)

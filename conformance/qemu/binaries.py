@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from conformance.qemu import reaper
+
 BINARY_NAME = "qemu-system-x86_64"
 ENV_VAR = "MIGCONFORM_QEMU"
 _VERSION_RE = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
@@ -65,8 +67,7 @@ class QemuBinary:
     def run(self, *args: object, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run to completion (help/dump commands); stdin closed, output captured."""
         try:
-            return subprocess.run(self.argv(*args), env=self.env(), stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, errors="replace", timeout=timeout)
+            return reaper.run(self.argv(*args), env=self.env(), timeout=timeout)
         except subprocess.TimeoutExpired:
             raise QemuError(f"{self.path} {' '.join(map(str, args))}: no exit within {timeout:.0f} s") from None
 
@@ -84,8 +85,7 @@ def cache_dir() -> Path:
 def _probe_version(path: str, mtime_ns: int) -> str:
     # mtime_ns is part of the cache key only: a rebuilt binary is probed again
     try:
-        r = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, errors="replace", timeout=20)
+        r = reaper.run([path, "--version"], timeout=20)
     except PermissionError:
         raise QemuNotFound(f"{path}: not executable") from None
     except OSError as e:
@@ -140,15 +140,16 @@ def _module_view(own: Path, system: Path) -> Path:
             return view
         try:
             base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=base, prefix=".build-"))
+            tmp = reaper.make_temp_dir(".build-", base)
             for n in own_names:
                 (tmp / n).symlink_to(own / n)
             for n in hidden:
                 (tmp / n).touch()
             try:
                 tmp.rename(view)  # atomic: parallel test workers may race here
+                reaper.forget_dir(tmp)
             except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+                reaper.remove_dir(tmp)
                 if not view.is_dir():
                     raise
             return view

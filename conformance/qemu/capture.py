@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import time
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary, QemuError
 from conformance.qemu.devices import device_args, ram_args
 from conformance.qemu.process import QemuProcess
@@ -28,6 +30,32 @@ class CaptureResult:
     ram_file: Path | None = None
     duration: float = 0.0  # seconds, QEMU start to migration completed
     status: dict = field(default_factory=dict)  # the final query-migrate answer
+    source_ram: str | None = None  # ram_digest of the source's final guest RAM, when the guest ran
+
+
+LOW_MEMORY = 1 << 20  # below 1 MiB guest memory is shadowed by ROMs and VGA: not compared
+
+
+def ram_digest(ram: bytes) -> str:
+    """Digest of guest RAM above the first MiB, comparable between pmemsave and a RAM file."""
+    return hashlib.sha256(memoryview(ram)[LOW_MEMORY:]).hexdigest()
+
+
+def ram_digest_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """ram_digest() of a file, read in chunks (guest RAM can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(LOW_MEMORY)
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pmem_digest(q: QemuProcess, mem_mb: int) -> str:
+    """ram_digest() of a stopped guest's RAM, saved by QEMU (pmemsave) into a temporary file."""
+    with reaper.temporary_directory("migconform-ram-") as tmp:
+        q.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(tmp / "ram.bin"))
+        return ram_digest_file(tmp / "ram.bin")
 
 
 def vm_args(*, machine: str, devices: str = "none", mem_mb: int = 64, ram_file: Path | str | None = None,
@@ -45,8 +73,13 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
                    mem_mb: int = 64, ram_file: Path | str | None = None,
                    capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
                    globals_: Iterable[str] = (), extra_args: Iterable[str] = (), timeout: float = 60.0,
-                   transport: str = "fd", run_seconds: float = 0.0) -> CaptureResult:
+                   transport: str = "fd", run_seconds: float = 0.0, running: bool = False,
+                   stop_after: float | None = None) -> CaptureResult:
     """Start a stopped (-S) source, migrate it into `out`, wait for `completed`.
+
+    With `running` the guest runs during the migration (e.g. devices.dirtier_args), and
+    `stop_after` seconds into it the guest is stopped (so that a migration kept from
+    converging ends); `source_ram` is then the digest of the source's final RAM.
 
     transport "fd" (default) hands QEMU the open file (QMP getfd, uri fd:NAME): QEMU writes it
     itself, so every byte is in the file once the status is `completed`. "exec" uses
@@ -62,12 +95,14 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
     args = vm_args(machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
                    globals_=globals_, extra_args=extra_args)
     t0 = time.monotonic()
+    source_ram = None
     with QemuProcess(binary, args, cmd_timeout=min(timeout, 30.0), name=f"src-{binary.version}") as q:
         q.set_capabilities(capabilities or {})
         q.set_parameters(parameters or {})
-        if run_seconds > 0:
+        if run_seconds > 0 or running:
             q.cmd("cont")
-            time.sleep(run_seconds)
+            # run_seconds: let the guest program its devices; running: let it start writing
+            time.sleep(run_seconds if run_seconds > 0 else 0.2)
         if transport == "fd":
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
@@ -79,12 +114,17 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
             q.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
         else:
             raise ValueError(f"transport must be 'fd' or 'exec', not {transport!r}")
+        if running and stop_after is not None:
+            time.sleep(stop_after)
+            q.cmd("stop")
         status = q.wait_migration(("completed",), timeout=max(1.0, timeout - (time.monotonic() - t0)))
         duration = time.monotonic() - t0
+        if running:  # stopped now (postmigrate): what a destination must end up with
+            source_ram = pmem_digest(q, mem_mb)
     if not out.is_file():
         raise QemuError(f"capture from QEMU {binary.full_version}: {out} was not written")
     return CaptureResult(path=out, size=out.stat().st_size, version=binary.full_version, machine=machine,
                          devices=devices, mem_mb=mem_mb, capabilities=dict(capabilities or {}),
                          parameters=dict(parameters or {}), globals_=globals_,
                          ram_file=Path(ram_file) if ram_file is not None else None,
-                         duration=duration, status=status)
+                         duration=duration, status=status, source_ram=source_ram)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
+from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary, QemuError
 
 DEFAULT_ARGS = ("-nodefaults", "-display", "none", "-S")
@@ -87,7 +84,7 @@ class QemuProcess:
         self.start_timeout = start_timeout
         self.cmd_timeout = cmd_timeout
         # the socket path must stay short (108 bytes), so a private dir under $TMPDIR
-        self._dir = Path(tempfile.mkdtemp(prefix="migconform-"))
+        self._dir = reaper.make_temp_dir("migconform-")
         self.qmp_path = self._dir / "qmp.sock"
         self.stderr_path = self._dir / "stderr.log"
         self.argv = binary.argv(*defaults, "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *args)
@@ -116,9 +113,10 @@ class QemuProcess:
         if self._proc is not None:
             raise QemuError("QemuProcess.start() called twice")
         with open(self.stderr_path, "wb") as err:
-            # own session: terminate() kills QEMU together with its exec: helpers
-            self._proc = subprocess.Popen(self.argv, env=self.binary.env(), stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            # own session, tied to us: terminate() kills QEMU together with its exec: helpers
+            # its temporary files too (a snapshot=on drive's overlay lives in $TMPDIR between
+            # creation and unlink): in the private dir, removed with it whatever happens
+            self._proc = reaper.spawn(self.argv, env={**self.binary.env(), "TMPDIR": str(self._dir)}, stderr=err)
         _live.add(self)
         self.started_at = time.monotonic()
         self._loop = asyncio.new_event_loop()
@@ -147,15 +145,11 @@ class QemuProcess:
     def terminate(self, timeout: float = 10.0) -> None:
         """Kill (no graceful shutdown: nothing here is worth keeping) and clean up. Idempotent."""
         proc = self._proc
-        if proc is not None and proc.returncode is None:
+        if proc is not None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet, so the group id is still ours
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                raise QemuError(f"QEMU pid {proc.pid} did not die within {timeout:.0f} s of SIGKILL") from None
+                reaper.kill(proc, timeout)
+            except TimeoutError as e:
+                raise QemuError(f"QEMU {e}") from None
         if self._qmp is not None:
             self._event_history = self.events()
             try:
@@ -167,7 +161,7 @@ class QemuProcess:
             self._close_loop()
         if self._stderr_cache is None and self._dir.exists():
             self._stderr_cache = self._read_stderr()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        reaper.remove_dir(self._dir)
         _live.discard(self)
 
     def _close_loop(self) -> None:

@@ -8,30 +8,21 @@ hang of ours: real destinations hang on bad multifd data.
 
 from __future__ import annotations
 
-import hashlib
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary
-from conformance.qemu.capture import vm_args
+from conformance.qemu.capture import LOW_MEMORY, pmem_digest, ram_digest, ram_digest_file, vm_args  # noqa: F401 (re-exported)
 from conformance.qemu.destination import start_destination
-from conformance.qemu.process import QemuError, QemuProcess
+from conformance.qemu.process import QemuError, QemuExited, QemuProcess, QemuTimeout, error_lines
 from conformance.qemu.tcp_capture import TcpRecorder
 
 MULTIFD_MAGIC = b"\x11\x22\x33\x44"
-
-
-LOW_MEMORY = 1 << 20  # below 1 MiB guest memory is shadowed by ROMs and VGA: not compared
-
-
-def ram_digest(ram: bytes) -> str:
-    """Digest of guest RAM above the first MiB, comparable between pmemsave and a RAM file."""
-    return hashlib.sha256(memoryview(ram)[LOW_MEMORY:]).hexdigest()
 
 
 def free_port() -> int:
@@ -89,10 +80,7 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
             dst_status = d.wait_migration(("completed",), timeout=max(1.0, timeout - (time.monotonic() - t0)))
             rec.wait_closed(5.0)
             if running:  # both guests are stopped now: their RAM must be equal
-                for i, q in enumerate((s, d)):
-                    with tempfile.TemporaryDirectory(prefix="migconform-ram-") as tmp:
-                        q.cmd("pmemsave", val=0, size=mem_mb << 20, filename=f"{tmp}/ram.bin")
-                        digests[i] = ram_digest(Path(f"{tmp}/ram.bin").read_bytes())
+                digests = [pmem_digest(q, mem_mb) for q in (s, d)]
         conns = [bytes(c.forward) for c in rec.connections]
         if not conns:
             raise QemuError("the source opened no connection")
@@ -124,49 +112,93 @@ class Schedule:
 @dataclass
 class ReplayVerdict:
     completed: bool
-    hung: bool
-    status: str | None
+    hung: bool  # no verdict within the timeout, or QMP stopped answering (the loader blocks it)
+    status: str | None  # last query-migrate status seen
     error_lines: list[str]
     ram_sha256: str | None  # ram_digest() of the destination's guest RAM (pmemsave) when it completed
     seconds: float
+    exit_code: int | None = None  # the destination exited by itself with this code
+    started: bool = True  # False: the destination did not even start (error_lines say why)
+
+    @property
+    def failed(self) -> bool:
+        return not self.completed and not self.hung
+
+    @property
+    def reason(self) -> str | None:
+        """The destination's error: its first stderr line that is not a warning (QEMU prints
+        warnings such as "hub 0 is not connected" before the cause)."""
+        lines = [ln for ln in self.error_lines if not ln.startswith("warning:")]
+        return lines[0] if lines else (f"status {self.status}" if self.status
+                                       else f"exit code {self.exit_code}" if self.exit_code is not None else None)
 
 
-def _sender(sock: socket.socket, data: bytes, chunk: int, pause: float, delay: float, stop: threading.Event) -> None:
+SEND_CHUNK = 1 << 20  # bytes per send when the schedule does not say
+
+
+def _sender(sock: socket.socket, data: bytes | Path | str, chunk: int, pause: float, delay: float,
+            stop: threading.Event) -> None:
     try:
         if delay:
             stop.wait(delay)
-        view = memoryview(data)
-        step = chunk or len(data) or 1
-        while view and not stop.is_set():
-            sock.sendall(view[:step])
-            view = view[step:]
+        step = chunk or SEND_CHUNK
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            view = memoryview(data)
+            blocks = (view[i:i + step] for i in range(0, len(view), step))
+        else:
+            blocks = _file_blocks(Path(data), step, stop)
+        for block in blocks:
+            if stop.is_set():
+                break
+            sock.sendall(block)
             if pause:
                 stop.wait(pause)
         sock.shutdown(socket.SHUT_WR)
     except OSError:
-        pass  # the destination went away: its verdict says why
+        pass  # the destination went away (or the file did): its verdict says why
 
 
-def replay(dst: QemuBinary, main: bytes, channels: Mapping[int, bytes], *, machine: str, devices: str = "none",
-           mem_mb: int = 64, ram_file: Path | str | None = None, capabilities: Mapping[str, bool] | None = None,
-           parameters: Mapping[str, Any] | None = None, globals_: Iterable[str] = (), schedule: Schedule | None = None,
-           timeout: float = 30.0, ram_dump: Path | None = None, extra_args: Iterable[str] = ()) -> ReplayVerdict:
+def _file_blocks(path: Path, step: int, stop: threading.Event):
+    with open(path, "rb") as f:
+        while not stop.is_set() and (block := f.read(step)):
+            yield block
+
+
+def replay(dst: QemuBinary, main: bytes | Path | str, channels: Mapping[int, bytes | Path | str], *, machine: str,
+           devices: str = "none", mem_mb: int = 64, ram_file: Path | str | None = None,
+           capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
+           globals_: Iterable[str] = (), schedule: Schedule | None = None, timeout: float = 30.0,
+           ram_dump: Path | None = None, extra_args: Iterable[str] = ()) -> ReplayVerdict:
     """Play a capture into a real destination: the main stream first (a 7.2 destination
     tells channels apart by the order of connections), then the multifd channels in id
-    order, each sent by its own thread as the schedule says."""
+    order, each sent by its own thread as the schedule says. A stream given as a path is
+    read as it is sent (memory stays bounded whatever its size).
+
+    Verdicts: completed; failed (the destination said "failed" or exited: `reason` is its
+    error); hung (nothing within `timeout`, or QMP stopped answering); not started
+    (`started` False: the destination refused its command line)."""
     schedule = schedule or Schedule()
     port = free_port()
     t0 = time.monotonic()
     stop = threading.Event()
     threads, socks = [], []
-    with start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
-                           capabilities=capabilities, parameters=parameters, globals_=globals_,
-                           extra_args=extra_args) as d:
-        d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+    try:
+        d = start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
+                              capabilities=capabilities, parameters=parameters, globals_=globals_,
+                              extra_args=extra_args)
+    except QemuExited as e:
+        return ReplayVerdict(False, False, None, error_lines(e.stderr), None, time.monotonic() - t0,
+                             exit_code=e.returncode, started=False)
+    with d:
         try:
-            order: Sequence[tuple[str, bytes]] = [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
+            d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+            order: Sequence[tuple[str, bytes | Path | str]] = \
+                [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
             for name, data in order:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+                except OSError:
+                    break  # the destination stopped listening (it failed): its verdict says why
                 socks.append(sock)
                 t = threading.Thread(target=_sender, args=(sock, data, schedule.chunk.get(name, 0),
                                                            schedule.pause.get(name, 0.0), schedule.start_delay.get(name, 0.0),
@@ -177,27 +209,36 @@ def replay(dst: QemuBinary, main: bytes, channels: Mapping[int, bytes], *, machi
                     time.sleep(0.05)  # let the destination take it as the main channel
             status, hung = None, False
             deadline = t0 + timeout
-            while True:
-                if not d.alive():
-                    break
+            while d.alive():
                 try:
-                    status = d.query_migrate().get("status")
-                except QemuError:
+                    status = d.cmd("query-migrate", timeout=max(0.5, min(5.0, deadline - time.monotonic()))
+                                   ).get("status", status)
+                except QemuTimeout:
                     hung = True  # QMP no longer answers: the loader blocks the main loop
                     break
-                if status in ("completed", "failed"):
+                except QemuError:
+                    break  # the connection dropped: it is exiting; its exit is the verdict
+                if status == "completed":
+                    break
+                if status == "failed":
+                    d.wait_exit(min(5.0, max(0.5, deadline - time.monotonic())))  # its error text follows
                     break
                 if time.monotonic() > deadline:
                     hung = True
                     break
                 time.sleep(0.05)
+            if not hung and status != "completed":
+                d.wait_exit(2.0)  # exiting: let it finish writing its error
             digest = None
             if status == "completed":
-                with tempfile.TemporaryDirectory(prefix="migconform-ram-") as tmp:
-                    dump = ram_dump or Path(tmp) / "ram.bin"
-                    d.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(dump))
-                    digest = ram_digest(Path(dump).read_bytes())
-            return ReplayVerdict(status == "completed", hung, status, d.error_lines, digest, time.monotonic() - t0)
+                if ram_dump is not None:
+                    d.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(ram_dump))
+                    digest = ram_digest_file(ram_dump)
+                else:
+                    digest = pmem_digest(d, mem_mb)
+            exit_code = None if hung else d.returncode
+            return ReplayVerdict(status == "completed", hung, status, d.error_lines, digest,
+                                 time.monotonic() - t0, exit_code=exit_code)
         finally:
             stop.set()
             for s in socks:

@@ -1,21 +1,30 @@
 """`migconform capture`: record what a real QEMU source writes, into a capture directory;
 `migconform replay`: play one into a real destination. (Their options: cli/capture.py.)
 
-The directory holds the channel files and a manifest (versions, arguments, channel order,
-byte counts) that `migconform check DIR` reads back (layout: check/capture_dir.py).
+The directory holds the channel files and a manifest (conformance.check.manifest: versions,
+the guest's description, channel order, byte counts) that `check DIR` and `replay DIR` read
+back. A capture is made in a temporary directory beside its target and renamed into place at
+the end: an interrupted capture leaves nothing, and the same command then works.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import time
 from pathlib import Path
 
-from conformance.check.capture_dir import SCHEMA, read_manifest, write_manifest
+from conformance.check import manifest as mf
 from conformance.errors import UsageError
-from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs
-from conformance.qemu.devices import make_ram_file
+from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs, reaper
+from conformance.qemu.devices import DEVICE_SETS, dirtier_args, make_dirtier_disk, make_ram_file
 from conformance.versions import VERSIONS, version_key
+
+MANIFEST = mf.FILE
+# a guest kept from converging: 1 MiB/s and a 1 ms downtime limit, until it is stopped
+DIRTY_PARAMETERS = {"max-bandwidth": 1 << 20, "downtime-limit": 1}
 
 
 def _kv(items: list[str] | None, what: str) -> dict:
@@ -35,9 +44,30 @@ def _kv(items: list[str] | None, what: str) -> dict:
     return out
 
 
+def _first_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.is_dir():
+        path = path.parent
+    return path
+
+
+def _validated_settings(args) -> tuple[dict, dict, list[str]]:
+    """Capabilities, parameters and -globals as a manifest may carry them (a capture must be
+    replayable from its manifest alone)."""
+    caps, params = _kv(args.cap, "cap"), _kv(args.param, "param")
+    mf.check_machine(args.machine, "--machine")
+    if not 1 <= args.mem_mb <= mf.MAX_MEM_MB:
+        raise ValueError(f"--mem-mb: from 1 to {mf.MAX_MEM_MB}")
+    mf.check_capabilities(caps, "--cap")
+    for name, value in params.items():
+        mf.check_parameter(name, value, "--param")
+    globals_ = [mf.check_global(g, "--global") for g in args.globals_ or []]
+    return caps, params, globals_
+
+
 def cmd_capture(args) -> int:
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out}: exists and is not empty")
     try:
         found = discover(parse_pairs(args.qemu_path or [], what="--qemu-path"))
@@ -45,100 +75,112 @@ def cmd_capture(args) -> int:
         raise UsageError(str(e)) from None
     if not found:
         raise UsageError("no QEMU found: run scripts/setup.sh or pass --qemu-path VERSION=PATH")
-    version = args.qemu or max(found, key=version_key)
+    version = args.qemu or (max(found, key=version_key) if found else None)
     if version not in found:
         raise UsageError(f"QEMU {version} not found (have {', '.join(sorted(found))})")
     try:
-        caps, params = _kv(args.cap, "cap"), _kv(args.param, "param")
-    except ValueError as e:
+        caps, params, globals_ = _validated_settings(args)
+    except (ValueError, mf.ManifestError) as e:
         raise UsageError(str(e)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    ram_file = None
-    if args.ram != "zero":
-        if Path(args.ram).is_file():
-            ram_file = Path(args.ram)
-        else:
-            seed = 0 if args.ram == "random" else int(args.ram) if args.ram.isdigit() else None
-            if seed is None:
-                raise UsageError(f"--ram {args.ram!r}: not zero, random, a seed or a file")
-            ram_file = make_ram_file(out / "guest-ram.img", args.mem_mb, seed=seed)
-    binary = found[version]
-    t0 = time.monotonic()
-    if args.dirty is not None and not args.channels:
-        raise UsageError("--dirty needs --channels (a TCP migration to a real destination)")
-    if args.channels:
-        return _capture_channels(args, out, found, binary, caps, params, ram_file, t0)
+    if args.dirty is not None and args.dirty < 0:
+        raise UsageError("--dirty takes a number of seconds")
+    if args.channels < 0:
+        raise UsageError("--channels takes a number of channels")
+    user_ram = None
+    if args.ram not in ("zero", "random") and not args.ram.isdigit():
+        if not Path(args.ram).is_file():
+            raise UsageError(f"--ram {args.ram!r}: not zero, random, a seed or a file")
+        user_ram = Path(args.ram).absolute()
+    # everything goes into a directory beside the target, renamed into place once complete
+    staging = reaper.make_temp_dir(f".{out.name[:100]}.partial-", _first_existing(out.parent))
     try:
-        res = capture_stream(binary, out / "main.bin", machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
-                             ram_file=ram_file, capabilities=caps, parameters=params, globals_=args.globals_ or (),
-                             timeout=args.timeout)
-    except QemuError as e:
-        raise UsageError(f"capture from QEMU {binary.full_version}: {e}") from None
-    manifest = {
-        "migconform": SCHEMA,
-        "source": {"qemu": binary.full_version, "version": version, "path": binary.path.name},
-        "arguments": {"machine": args.machine, "devices": args.devices, "mem_mb": args.mem_mb, "ram": args.ram,
-                      "capabilities": caps, "parameters": params, "globals": args.globals_ or []},
-        "main": "main.bin",
-        "channels": [],
-        "bytes": {"main.bin": res.size},
-        "seconds": round(time.monotonic() - t0, 3),
-    }
-    write_manifest(out, manifest)
-    print(f"captured {res.size} bytes from QEMU {binary.full_version} ({args.machine}, {args.devices}) into {out}")
+        ram_file, ram_kind = user_ram, "file"
+        if args.ram == "zero":
+            ram_kind = "zero"
+        elif user_ram is None:
+            seed = 0 if args.ram == "random" else int(args.ram)
+            ram_file = make_ram_file(staging / "guest-ram.img", args.mem_mb, seed=seed)
+            ram_kind = "random" if args.ram == "random" else f"seed:{seed}"
+        with reaper.temporary_directory("migconform-guest-") as scratch:
+            extra = dirtier_args(make_dirtier_disk(scratch / "dirtier-boot.img")) if args.dirty is not None else []
+            if args.dirty is not None:
+                params = {**DIRTY_PARAMETERS, **params}
+            arguments = mf.Arguments(machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
+                                     ram_backend="default" if ram_file is None else "file",
+                                     guest="dirtier" if args.dirty is not None else "paused", ram=ram_kind,
+                                     capabilities=caps, parameters=params, globals_=tuple(globals_))
+            if args.channels:
+                m, what = _capture_channels(args, staging, found, found[version], arguments, ram_file, extra, scratch)
+            else:
+                m, what = _capture_single(args, staging, found[version], arguments, ram_file, extra)
+        # the guest's initial RAM is worth keeping for comparison only if the guest never ran
+        guest_ram = "guest-ram.img" if ram_file is not None and ram_file.parent == staging and args.dirty is None else None
+        m = dataclasses.replace(m, guest_ram=guest_ram)
+        (staging / MANIFEST).write_text(json.dumps(mf.to_json(m), indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # a result now, not a private temporary directory
+        try:
+            os.rename(staging, out)  # also replaces an empty directory
+        except OSError as e:
+            raise UsageError(f"{out}: {e.strerror}") from None
+        reaper.forget_dir(staging)
+    finally:
+        reaper.remove_dir(staging)  # nothing left after a failure or an interruption
+    print(f"{what} into {out}")
     return 0
 
 
-def _capture_channels(args, out: Path, found: dict, binary, caps: dict, params: dict, ram_file, t0: float) -> int:
+def _capture_single(args, staging: Path, binary, a: mf.Arguments, ram_file, extra) -> tuple[mf.Manifest, str]:
+    t0 = time.monotonic()
+    try:
+        res = capture_stream(binary, staging / "main.bin", machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
+                             ram_file=ram_file, capabilities=a.capabilities, parameters=a.parameters,
+                             globals_=a.globals_, extra_args=extra, timeout=args.timeout,
+                             running=args.dirty is not None, stop_after=args.dirty)
+    except QemuError as e:
+        raise UsageError(f"capture from QEMU {binary.full_version}: {e}") from None
+    m = mf.Manifest(main="main.bin", format=mf.FORMAT, source=mf.Side(binary.full_version, binary.version),
+                    arguments=a, bytes_={"main.bin": res.size}, seconds=round(time.monotonic() - t0, 3),
+                    final_ram_sha256={"source": res.source_ram, "destination": None} if res.source_ram else None)
+    return m, f"captured {res.size} bytes from QEMU {binary.full_version} ({a.machine}, {a.devices})"
+
+
+def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments, ram_file, extra,
+                      scratch: Path) -> tuple[mf.Manifest, str]:
     from conformance.qemu.tcp_migration import capture_channels
 
     dest = found.get(args.dest or binary.version)
     if dest is None:
         raise UsageError(f"destination QEMU {args.dest} not found")
-    caps = {"multifd": True, **caps}
-    params = {"multifd-channels": args.channels, **params}
-    extra = []
-    if args.dirty is not None:
-        from conformance.qemu.devices import dirtier_args, make_dirtier_disk
-
-        params = {"max-bandwidth": 1 << 20, "downtime-limit": 1, **params}
-        extra = dirtier_args(make_dirtier_disk(out / "dirtier-boot.img"))
-    dst_ram = make_ram_file(out / "destination-ram.img", args.mem_mb, content=b"") if ram_file else None
+    a = dataclasses.replace(a, capabilities={"multifd": True, **a.capabilities},
+                            parameters={"multifd-channels": args.channels, **a.parameters})
+    t0 = time.monotonic()
+    dst_ram = make_ram_file(scratch / "destination-ram.img", a.mem_mb, content=b"") if ram_file else None
     try:
-        cap = capture_channels(binary, dest, machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
-                               ram_file=ram_file, dst_ram_file=dst_ram, capabilities=caps, parameters=params,
-                               globals_=args.globals_ or (), extra_args=extra, running=args.dirty is not None,
-                               stop_after=args.dirty, timeout=args.timeout)
+        cap = capture_channels(binary, dest, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
+                               ram_file=ram_file, dst_ram_file=dst_ram, capabilities=a.capabilities,
+                               parameters=a.parameters, globals_=a.globals_, extra_args=extra,
+                               running=args.dirty is not None, stop_after=args.dirty, timeout=args.timeout)
     except QemuError as e:
         raise UsageError(f"capture QEMU {binary.full_version} -> {dest.full_version}: {e}") from None
-    finally:
-        if dst_ram is not None:
-            dst_ram.unlink(missing_ok=True)
     files = {"main.bin": cap.main, "return-path.bin": cap.return_path}
     files.update({f"multifd{i}.bin": data for i, data in sorted(cap.multifd.items())})
     files.update({f"other{i}.bin": data for i, data in enumerate(cap.other)})
     for name, data in files.items():
-        (out / name).write_bytes(data)
-    manifest = {
-        "migconform": SCHEMA,
-        "source": {"qemu": binary.full_version, "version": binary.version},
-        "destination": {"qemu": dest.full_version, "version": dest.version, "status": cap.destination_status},
-        "arguments": {"machine": args.machine, "devices": args.devices, "mem_mb": args.mem_mb, "ram": args.ram,
-                      "capabilities": caps, "parameters": params, "globals": args.globals_ or []},
-        "main": "main.bin",
-        "return_path": "return-path.bin",
-        "channels": [f"multifd{i}.bin" for i in sorted(cap.multifd)],
-        "channel_order": ["main.bin"] + [f"multifd{i}.bin" for i in sorted(cap.multifd)],
-        "guest_ram": "guest-ram.img" if ram_file is not None and ram_file.parent == out and args.dirty is None else None,
-        "final_ram_sha256": {"source": cap.source_ram, "destination": cap.destination_ram} if args.dirty is not None else None,
-        "extra_args": ["-drive", "file=dirtier-boot.img,format=raw,if=ide,index=0,snapshot=on"] if extra else [],
-        "bytes": {name: len(data) for name, data in files.items()},
-        "seconds": round(time.monotonic() - t0, 3),
-    }
-    write_manifest(out, manifest)
-    print(f"captured main + {len(cap.multifd)} multifd channels from QEMU {binary.full_version} to "
-          f"{dest.full_version} ({args.machine}) into {out}")
-    return 0
+        (staging / name).write_bytes(data)
+    channels = tuple(f"multifd{i}.bin" for i in sorted(cap.multifd))
+    m = mf.Manifest(main="main.bin", channels=channels, format=mf.FORMAT,
+                    source=mf.Side(binary.full_version, binary.version),
+                    destination=mf.Side(dest.full_version, dest.version, cap.destination_status), arguments=a,
+                    return_path="return-path.bin", other=tuple(f"other{i}.bin" for i in range(len(cap.other))),
+                    channel_order=("main.bin", *channels),
+                    final_ram_sha256={"source": cap.source_ram, "destination": cap.destination_ram}
+                    if args.dirty is not None else None,
+                    bytes_={name: len(data) for name, data in files.items()}, seconds=round(time.monotonic() - t0, 3))
+    return m, (f"captured main + {len(cap.multifd)} multifd channels from QEMU {binary.full_version} to "
+               f"{dest.full_version} ({a.machine})")
 
 
 def parse_schedule(spec: str):
@@ -164,19 +206,31 @@ def parse_schedule(spec: str):
     return sched
 
 
+def _channel_ids(names: tuple[str, ...]) -> list[int]:
+    """multifdN.bin -> N (the schedule names channels so); else the position in the manifest."""
+    ids = [int(x[1]) if (x := re.fullmatch(r"multifd(\d{1,4})\.bin", Path(n).name)) else i for i, n in enumerate(names)]
+    return ids if len(set(ids)) == len(ids) else list(range(len(names)))
+
+
 def cmd_replay(args) -> int:
     """Replay, then compare the destination with the capture's own verdict and RAM."""
     from conformance.check.inputs import open_stream
     from conformance.check.pipeline import check_capture
     from conformance.check.report import format_report
-    from conformance.qemu.tcp_migration import ram_digest, replay
+    from conformance.qemu import machine_types
+    from conformance.qemu.tcp_migration import ram_digest_file, replay
+    from conformance.rules.profile import PROFILES
 
     d = Path(args.capture)
     try:
-        m = read_manifest(d)
-        a = m["arguments"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{d}: not a capture directory ({e})") from None
+        m = mf.load(d, device_sets=DEVICE_SETS)
+        if m.arguments is None:
+            raise mf.ManifestError(f"{d / MANIFEST}: no `arguments`: nothing says how to start a destination")
+        main = mf.resolve(d, m.main)
+        channels = dict(zip(_channel_ids(m.channels), (mf.resolve(d, c) for c in m.channels)))
+        guest_ram = mf.resolve(d, m.guest_ram) if m.guest_ram else None
+    except mf.ManifestError as e:
+        raise UsageError(str(e)) from None
     try:
         schedule = parse_schedule(args.schedule)
     except ValueError as e:
@@ -188,37 +242,45 @@ def cmd_replay(args) -> int:
     version = args.qemu or (max(found, key=version_key) if found else None)
     if version not in found:
         raise UsageError(f"QEMU {version} not found")
-    channels = {int(Path(c).stem.removeprefix("multifd")): (d / c).read_bytes() for c in m.get("channels", [])}
-    main = (d / m["main"]).read_bytes()
+    binary, a = found[version], m.arguments
     # what the model says first
-    rep = check_capture(open_stream(str(d / m["main"]))[0],
-                        [(c, open_stream(str(d / c))[0]) for c in m.get("channels", [])],
+    rep = check_capture(open_stream(str(main))[0], [(Path(p).name, open_stream(str(p))[0]) for p in channels.values()],
                         name=str(d), target=version if version in VERSIONS else None)
-    dst_ram = make_ram_file(d / "replay-ram.img", a["mem_mb"], content=b"") if m.get("guest_ram") else None
+    result = {"destination": binary.full_version, "schedule": schedule.describe(), "model": rep.verdict,
+              "model_rejects": rep.rejected, "violations": [x.as_json() for x in rep.violations]}
     try:
-        v = replay(found[version], main, channels, machine=a["machine"], devices=a["devices"], mem_mb=a["mem_mb"],
-                   ram_file=dst_ram, capabilities=a["capabilities"], parameters=a["parameters"],
-                   globals_=a.get("globals", ()), schedule=schedule, timeout=args.timeout,
-                   extra_args=[x.replace("file=dirtier-boot.img", f"file={d / 'dirtier-boot.img'}")
-                               for x in m.get("extra_args", [])])
-    finally:
-        if dst_ram is not None:
-            dst_ram.unlink(missing_ok=True)
+        applicable = a.machine in machine_types(binary)
+    except QemuError:
+        applicable = True  # let the destination itself say
+    v = None
+    if applicable:
+        with reaper.temporary_directory("migconform-replay-") as scratch:
+            dst_ram = make_ram_file(scratch / "ram.img", a.mem_mb, content=b"") if a.ram_backend == "file" else None
+            extra = dirtier_args(make_dirtier_disk(scratch / "dirtier-boot.img")) if a.guest == "dirtier" else []
+            v = replay(binary, main, channels, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
+                       ram_file=dst_ram, capabilities=a.capabilities, parameters=a.parameters, globals_=a.globals_,
+                       schedule=schedule, timeout=args.timeout, extra_args=extra)
     ram_equal = None
-    if v.ram_sha256 is not None and m.get("guest_ram"):
-        ram_equal = v.ram_sha256 == ram_digest((d / m["guest_ram"]).read_bytes())
-    elif v.ram_sha256 is not None and (m.get("final_ram_sha256") or {}).get("source"):
-        ram_equal = v.ram_sha256 == m["final_ram_sha256"]["source"]
-    outcome = "completed" if v.completed else "hung" if v.hung else f"failed: {(v.error_lines or [v.status])[0]}"
-    agrees = v.completed == (not rep.rejected) and ram_equal is not False
-    result = {"destination": found[version].full_version, "schedule": schedule.describe(), "outcome": outcome,
-              "ram_equal": ram_equal, "model": rep.verdict, "model_rejects": rep.rejected, "agrees": agrees,
-              "violations": [x.as_json() for x in rep.violations], "seconds": round(v.seconds, 2)}
+    if v is None or not v.started:
+        why = f"QEMU {binary.full_version} has no machine type {a.machine}" if v is None else \
+            f"the destination did not start: {v.reason}"
+        outcome, agrees = f"not applicable: {why}", None
+    else:
+        if v.ram_sha256 is not None and (m.final_ram_sha256 or {}).get("source"):
+            ram_equal = v.ram_sha256 == m.final_ram_sha256["source"]
+        elif v.ram_sha256 is not None and guest_ram is not None:
+            ram_equal = v.ram_sha256 == ram_digest_file(guest_ram)
+        outcome = "completed" if v.completed else "hung" if v.hung else f"failed: {v.reason}"
+        agrees = v.completed == (not rep.rejected) and ram_equal is not False
+        result["seconds"] = round(v.seconds, 2)
+        result["error_lines"] = v.error_lines
+    result.update(outcome=outcome, ram_equal=ram_equal, agrees=agrees)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_report(rep))
-        print(f"  replay into QEMU {found[version].full_version} ({schedule.describe()}): {outcome}"
+        verdict = "" if agrees is None else f" -> {'agrees' if agrees else 'DISAGREES'} with the model"
+        print(f"  replay into QEMU {binary.full_version} ({schedule.describe()}): {outcome}"
               + ("" if ram_equal is None else f", guest RAM {'equals' if ram_equal else 'DIFFERS FROM'} the source's")
-              + f" -> {'agrees' if agrees else 'DISAGREES'} with the model")
-    return 0 if agrees else 1
+              + verdict)
+    return 1 if agrees is False else 0

@@ -8,11 +8,10 @@ what the demo adds is the checker's full report for every modelled destination."
 
 from __future__ import annotations
 
-import tempfile
 from typing import Callable
 
 from conformance.check.pipeline import check_stream
-from conformance.qemu import QemuNotFound, discover, machine_types
+from conformance.qemu import QemuNotFound, discover, machine_types, reaper
 from conformance.tools.matrix.cell import load_cell
 from conformance.tools.matrix.grid import CellSpec
 from conformance.tools.matrix.store import CaptureStore
@@ -35,7 +34,7 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
     versions = sorted(found, key=version_key)
     worst = EXIT_OK
     agree = disagree = 0
-    with tempfile.TemporaryDirectory(prefix="migconform-demo-") as tmp:
+    with reaper.temporary_directory("migconform-demo-") as tmp:
         store = CaptureStore(tmp, found, mem_mb=mem_mb, timeout=CAPTURE_TIMEOUT)
         for version in versions:
             binary = found[version]

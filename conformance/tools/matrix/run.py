@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from conformance.qemu import QemuBinary
+from conformance.qemu import QemuBinary, reaper
 from conformance.rules import compat
 from conformance.tools.matrix.cell import CellResult, CheckerVerdict, Outcome, run_cell
 from conformance.tools.matrix.grid import CellSpec, Grid, MatrixError
@@ -61,7 +60,7 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     results: dict[CellSpec, CellResult] = {}
     done = 0
     lock = threading.Lock()
-    with tempfile.TemporaryDirectory(prefix="migconform-matrix-") as tmp:
+    with reaper.temporary_directory("migconform-matrix-") as tmp:  # removed on every way out
         store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_)
 
         def run_group(specs: list[CellSpec]) -> list[CellResult]:
