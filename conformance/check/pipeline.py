@@ -16,7 +16,7 @@ from wireformat.reader import DecodeError, StreamReader
 from conformance.check.inputs import Prepended
 from conformance.rules.loader import Loader
 from conformance.rules.profile import DestinationProfile
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Severity, Violation
 
 
 class StreamReadError(Exception):
@@ -87,7 +87,7 @@ def check_stream(
             if progress is not None and not n & 0xFFFF:
                 progress(reader.b.offset())
     except DecodeError as e:
-        loader.fail(e.code, e.channel, e.offset, e.message, e.section)
+        loader.fail(Code(e.code), e.channel, e.offset, e.message, e.section)
     except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
         raise StreamReadError(f"{name}: read error at byte {reader.b.offset()}: {e}") from None
     loader.bytes_seen = max(loader.bytes_seen, reader.b.offset())

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from conformance.rules.catalogue import Severity
-
 
 @dataclass(frozen=True)
 class DestinationProfile:
@@ -19,7 +17,6 @@ class DestinationProfile:
     mig_cmd_max: int
     multifd_flush_understood: bool  # RAM_SAVE_FLAG_MULTIFD_FLUSH (8.0+)
     zero_fill_must_be_zero: bool  # 8.2+
-    hook_fails: bool  # RAM_SAVE_FLAG_HOOK without RDMA fails the section (7.2), ignored on 10.0
     compress_page_known: bool  # COMPRESS_PAGE exists (removed in 9.1)
     # capabilities the configuration record may carry (others: "Received unknown capability")
     validated_capabilities: frozenset = frozenset({"x-ignore-shared"})
@@ -30,11 +27,6 @@ class DestinationProfile:
     def lacks_machine(self, name: str) -> bool:
         """True for a versioned pc machine type this version does not have."""
         return bool(_VERSIONED.fullmatch(name)) and name not in self.machine_types
-
-    @property
-    def zero_fill_severity(self) -> Severity:
-        # 7.2 fills the page with the byte: accepted, but no source ever had that page
-        return Severity.REJECT if self.zero_fill_must_be_zero else Severity.SILENT_LOSS
 
 
 _VERSIONED = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?")
@@ -47,8 +39,8 @@ def _machines(version: str) -> frozenset:
 
 
 PROFILES = {
-    "7.2": DestinationProfile("7.2", 11, False, False, True, True, frozenset({"x-ignore-shared"}), _machines("7.2")),
-    "10.0": DestinationProfile("10.0", 12, True, True, False, False, frozenset({"x-ignore-shared", "mapped-ram"}),
+    "7.2": DestinationProfile("7.2", 11, False, False, True, frozenset({"x-ignore-shared"}), _machines("7.2")),
+    "10.0": DestinationProfile("10.0", 12, True, True, False, frozenset({"x-ignore-shared", "mapped-ram"}),
                                _machines("10.0")),
 }
 NEWEST = "10.0"
