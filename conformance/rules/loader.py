@@ -30,8 +30,10 @@ from wireformat.constants import (
     SectionType as T,
 )
 from wireformat.commands import RELEASED, CommandSet
+from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
 from wireformat.returnpath import RpMessage
+from wireformat.vfio import parse_markers
 from wireformat.records import (
     Command,
     Configuration,
@@ -51,7 +53,9 @@ from wireformat.records import (
 from conformance.rules.tables import DestinationTables
 from conformance.rules.profile import DestinationProfile, profile
 from conformance.rules.catalogue import Code, Severity, Violation
+from conformance.rules.decode_errors import code_of
 from conformance.rules.sink import ViolationSink
+from conformance.rules.switchover import is_vfio_idstr
 
 RETURN_PATH = "return-path"
 
@@ -404,10 +408,23 @@ class Loader:
 
     def _device_state(self, d: DeviceState) -> None:
         sec = self.current
+        if sec is not None and is_vfio_idstr(self.sections.get(sec.section_id, sec).idstr):
+            self._vfio_body(d, self.sections.get(sec.section_id, sec).idstr)
         if sec is not None and sec.section_type == T.QEMU_VM_SECTION_FULL and self._kept + len(d.data) <= MAX_KEPT_BODIES:
             full = self.sections.get(sec.section_id, sec)
             self.device_bodies.append((full.idstr, full.instance_id or 0, d.data, d.offset))
             self._kept += len(d.data)
+
+    def _vfio_body(self, d: DeviceState, idstr: str) -> None:
+        """vfio_load_state reads the body marker by marker and fails at one it does not know.
+        (A body that ends inside a marker's data is not judged here: the length of the
+        config state is not on the wire, so only its reader can tell.)"""
+        try:
+            parse_markers(d.data, offset=d.offset, channel=d.channel)
+        except UnknownVfioMarker as e:
+            self._v(code_of(e), e.channel, e.offset, f"{idstr}: {e.message}")
+        except ValueError:
+            pass
 
     # -- RAM ------------------------------------------------------------------------------
     def _ram(self, r: RamRecord) -> None:
