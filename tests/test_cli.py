@@ -198,3 +198,15 @@ def test_capture_then_check_the_directory(qemu, tmp_path):
     assert code == 0, stdout
     assert json.loads(stdout)["stats"]["configuration"]["machine_type"] == "pc-q35-7.2"
     assert run("capture", str(out))[0] == 2  # never overwrites a capture
+
+
+def test_catalogue_shows_the_severity_on_each_modelled_version():
+    code, out, _ = run("catalogue", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["ram-zero-fill"]["severity"] == {"7.2": "silent-loss", "10.0": "reject"}
+    assert doc["ram-hook-without-rdma"]["severity"] == {"7.2": "reject", "10.0": "deviation"}
+    code, out, _ = run("catalogue")
+    assert out.splitlines()[0].split()[:3] == ["code", "7.2", "10.0"]
+    assert next(line for line in out.splitlines() if line.startswith("ram-zero-fill ")).split()[1:3] == ["silent-loss", "reject"]
+    code, out, _ = run("catalogue", "--markdown")
+    assert "| `ram-zero-fill` | silent-loss | reject |" in out
