@@ -280,7 +280,7 @@ class Loader:
 
     def _v(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
         """Emit through the sink (which looks the severity up); the section defaults to the current one."""
-        if section is None and self.current is not None:
+        if section is None and self.current is not None and len(self.violations) < self.sink.cap:  # (not for a dropped one)
             section = self._describe(self.current)
         self.sink.emit(code, channel, offset, message, section)
 

@@ -36,12 +36,14 @@ class ViolationSink:
 
     def emit(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> Violation | None:
         """Record one violation; returns it, or None when it was dropped over the cap."""
-        severity = CATALOGUE[code].severity_on(self.version)
-        if len(self.violations) >= self.cap:
+        if len(self.violations) >= self.cap:  # a stream broken everywhere: keep this path cheap
             self.dropped += 1
-            if severity is Severity.REJECT and self.first_reject is None:
-                self.first_reject = Violation(code, severity, channel, offset, message, section)
+            if self.first_reject is None:
+                severity = CATALOGUE[code].severity_on(self.version)
+                if severity is Severity.REJECT:
+                    self.first_reject = Violation(code, severity, channel, offset, message, section)
             return None
+        severity = CATALOGUE[code].severity_on(self.version)
         v = Violation(code, severity, channel, offset, message, section)
         self.violations.append(v)
         if severity is Severity.REJECT and self.first_reject is None:
