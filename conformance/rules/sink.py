@@ -15,6 +15,8 @@ The models share one return convention:
                                    returns []
   .violations                      every violation kept so far, in emission order
   feed_all(events)                 (where a model has it) feeds, closes and returns .violations
+The downtime SLA is a function over a whole stream (sla_violations): it returns its sink's
+violations.
 """
 
 from __future__ import annotations
