@@ -260,3 +260,13 @@ def test_capture_directory_layout(tmp_path, monkeypatch):
         capture_files(d)
     (tmp_path / "notes.md").write_text("not a stream")
     assert list(find_captures(tmp_path)) == [d]
+def test_catalogue_shows_the_severity_on_each_modelled_version():
+    code, out, _ = run("catalogue", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["ram-zero-fill"]["severity"] == {"7.2": "silent-loss", "10.0": "reject"}
+    assert doc["ram-hook-without-rdma"]["severity"] == {"7.2": "reject", "10.0": "deviation"}
+    code, out, _ = run("catalogue")
+    assert out.splitlines()[0].split()[:3] == ["code", "7.2", "10.0"]
+    assert next(line for line in out.splitlines() if line.startswith("ram-zero-fill ")).split()[1:3] == ["silent-loss", "reject"]
+    code, out, _ = run("catalogue", "--markdown")
+    assert "| `ram-zero-fill` | silent-loss | reject |" in out

@@ -26,6 +26,7 @@ from wireformat.multifd import (
     MultifdRamPacket,
 )
 from wireformat.reader import DecodeError, StreamReader
+from wireformat.errors import BadPacketMagic, HostileLength, Truncated
 from wireformat.records import RamRecord, RamRun
 
 DATA = Path(__file__).parent / "data" / "multifd"
@@ -317,7 +318,7 @@ def test_device_state_flag_by_layout():
     # then frame as a RAM header, which this short channel does not have
     with pytest.raises(DecodeError) as e:
         read_all(raw, layout=LAYOUT_V72)
-    assert e.value.code == "truncated"
+    assert isinstance(e.value, Truncated)
     assert read_all(raw, device_state=True, layout=LAYOUT_V72)[2] == recs[2]
 
 
@@ -352,7 +353,7 @@ def test_truncation_at_every_cut():
             for rec in MultifdChannelReader(src, page_count=4, page_size=16, copy=True):
                 got.append(rec)
         except DecodeError as e:
-            assert e.code == "truncated", (cut, e)
+            assert isinstance(e, Truncated), (cut, e)
             assert e.channel == "multifd0"
             assert cut not in bounds
             assert e.offset == (bounds[len(got) - 1] if got else 0)
@@ -371,7 +372,7 @@ def test_truncated_capture_cuts():
         try:
             n = sum(1 for _ in MultifdChannelReader(io.BytesIO(raw[:cut])))
         except DecodeError as e:
-            assert e.code == "truncated" and cut not in bounds and e.offset <= cut
+            assert isinstance(e, Truncated) and cut not in bounds and e.offset <= cut
         else:
             assert cut in bounds and n == sum(1 for r in recs if r.offset < cut)
 
@@ -385,7 +386,7 @@ def test_random_cut_of_capture(name, part, data):
         for rec in MultifdChannelReader(io.BytesIO(raw[:cut])):
             assert rec.offset < cut
     except DecodeError as e:
-        assert e.code == "truncated" and e.offset <= cut
+        assert isinstance(e, Truncated) and e.offset <= cut
 
 
 def test_bad_magic():
@@ -394,7 +395,7 @@ def test_bad_magic():
     bad[bounds[1] : bounds[1] + 4] = b"\x11\x22\x33\x45"
     with pytest.raises(DecodeError) as e:
         read_all(bytes(bad), page_count=4, page_size=16)
-    assert (e.value.code, e.value.offset, e.value.channel) == ("bad-magic", bounds[1], "multifd0")
+    assert isinstance(e.value, BadPacketMagic) and (e.value.offset, e.value.channel) == (bounds[1], "multifd0")
     # a bad initial magic: not a multifd channel; the init record, then nothing
     bad = bytearray(raw)
     bad[0] = 0x51
@@ -402,7 +403,7 @@ def test_bad_magic():
     assert len(recs) == 1 and recs[0].magic == 0x51223344
     with pytest.raises(DecodeError) as e:
         read_all(raw[:63])
-    assert e.value.code == "truncated" and e.value.offset == 0
+    assert isinstance(e.value, Truncated) and e.value.offset == 0
     with pytest.raises(DecodeError):
         read_all(b"")
 
@@ -440,7 +441,7 @@ def test_hostile_length_is_bounded(packet):
     r = MultifdChannelReader(src)
     with pytest.raises(DecodeError) as e:
         list(r)
-    assert e.value.code == "hostile-length" and e.value.offset == 64
+    assert isinstance(e.value, HostileLength) and e.value.offset == 64
     assert src.read_bytes <= r.w.size  # nothing read (or allocated) for the claimed length
     assert r.w.size == 4 << 20
 
@@ -456,7 +457,7 @@ def test_large_data_under_cap_is_streamed():
     assert len(recs) == 3 and len(recs[1].data) == size and recs[2].flags == 1
     with pytest.raises(DecodeError) as e:
         list(MultifdChannelReader(io.BytesIO(raw), max_data=8 << 20))
-    assert e.value.code == "hostile-length"
+    assert isinstance(e.value, HostileLength)
 
 
 # --- real captures -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from strategies.streams import precopy_streams
 from wireformat import ram
 from wireformat.mainstream import build_record
 from wireformat.reader import DecodeError, StreamReader
+from wireformat.errors import HostileLength, Truncated, UnknownRamFlags
 from wireformat.records import (
     Command,
     DeviceState,
@@ -133,7 +134,7 @@ def test_flag_bits_above_the_low_byte_end_a_run():
     bad = (0x2000 | 0x228).to_bytes(8, "big") + bytes(4096)
     with pytest.raises(DecodeError) as e:
         read_expanded(_ram_stream(good + good + bad))
-    assert e.value.code == "ram-unknown-flags"
+    assert isinstance(e.value, UnknownRamFlags)
     assert e.value.offset == _ram_stream(good + good + bad).index(bad)
 
 
@@ -167,7 +168,7 @@ def test_hostile_lengths_are_bounded():
     head = b"QEVM\x00\x00\x00\x03"
     with pytest.raises(DecodeError) as e:
         read_all(head + b"\x07" + (1 << 30).to_bytes(4, "big") + b"pc")
-    assert e.value.code == "hostile-length"
+    assert isinstance(e.value, HostileLength)
     recs = read_all(head + b"\x00\x06\xff\xff\xff\xff{")
     assert recs[-1].kind == "TrailingData"  # not taken as a trailer it cannot be
 
@@ -191,7 +192,7 @@ def test_packaged_length_past_the_end_is_truncation():
     pkg = b"\x08" + (7).to_bytes(2, "big") + (4).to_bytes(2, "big") + (1000).to_bytes(4, "big") + b"\x00"
     with pytest.raises(DecodeError) as e:
         read_all(b"QEVM\x00\x00\x00\x03" + pkg)
-    assert e.value.code == "truncated"
+    assert isinstance(e.value, Truncated)
 
 
 def test_device_body_framed_by_footer_and_reported():

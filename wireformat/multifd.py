@@ -23,10 +23,10 @@ How much data follows a RAM packet header (the rule a destination applies):
 A device-state packet carries next_packet_size payload bytes.
 
 The codec describes bytes, it does not judge them: a wrong version, a wrong page count or
-an unknown block name all decode. What cannot be framed raises DecodeError: a stream that
-ends inside a packet (code "truncated"), a packet whose magic is not MULTIFD_MAGIC
-(code "bad-magic": the packet boundary is lost, a destination fails there too), and a
-data length above `max_data` (code "hostile-length"; nothing is allocated for it).
+an unknown block name all decode. What cannot be framed raises a wireformat.errors
+DecodeError: a stream that ends inside a packet (Truncated), a packet whose magic is not
+MULTIFD_MAGIC (BadPacketMagic: the packet boundary is lost, a destination fails there too),
+and a data length above `max_data` (HostileLength; nothing is allocated for it).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 from construct import Array, Bytes, ConstructError, Int8ub, Int32ub, Int64ub, Struct, this
 
 from .constants import MULTIFD_MAGIC, MULTIFD_VERSION, TARGET_PAGE_SIZE
-from .reader import DecodeError
+from .errors import BadPacketMagic, DecodeError, HostileLength, Truncated
 from .records import Record
 from .window import Window
 
@@ -284,7 +284,7 @@ def _ram_record(h: dict, raw_name: bytes, arr, data, *, offset: int, channel: st
 
 
 def _decode_error(e: Exception, what: str, channel: str, offset: int) -> DecodeError:
-    return DecodeError(f"{what} does not decode: {str(e).splitlines()[-1]}", channel=channel, offset=offset, code="truncated")
+    return Truncated(f"{what} does not decode: {str(e).splitlines()[-1]}", channel=channel, offset=offset)
 
 
 def parse_init(data: bytes, *, offset: int = 0, channel: str = "multifd0") -> MultifdInit:
@@ -314,9 +314,9 @@ def parse_ram_packet(data: bytes, *, layout: str = LAYOUT_V90, page_count: int =
     hsize = ram_packet_header_size(page_count)
     n = ram_data_length(c.flags, c.normal_pages, c.next_packet_size, page_size=page_size, compression_mask=mask)
     if n > max_data:
-        raise DecodeError(f"packet data length {n} exceeds {max_data}", channel=channel, offset=offset, code="hostile-length")
+        raise HostileLength(f"packet data length {n} exceeds {max_data}", channel=channel, offset=offset)
     if len(data) < hsize + n:
-        raise DecodeError(f"packet data truncated: {len(data) - hsize} of {n} bytes", channel=channel, offset=offset, code="truncated")
+        raise Truncated(f"packet data truncated: {len(data) - hsize} of {n} bytes", channel=channel, offset=offset)
     return _ram_record(c, c.ramblock, c.offset, bytes(data[hsize : hsize + n]), offset=offset, channel=channel), hsize + n
 
 
@@ -346,8 +346,8 @@ def parse_device_state_packet(data: bytes, *, max_data: int = MAX_PACKET_DATA, o
     except ConstructError as e:
         raise _decode_error(e, "multifd device-state packet header", channel, offset) from None
     if h.next_packet_size > max_data:
-        raise DecodeError(f"device-state payload length {h.next_packet_size} exceeds {max_data}", channel=channel,
-                          offset=offset, code="hostile-length")
+        raise HostileLength(f"device-state payload length {h.next_packet_size} exceeds {max_data}", channel=channel,
+                            offset=offset)
     try:
         c = MultifdPacketDeviceState.parse(data)
     except ConstructError as e:
@@ -424,12 +424,6 @@ _DEV_TAIL = struct.Struct(">II")
 _LITTLE = sys.byteorder == "little"
 
 
-class _Truncated(Exception):
-    def __init__(self, what: str, offset: int):
-        self.what = what
-        self.offset = offset
-
-
 class _Window(Window):
     """The shared read window, plus copies that name what was cut short."""
 
@@ -437,14 +431,14 @@ class _Window(Window):
         """n bytes: a memoryview into the window when they fit (and copy is False)."""
         if n <= self.size:
             if not self.fill(n):
-                raise _Truncated(f"{what}: {self.end - self.pos} of {n} bytes", start)
+                raise Truncated(f"{what}: {self.end - self.pos} of {n} bytes", offset=start)
             out = self.mv[self.pos : self.pos + n]
             self.pos += n
             return bytes(out) if copy else out
         parts, left = [], n
         while left:
             if not self.fill(1):
-                raise _Truncated(f"{what}: {n - left} of {n} bytes", start)
+                raise Truncated(f"{what}: {n - left} of {n} bytes", offset=start)
             k = min(left, self.end - self.pos)
             parts.append(bytes(self.mv[self.pos : self.pos + k]))
             self.pos += k
@@ -470,7 +464,7 @@ class MultifdChannelReader:
       valid only until the next record is read).
 
     A bad initial-packet magic ends the iteration after the MultifdInit record (the bytes
-    are not a multifd channel); a bad packet magic raises DecodeError(code="bad-magic").
+    are not a multifd channel); a bad packet magic raises BadPacketMagic.
     """
 
     def __init__(self, src: BinaryIO, channel: str = "multifd0", *, layout: str = "auto",
@@ -497,14 +491,14 @@ class MultifdChannelReader:
     def __iter__(self) -> Iterator[Record]:
         try:
             yield from self._records()
-        except _Truncated as t:
-            raise DecodeError(f"channel ends in the middle of a packet ({t.what})", channel=self.channel,
-                              offset=t.offset, code="truncated") from None
+        except Truncated as t:  # raised here without the channel: placed now
+            raise Truncated(f"channel ends in the middle of a packet ({t.message})", channel=self.channel,
+                            offset=t.offset) from None
 
     def _records(self) -> Iterator[Record]:
         w = self.w
         if not w.fill(MULTIFD_INIT_PACKET_SIZE):
-            raise _Truncated(f"initial packet: {w.end - w.pos} of {MULTIFD_INIT_PACKET_SIZE} bytes", 0)
+            raise Truncated(f"initial packet: {w.end - w.pos} of {MULTIFD_INIT_PACKET_SIZE} bytes", offset=0)
         magic, version, uuid, cid, u1, u2 = _INIT.unpack_from(w.buf, w.pos)
         self.init = MultifdInit(offset=0, channel=self.channel, magic=magic, version=version, uuid=uuid, id=cid,
                                 unused1=u1, unused2=u2)
@@ -515,11 +509,11 @@ class MultifdChannelReader:
         while w.fill(1):
             off = w.offset()
             if not w.fill(MULTIFD_PACKET_COMMON_SIZE):
-                raise _Truncated("packet header", off)
+                raise Truncated("packet header", offset=off)
             magic, version, flags = _COMMON.unpack_from(w.buf, w.pos)
             if magic != MULTIFD_MAGIC:
-                raise DecodeError(f"packet magic {magic:#x}, expected {MULTIFD_MAGIC:#x}: packet framing is lost",
-                                  channel=self.channel, offset=off, code="bad-magic")
+                raise BadPacketMagic(f"packet magic {magic:#x}, expected {MULTIFD_MAGIC:#x}: packet framing is lost",
+                                     channel=self.channel, offset=off)
             if flags & MULTIFD_FLAG_DEVICE_STATE and self._device_state_applies():
                 if self.layout is None:
                     self.layout = LAYOUT_V90  # device state exists from 10.0 on
@@ -536,14 +530,14 @@ class MultifdChannelReader:
     def _device_packet(self, off: int) -> MultifdDeviceStatePacket:
         w = self.w
         if not w.fill(MULTIFD_DEVICE_STATE_HEADER_SIZE):
-            raise _Truncated("device-state packet header", off)
+            raise Truncated("device-state packet header", offset=off)
         p = w.pos
         magic, version, flags = _COMMON.unpack_from(w.buf, p)
         name, tail = _split_name(bytes(w.mv[p + 12 : p + 268]))
         instance_id, size = _DEV_TAIL.unpack_from(w.buf, p + 268)
         if size > self.max_data:
-            raise DecodeError(f"device-state payload length {size} exceeds {self.max_data}", channel=self.channel,
-                              offset=off, code="hostile-length")
+            raise HostileLength(f"device-state payload length {size} exceeds {self.max_data}", channel=self.channel,
+                                offset=off)
         w.pos += MULTIFD_DEVICE_STATE_HEADER_SIZE
         payload = w.take(size, self.copy, "device-state payload", off)
         return MultifdDeviceStatePacket(offset=off, channel=self.channel, magic=magic, version=version, flags=flags,
@@ -554,7 +548,7 @@ class MultifdChannelReader:
         w = self.w
         hs = self.header_size
         if not w.fill(hs):
-            raise _Truncated(f"RAM packet header: {w.end - w.pos} of {hs} bytes", off)
+            raise Truncated(f"RAM packet header: {w.end - w.pos} of {hs} bytes", offset=off)
         p = w.pos
         magic, version, flags, alloc, normal, nps, pnum, word32 = _RAM_FRONT_S.unpack_from(w.buf, p)
         raw_name = bytes(w.mv[p + 64 : p + 320])
@@ -575,8 +569,8 @@ class MultifdChannelReader:
         mask = compression_mask_for(layout) if self._mask is None else self._mask
         n = ram_data_length(flags, normal, nps, page_size=self.page_size, compression_mask=mask)
         if n > self.max_data:
-            raise DecodeError(f"packet data length {n} exceeds {self.max_data} (normal_pages {normal}, "
-                              f"next_packet_size {nps})", channel=self.channel, offset=off, code="hostile-length")
+            raise HostileLength(f"packet data length {n} exceeds {self.max_data} (normal_pages {normal}, "
+                                f"next_packet_size {nps})", channel=self.channel, offset=off)
         w.pos += hs
         data = w.take(n, self.copy, "RAM packet data", off)
         return _ram_record(h, raw_name, arr, data, offset=off, channel=self.channel)

@@ -6,8 +6,9 @@ requested; copy them to keep them), and every length read from the wire is check
 against a cap before anything is allocated for it.
 
 The reader frames; it does not judge. When the bytes cannot be framed any further
-(truncation, an unknown record type, an unknown RAM flag combination) it raises
-`DecodeError` naming channel, offset and section — what a destination would also stop at.
+(truncation, an unknown record type, an unknown RAM flag combination) it raises a
+`wireformat.errors.DecodeError` subclass naming channel, offset and section — what a
+destination would also stop at.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from construct import ConstructError
+from construct import ConstructError, ExplicitError
 
 from . import ram as ramcodec
 from .commands import RELEASED, CommandSet
@@ -50,7 +51,19 @@ from .records import (
     TrailingData,
     VmDescription,
 )
-from .window import Truncated, Window
+from .errors import (
+    ConfigurationMalformed,
+    DecodeError,
+    HostileLength,
+    Malformed,
+    MissingFooter,
+    PackagedTooLarge,
+    Truncated,
+    UnknownRamFlags,
+    UnknownSectionId,
+    UnknownSectionType,
+)
+from .window import Window
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -73,19 +86,6 @@ MAX_DEVICE_BODY = 64 << 20
 MAX_VMDESCRIPTION = 64 << 20
 MAX_MACHINE_NAME = 4096
 MAX_COMPRESSED_PAGE = 2 * 65536
-
-
-class DecodeError(ValueError):
-    """The bytes cannot be framed any further."""
-
-    def __init__(self, message: str, *, channel: str = MAIN, offset: int = 0, section: str | None = None, code: str = "malformed"):
-        self.message = message
-        self.channel = channel
-        self.offset = offset
-        self.section = section
-        self.code = code
-        where = f"{channel} @ {offset}" + (f" in section {section}" if section else "")
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(slots=True)
@@ -143,17 +143,17 @@ class StreamReader:
     def __iter__(self) -> Iterator[Record]:
         try:
             yield from self._stream()
-        except Truncated:
-            where = self.current.describe() if self.current else None
-            raise DecodeError("stream ends in the middle of a record", channel=self.channel, offset=self.b.offset(), section=where, code="truncated") from None
+        except Truncated as e:
+            if e.message:
+                raise  # placed already
+            raise self._err("stream ends in the middle of a record", cls=Truncated) from None
 
-    def _err(self, msg: str, offset: int | None = None, code: str = "malformed") -> DecodeError:
-        return DecodeError(
+    def _err(self, msg: str, offset: int | None = None, cls: type[DecodeError] = Malformed) -> DecodeError:
+        return cls(
             msg,
             channel=self.channel,
             offset=self.b.offset() if offset is None else offset,
             section=self.current.describe() if self.current else None,
-            code=code,
         )
 
     # -- top level ------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class StreamReader:
         b = self.b
         if not self.headerless:
             if not b.fill(8):
-                raise self._err(f"stream is {b.avail()} bytes long: too short for the file header", code="truncated")
+                raise self._err(f"stream is {b.avail()} bytes long: too short for the file header", cls=Truncated)
             magic, version = struct.unpack_from(">II", b.buf, b.pos)
             yield FileHeader(offset=0, channel=self.channel, magic=magic, version=version)
             b.pos += 8
@@ -202,7 +202,7 @@ class StreamReader:
                 yield Eof(offset=b.offset(), channel=self.channel, depth=len(self._package_end))
                 b.pos += 1
             else:
-                raise self._err(f"unknown savevm section type {t}", code="unknown-section-type")
+                raise self._err(f"unknown savevm section type {t}", cls=UnknownSectionType)
 
     def _depth(self) -> int:
         return len(self._package_end)
@@ -214,7 +214,7 @@ class StreamReader:
         if b.avail() >= 5:
             (n,) = _U32.unpack_from(b.buf, b.pos + 1)
             if n > MAX_MACHINE_NAME:
-                raise self._err(f"configuration machine-type length {n} exceeds {MAX_MACHINE_NAME}", code="hostile-length")
+                raise self._err(f"configuration machine-type length {n} exceeds {MAX_MACHINE_NAME}", cls=HostileLength)
         want = 4096
         while True:
             b.fill(want)
@@ -222,9 +222,11 @@ class StreamReader:
             try:
                 c = ConfigurationStruct.parse(window)
                 used = len(ConfigurationStruct.build(c))
+            except ExplicitError:  # a subsection the configuration does not have
+                raise self._err("configuration record has an unknown subsection", cls=ConfigurationMalformed) from None
             except ConstructError:
                 if b.eof or want >= 1 << 20:
-                    raise self._err("configuration record does not decode", code="truncated" if b.eof else "malformed")
+                    raise self._err("configuration record does not decode", cls=Truncated if b.eof else ConfigurationMalformed)
                 want *= 4
                 continue
             if used == len(window) and not b.eof and want < 1 << 20:
@@ -273,7 +275,7 @@ class StreamReader:
         if cmd == MigCmd.MIG_CMD_PACKAGED and args is not None and cmd != self.commands.send_src_downtime_id:
             end = b.offset() + args["length"]
             if self._package_end and end > self._package_end[-1]:
-                raise self._err("packaged data extends past the package that holds it", offset=off)
+                raise self._err("packaged data extends past the package that holds it", offset=off, cls=PackagedTooLarge)
             self._package_end.append(end)
 
     # -- sections ------------------------------------------------------------------------
@@ -301,7 +303,7 @@ class StreamReader:
             info = self.sections.get(sid)
             if info is None:
                 # The payload format is unknown; a destination stops here too.
-                raise self._err(f"unknown savevm section {sid}", offset=off, code="unknown-section-id")
+                raise self._err(f"unknown savevm section {sid}", offset=off, cls=UnknownSectionId)
         self.current = info
         self._current_type = t
         if info.idstr == RAM_SECTION_IDSTR and info.instance_id == 0:
@@ -368,7 +370,7 @@ class StreamReader:
                     if (w & (self.ram_params["page_size"] - 1) & ~CONT) in ramcodec.KNOWN_KINDS:
                         return i - b.pos
         raise self._err(f"cannot find where section {info.idstr} ends: no footers, no description, no next section "
-                        f"within {limit} bytes", code="missing-footer")
+                        f"within {limit} bytes", cls=MissingFooter)
 
     def _plausible_trailer(self, at: int) -> bool:
         b = self.b
@@ -399,7 +401,7 @@ class StreamReader:
                 if first >= 0:
                     return first
                 what = "before the stream ends" if b.eof else f"within {limit} bytes"
-                raise self._err(f"Missing section footer for {info.idstr}: none {what}", code="missing-footer")
+                raise self._err(f"Missing section footer for {info.idstr}: none {what}", cls=MissingFooter)
             rel = (i - b.pos) if i >= 0 else max(0, b.avail() - 4)
             b.fill(min(limit, b.avail() + (1 << 16)))
 
@@ -464,7 +466,7 @@ class StreamReader:
                 yield self._mem_size_mapped_ram(pos, depth)
                 continue
             if kind not in ramcodec.KNOWN_KINDS:
-                raise self._err(f"Unknown combination of migration flags: {flags:#x}", offset=b.base + pos, code="ram-unknown-flags")
+                raise self._err(f"Unknown combination of migration flags: {flags:#x}", offset=b.base + pos, cls=UnknownRamFlags)
             if kind == PAGE:  # named page (first of a block)
                 b.need(9)
                 n = buf[pos + 8]
@@ -530,7 +532,7 @@ class StreamReader:
             b.need(8 + named + 4)
             (n,) = _U32.unpack_from(b.buf, pos + 8 + named)
             if n > MAX_COMPRESSED_PAGE:
-                raise self._err(f"compressed page length {n} is out of range", offset=off, code="hostile-length")
+                raise self._err(f"compressed page length {n} is out of range", offset=off, cls=HostileLength)
         want = 4096 + 512
         while True:
             have = b.fill(want)

@@ -21,9 +21,8 @@ so in the record (`framed_by`):
   "end-of-body"     no END_OF_STATE follows at all: the config is the rest of the body,
                     and no END_OF_STATE record is produced.
 
-Framing failures raise wireformat.reader.DecodeError: an unknown marker
-(code "vfio-unknown-marker"), a body that ends inside a marker or inside DEV_DATA_STATE
-data (code "truncated"). A hostile DEV_DATA_STATE size only gets compared with the bytes
+Framing failures raise wireformat.errors classes: an unknown marker (UnknownVfioMarker),
+a body that ends inside a marker or inside DEV_DATA_STATE data (Truncated). A hostile DEV_DATA_STATE size only gets compared with the bytes
 present; nothing is allocated for it.
 """
 
@@ -36,7 +35,7 @@ from typing import Callable, Iterable
 from construct import ConstructError, GreedyBytes, Int32ub, Struct
 
 from .constants import VfioMigFlag
-from .reader import DecodeError
+from .errors import DecodeError, Truncated, UnknownVfioMarker
 from .records import MAIN, Record
 
 END_OF_STATE = int(VfioMigFlag.VFIO_MIG_FLAG_END_OF_STATE)
@@ -114,36 +113,36 @@ def parse_markers(body: bytes, *, offset: int = 0, channel: str = MAIN, section:
     out: list[VfioMarker] = []
     pos = 0
 
-    def err(msg: str, at: int, code: str) -> DecodeError:
-        return DecodeError(msg, channel=channel, offset=offset + at, section=section, code=code)
+    def err(msg: str, at: int, cls: type[DecodeError] = Truncated) -> DecodeError:
+        return cls(msg, channel=channel, offset=offset + at, section=section)
 
     while pos < end:
         at = pos
         if end - pos < 8:
-            raise err(f"VFIO body ends inside a marker ({end - pos} of 8 bytes)", at, "truncated")
+            raise err(f"VFIO body ends inside a marker ({end - pos} of 8 bytes)", at)
         (marker,) = _BE64.unpack_from(mv, pos)
         pos += 8
         if marker in BARE_MARKERS:
             out.append(VfioMarker(offset=offset + at, channel=channel, marker=marker))
         elif marker == DEV_DATA_STATE:
             if end - pos < 8:
-                raise err("VFIO body ends inside the DEV_DATA_STATE size", at, "truncated")
+                raise err("VFIO body ends inside the DEV_DATA_STATE size", at)
             (size,) = _BE64.unpack_from(mv, pos)
             pos += 8
             if size > end - pos:
-                raise err(f"DEV_DATA_STATE size {size} but {end - pos} bytes remain", at, "truncated")
+                raise err(f"DEV_DATA_STATE size {size} but {end - pos} bytes remain", at)
             out.append(VfioMarker(offset=offset + at, channel=channel, marker=marker, size=size,
                                   data=bytes(mv[pos : pos + size])))
             pos += size
         elif marker == DEV_CONFIG_STATE:
             n, how = _config_length(mv[pos:], config_size)
             if n is None or n < 0 or n > end - pos:
-                raise err(f"config state length {n} does not fit the {end - pos} bytes left", at, "truncated")
+                raise err(f"config state length {n} does not fit the {end - pos} bytes left", at)
             out.append(VfioMarker(offset=offset + at, channel=channel, marker=marker, data=bytes(mv[pos : pos + n]),
                                   framed_by=how))
             pos += n
         else:
-            raise err(f"Unknown tag {marker:#x}", at, "vfio-unknown-marker")
+            raise err(f"Unknown tag {marker:#x}", at, UnknownVfioMarker)
     return out
 
 
@@ -177,13 +176,13 @@ def build_markers(markers: Iterable[VfioMarker]) -> bytes:
 
 
 def parse_device_state(data: bytes, *, offset: int = 0, channel: str = "multifd0") -> VfioDeviceState:
-    """A VFIODeviceStatePacket; fewer than 12 bytes raise DecodeError(code="truncated")."""
+    """A VFIODeviceStatePacket; fewer than 12 bytes raise Truncated."""
     try:
         c = VFIODeviceStatePacket.parse(bytes(data))
     except ConstructError as e:
-        raise DecodeError(f"VFIO device state packet too short ({len(data)} of "
-                          f"{VFIO_DEVICE_STATE_PACKET_HEADER_SIZE} bytes): {str(e).splitlines()[-1]}",
-                          channel=channel, offset=offset, code="truncated") from None
+        raise Truncated(f"VFIO device state packet too short ({len(data)} of "
+                        f"{VFIO_DEVICE_STATE_PACKET_HEADER_SIZE} bytes): {str(e).splitlines()[-1]}",
+                        channel=channel, offset=offset) from None
     return VfioDeviceState(offset=offset, channel=channel, version=c.version, idx=c.idx, flags=c.flags, data=c.data)
 
 

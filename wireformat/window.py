@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-
-class Truncated(Exception):
-    """The stream ended before the bytes a record needs."""
+from .errors import Truncated
 
 
 class Window:

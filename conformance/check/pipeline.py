@@ -11,12 +11,14 @@ from typing import BinaryIO, Callable
 import zstandard
 
 from wireformat.commands import RELEASED, CommandSet
-from wireformat.reader import DecodeError, StreamReader
+from wireformat.errors import DecodeError
+from wireformat.reader import StreamReader
 
 from conformance.check.inputs import Prepended
 from conformance.rules.loader import Loader
 from conformance.rules.profile import DestinationProfile
 from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.decode_errors import code_of
 
 
 class StreamReadError(Exception):
@@ -87,7 +89,7 @@ def check_stream(
             if progress is not None and not n & 0xFFFF:
                 progress(reader.b.offset())
     except DecodeError as e:
-        loader.fail(e.code, e.channel, e.offset, e.message, e.section)
+        loader.fail(code_of(e), e.channel, e.offset, e.message, e.section)
     except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
         raise StreamReadError(f"{name}: read error at byte {reader.b.offset()}: {e}") from None
     loader.bytes_seen = max(loader.bytes_seen, reader.b.offset())
@@ -135,11 +137,12 @@ def check_capture(
             for rec in reader:
                 checker.feed(rec)
         except DecodeError as e:
-            checker._v(e.code if e.code in ("truncated", "hostile-length") else "multifd-packet", Severity.REJECT,
-                       e.channel, e.offset, f"{e.message}: the destination hangs waiting for this channel")
+            checker.sink.emit(code_of(e), e.channel, e.offset, f"{e.message}: the destination hangs waiting for this channel")
         except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
             raise StreamReadError(f"{label}: read error: {e}") from None
-    rep.violations = rep.violations + checker.close()
+    checker.close()
+    rep.violations = rep.violations + checker.violations
+    rep.stats["violations_dropped"] += checker.sink.dropped
     rep.stats["multifd"] = {
         "channels": {c.name: {"packets": c.packets, "syncs": c.syncs} for c in checker.channels.values()},
         "sync_mode": checker.main.mode,
@@ -175,8 +178,10 @@ def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> t
                 else:
                     live.remove(i)
     except DecodeError as e:  # framing faults are check's to report; the model stops there
-        return model.close(), {**model.stats(), "stopped": str(e)}
-    return model.close(), model.stats()
+        model.close()
+        return model.violations, {**model.stats(), "stopped": str(e)}
+    model.close()
+    return model.violations, model.stats()
 
 
 def vmstate_body_check(desc: dict, data: bytes) -> str | None:

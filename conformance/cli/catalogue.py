@@ -15,13 +15,15 @@ def add_catalogue_parser(sub) -> None:
 
 
 def cmd_catalogue(args) -> int:
-    from conformance.rules.catalogue import CATALOGUE, catalogue_markdown
+    from conformance.rules.catalogue import CATALOGUE, as_json, catalogue_markdown, modelled_versions
 
     if args.json:
-        print(json.dumps({c: {"meaning": e.meaning, "qemu": e.qemu} for c, e in CATALOGUE.items()}, indent=2))
+        print(json.dumps(as_json(), indent=2))
     elif args.markdown:
         print(catalogue_markdown(), end="")
     else:
+        versions = modelled_versions()
+        print(f"{'code':<34} " + " ".join(f"{v:<11}" for v in versions) + " meaning")
         for e in CATALOGUE.values():
-            print(f"{e.code:<34} {e.meaning}")
+            print(f"{e.code:<34} " + " ".join(f"{e.severity_on(v).value:<11}" for v in versions) + f" {e.meaning}")
     return EXIT_OK

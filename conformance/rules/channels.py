@@ -22,9 +22,8 @@ from wireformat.multifd import (
 )
 from wireformat.records import Record
 
-from conformance.rules.catalogue import Severity, Violation
-
-R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import ViolationSink
 
 
 @dataclass
@@ -62,15 +61,24 @@ class MultifdChecker:
     page_count: int = MULTIFD_PAGE_COUNT
     destination_channels: int | None = None  # the destination's multifd-channels, when known
     channels: dict[str, _Channel] = field(default_factory=dict)
-    violations: list[Violation] = field(default_factory=list)
+    sink: ViolationSink = field(default_factory=ViolationSink)
     packet_nums: list[int] = field(default_factory=list)
     pages: Counter = field(default_factory=Counter)
+    _closed: bool = field(default=False, init=False, repr=False)
 
-    def _v(self, code, sev, channel, offset, message):
-        if len(self.violations) < 1000:
-            self.violations.append(Violation(code, sev, channel, offset, message, None))
+    @property
+    def violations(self) -> list[Violation]:
+        return self.sink.violations
 
-    def feed(self, rec: Record) -> None:
+    def _v(self, code: Code, channel: str, offset: int, message: str) -> None:
+        self.sink.emit(code, channel, offset, message)
+
+    def feed(self, rec: Record) -> list[Violation]:
+        start = len(self.sink.violations)
+        self._feed(rec)
+        return self.sink.since(start)
+
+    def _feed(self, rec: Record) -> None:
         ch = self.channels.setdefault(rec.channel, _Channel(rec.channel))
         if isinstance(rec, MultifdInit):
             self._init(ch, rec)
@@ -79,16 +87,16 @@ class MultifdChecker:
         elif isinstance(rec, MultifdDeviceStatePacket):
             ch.packets += 1
             if rec.flags & 0x1:
-                self._v("multifd-packet", R, rec.channel, rec.offset, "multifd: received SYNC device state packet")
+                self._v(Code.MULTIFD_PACKET, rec.channel, rec.offset, "multifd: received SYNC device state packet")
 
     def _init(self, ch: _Channel, p: MultifdInit) -> None:
         ch.init = p
         where = f"failed to receive packet via multifd channel {p.id}"
         if p.magic != MULTIFD_MAGIC:
-            self._v("multifd-init", R, p.channel, p.offset,
+            self._v(Code.MULTIFD_INIT, p.channel, p.offset,
                     f"{where}: multifd: received packet magic {p.magic:x} expected {MULTIFD_MAGIC:x}")
         elif p.version != MULTIFD_VERSION:
-            self._v("multifd-init", R, p.channel, p.offset,
+            self._v(Code.MULTIFD_INIT, p.channel, p.offset,
                     f"{where}: multifd: received packet version {p.version} expected {MULTIFD_VERSION}")
 
     def _ram(self, ch: _Channel, p: MultifdRamPacket) -> None:
@@ -96,76 +104,80 @@ class MultifdChecker:
         ch.layout = p.layout
         ch_name, off = p.channel, p.offset
         if p.magic != MULTIFD_MAGIC or p.version != MULTIFD_VERSION:
-            self._v("multifd-packet", R, ch_name, off,
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
                     f"multifd: received packet magic {p.magic:x}, expected {MULTIFD_MAGIC:x} (version {p.version}): "
                     "the destination hangs")
             return
         if p.flags & MULTIFD_FLAG_COMPRESSION_MASK_V92:
             # captures are judged for an uncompressed destination: the bits must match its method
-            self._v("multifd-packet", R, ch_name, off,
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
                     f"multifd {ch.init.id if ch.init else '?'}: flags received {p.flags:x} flags expected 0: the destination hangs")
         if p.is_sync:
             ch.syncs += 1
         if p.packet_num < ch.last_num:
-            self._v("multifd-packet-order", D, ch_name, off, f"packet_num {p.packet_num} after {ch.last_num} on the same channel")
+            self._v(Code.MULTIFD_PACKET_ORDER, ch_name, off, f"packet_num {p.packet_num} after {ch.last_num} on the same channel")
         ch.last_num = p.packet_num
         self.packet_nums.append(p.packet_num)
         if p.normal_pages == 0 and not p.zero_pages:
             return  # 7.2 SYNC packets carry stale block name and sizes: not looked at
         if p.pages_alloc > self.page_count:
-            self._v("multifd-packet", R, ch_name, off,
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
                     f"multifd: received packet with {p.pages_alloc} pages, expected {self.page_count}: the destination hangs")
             return
         if p.normal_pages > p.pages_alloc:
-            self._v("multifd-packet", R, ch_name, off,
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
                     f"multifd: received packet with {p.normal_pages} non-zero pages, which exceeds maximum expected pages "
                     f"{p.pages_alloc}: the destination hangs")
             return
         if p.zero_pages and p.zero_pages > p.pages_alloc - p.normal_pages:
-            self._v("multifd-packet", R, ch_name, off,
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
                     f"multifd: received packet with {p.zero_pages} zero pages, expected maximum "
                     f"{p.pages_alloc - p.normal_pages}: the destination hangs")
             return
         length = self.main.blocks.get(p.ramblock)
         if length is None:
-            self._v("multifd-packet", R, ch_name, off, f"multifd: unknown ram block {p.ramblock}: the destination hangs")
+            self._v(Code.MULTIFD_PACKET, ch_name, off, f"multifd: unknown ram block {p.ramblock}: the destination hangs")
             return
         for o in (*p.normal_offsets, *p.zero_offsets):
             if o > length - self.page_size:
-                self._v("multifd-packet", R, ch_name, off,
+                self._v(Code.MULTIFD_PACKET, ch_name, off,
                         f"multifd: offset too long {o} (max {length - self.page_size:x}): the destination hangs")
                 return
         if p.normal_pages and p.next_packet_size != p.normal_pages * self.page_size:
-            self._v("multifd-packet-size", D, ch_name, off,
+            self._v(Code.MULTIFD_PACKET_SIZE, ch_name, off,
                     f"next_packet_size {p.next_packet_size} for {p.normal_pages} pages (the destination reads the pages)")
         self.pages[p.ramblock] += p.normal_pages + (p.zero_pages or 0)
 
     def close(self) -> list[Violation]:
         """Judgements that need every channel: ids, uuids, SYNC counts, numbering."""
+        if self._closed:
+            return []
+        self._closed = True
+        start = len(self.sink.violations)
         inits = [c.init for c in self.channels.values() if c.init is not None]
         n = self.destination_channels if self.destination_channels is not None else len(inits)
         if self.destination_channels is not None and len(inits) > n:
             # the destination accepts only n channel connections: the others are never read
             # (seen with real destinations: the load completes, their pages are missing)
             extra = sorted(inits, key=lambda i: i.id)[n:]
-            self._v("multifd-channels", L, "multifd", 0,
+            self._v(Code.MULTIFD_CHANNELS, "multifd", 0,
                     f"{len(inits)} channels for a destination set for {n}: the pages of "
                     f"{', '.join(i.channel for i in extra)} are never loaded")
             inits = [i for i in inits if i not in extra]
         ids = Counter(i.id for i in inits)
         for i in inits:
             if i.id > n:
-                self._v("multifd-init", R, i.channel, i.offset,
+                self._v(Code.MULTIFD_INIT, i.channel, i.offset,
                         f"multifd: received channel id {i.id} is greater than number of channels {n}")
             elif i.id == n or ids[i.id] > 1:  # QEMU's range check lets id == n through, then fails here
-                self._v("multifd-init", R, i.channel, i.offset, f"multifd: received id '{i.id}' already setup'")
+                self._v(Code.MULTIFD_INIT, i.channel, i.offset, f"multifd: received id '{i.id}' already setup'")
         if len({i.uuid for i in inits}) > 1:
-            self._v("multifd-init", R, inits[-1].channel, inits[-1].offset,
+            self._v(Code.MULTIFD_INIT, inits[-1].channel, inits[-1].offset,
                     "multifd channels carry different uuids: the destination expects its own on every channel")
         want = self.main.sync_points
         for c in self.channels.values():
             if c.syncs != want:
-                self._v("multifd-sync-count", R, c.name, 0,
+                self._v(Code.MULTIFD_SYNC_COUNT, c.name, 0,
                         f"{c.syncs} SYNC packets, the main stream has {want} sync points ({self.main.mode} mode): "
                         "the destination waits for a SYNC that never comes" if c.syncs < want else
                         f"{c.syncs} SYNC packets for {want} sync points ({self.main.mode} mode): the channel blocks on a "
@@ -175,6 +187,6 @@ class MultifdChecker:
             have = set(self.packet_nums)
             missing = sorted(set(range(min(have), max(have) + 1)) - have)
             if missing:
-                self._v("multifd-packet-missing", R, "multifd", 0,
+                self._v(Code.MULTIFD_PACKET_MISSING, "multifd", 0,
                         f"packet numbers {missing[:8]}{'…' if len(missing) > 8 else ''} are on no channel: a packet was lost")
-        return self.violations
+        return self.sink.since(start)

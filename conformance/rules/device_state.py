@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from conformance.rules.catalogue import Code
+
 FORMAT = 1
 SUBSECTION = 0x05  # QEMU_VM_SUBSECTION
 FOOTER = 0x7E  # QEMU_VM_SECTION_FOOTER
@@ -94,7 +96,7 @@ def builtin_layouts(version: str) -> Layouts | None:
 
 @dataclass(frozen=True)
 class Finding:
-    code: str  # device-load-failed, device-subsection-unknown, device-field-equal-mismatch, device-state-not-judged
+    code: Code  # DEVICE_LOAD_FAILED, DEVICE_SUBSECTION_UNKNOWN, DEVICE_FIELD_EQUAL_MISMATCH or DEVICE_STATE_NOT_JUDGED
     message: str
     field: str | None = None  # "vmsd:field" where the destination stopped
     at: int = 0  # offset in the body
@@ -180,11 +182,11 @@ class _Load:
         shape = self.l.shapes[ref]
         name = shape["n"]
         if version > shape["v"]:
-            raise _Stop(Finding("device-load-failed",
+            raise _Stop(Finding(Code.DEVICE_LOAD_FAILED,
                                 f"{name}: incoming version_id {version} is too new for local version_id {shape['v']}", name,
                                 self.pos))
         if version < shape["m"]:
-            raise _Stop(Finding("device-load-failed",
+            raise _Stop(Finding(Code.DEVICE_LOAD_FAILED,
                                 f"{name}: incoming version_id {version} is too old for local minimum version_id "
                                 f"{shape['m']}", name, self.pos))
         fields = shape["f"]
@@ -267,12 +269,12 @@ class _Load:
             return got  # the destination's own value is not known: the bytes are read, the check not judged
         if t == "int32 le":
             if not 0 <= got <= local:
-                raise _Stop(Finding("device-field-equal-mismatch",
+                raise _Stop(Finding(Code.DEVICE_FIELD_EQUAL_MISMATCH,
                                     f"Invalid value {got} expecting positive value <= {local}; Failed to load {where}",
                                     where, at))
         elif got != local:
             mask = (1 << (8 * size)) - 1
-            raise _Stop(Finding("device-field-equal-mismatch",
+            raise _Stop(Finding(Code.DEVICE_FIELD_EQUAL_MISMATCH,
                                 f"{local & mask:x} != {got & mask:x}; Failed to load {where}", where, at))
         return got
 
@@ -294,7 +296,7 @@ class _Load:
             if sub not in known:
                 if not complete:
                     raise _NotJudged("subsection layout not known", sub)
-                raise _Stop(Finding("device-subsection-unknown",
+                raise _Stop(Finding(Code.DEVICE_SUBSECTION_UNKNOWN,
                                     f"subsection '{sub}' is not one of {name}'s in this destination: the load fails "
                                     "(vmstate_subsection_load: -ENOENT)", sub, self.pos))
             at = self.pos
@@ -349,7 +351,7 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
     rejecting Finding, or a device-state-not-judged Finding (with the reason)."""
     name = next((c for c in _vmsd_candidates(idstr) if c in layouts.tops or c in layouts.outside), None)
     if name is None:
-        return Finding("device-state-not-judged", "no destination layout for this section", None)
+        return Finding(Code.DEVICE_STATE_NOT_JUDGED, "no destination layout for this section", None)
     load = _Load(layouts, body, family, name)
     try:
         if name in layouts.tops:
@@ -357,7 +359,7 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
                     if layouts.shapes[v["ref"]]["m"] <= version_id <= layouts.shapes[v["ref"]]["v"]]
             if len(refs) != 1:
                 # out of bounds is the section header's business (tables); several variants: which type?
-                return Finding("device-state-not-judged",
+                return Finding(Code.DEVICE_STATE_NOT_JUDGED,
                                "version outside the destination's VMSD" if not refs else
                                f"{len(refs)} destination VMSDs named {name}", name)
             load.vmsd(refs[0], version_id, desc, "")
@@ -368,15 +370,15 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
             if shape is None:
                 shapes = list(fams.values())
                 if not shapes or any(s != shapes[0] for s in shapes):
-                    return Finding("device-state-not-judged", "layout differs by machine family, machine not known", name)
+                    return Finding(Code.DEVICE_STATE_NOT_JUDGED, "layout differs by machine family, machine not known", name)
                 shape = shapes[0]
             load.observed({**shape, "names": out["names"], "n": name}, version_id, "", name)
     except _Stop as e:
         return e.finding
     except _NotJudged as e:
-        return Finding("device-state-not-judged", f"{e.reason} ({e.where})", e.where, load.pos)
+        return Finding(Code.DEVICE_STATE_NOT_JUDGED, f"{e.reason} ({e.where})", e.where, load.pos)
     except _Short:
-        return Finding("device-load-failed",
+        return Finding(Code.DEVICE_LOAD_FAILED,
                        f"the destination reads more of {idstr} than the {len(body)} bytes the source wrote: it reads "
                        "into the section footer and what follows (the load fails)", None, len(body))
     if load.pos < len(body):
@@ -384,13 +386,13 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
         if nxt == FOOTER and load.pos + 5 <= len(body) and section_id is not None:
             got = int.from_bytes(body[load.pos + 1:load.pos + 5], "big")
             if got == section_id:
-                return Finding("device-load-failed",
+                return Finding(Code.DEVICE_LOAD_FAILED,
                                f"the destination reads {load.pos} of the {len(body)} bytes of {idstr}; what follows "
                                "looks like its footer, then the rest is read as records (the load fails)", None, load.pos)
         text = (f"Mismatched section id in footer for {idstr} - read 0x{int.from_bytes(body[load.pos + 1:load.pos + 5], 'big'):x} "
                 f"expected 0x{section_id:x}") if nxt == FOOTER and section_id is not None and load.pos + 5 <= len(body) \
             else f"Missing section footer for {idstr}"
-        return Finding("device-load-failed",
+        return Finding(Code.DEVICE_LOAD_FAILED,
                        f"{text} (the destination's layout reads {load.pos} of the {len(body)} bytes the source wrote)",
                        None, load.pos)
     return None
@@ -425,10 +427,10 @@ def judge_bodies(layouts: Layouts, bodies: Iterable[tuple[str, int, bytes, int]]
             f = judge_section(layouts, idstr=idstr, instance_id=inst, version_id=head["version_id"], body=bytes(data),
                               section_id=head.get("section_id"), family=fam, desc=desc)
         except (KeyError, TypeError, ValueError, IndexError, RecursionError) as e:
-            f = Finding("device-state-not-judged", f"layout data not usable here: {type(e).__name__}")
+            f = Finding(Code.DEVICE_STATE_NOT_JUDGED, f"layout data not usable here: {type(e).__name__}")
         if f is None:
             out.loaded += 1
-        elif f.code == "device-state-not-judged":
+        elif f.code is Code.DEVICE_STATE_NOT_JUDGED:
             if f.message == "no destination layout for this section":
                 out.no_layout += 1
             else:

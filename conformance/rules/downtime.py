@@ -34,9 +34,9 @@ from typing import Iterable, Mapping, Sequence
 from wireformat.commands import CommandSet
 from wireformat.records import Command, Record, SectionFooter, SectionHeader
 
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import ViolationSink
 
-R = Severity.REJECT
 US_PER_MS = 1000
 
 
@@ -148,10 +148,6 @@ def simulate(cmd: SlaCommand, costs: Sequence[int | tuple[str, int]], *, check_o
     return SlaResult(abort=clock.abort, totals=clock.totals, sections=clock.loaded_sections)
 
 
-def _v(code: str, severity: Severity, channel: str, offset: int, message: str, section: str | None = None) -> Violation:
-    return Violation(code, severity, channel, offset, message, section)
-
-
 def sla_violations(records: Iterable[Record], commands: CommandSet,
                    costs: Mapping[tuple[str, int], int] | None = None, *, default_cost_us: int = 0,
                    check_on_arrival: bool = False) -> list[Violation]:
@@ -165,7 +161,7 @@ def sla_violations(records: Iterable[Record], commands: CommandSet,
     names: dict[int, tuple[str, int]] = {}
     clock: SlaClock | None = None
     current: SectionHeader | None = None
-    out: list[Violation] = []
+    sink = ViolationSink()
     for rec in records:
         if isinstance(rec, Command) and rec.cmd == commands.send_src_downtime_id and clock is None:
             args = rec.args if isinstance(rec.args, dict) else commands.decode(rec.cmd, rec.data)
@@ -174,7 +170,7 @@ def sla_violations(records: Iterable[Record], commands: CommandSet,
             clock = SlaClock(SlaCommand.from_args(args), check_on_arrival=check_on_arrival)
             hit = clock.arrive()
             if hit is not None:
-                out.append(_abort_violation(hit, clock.cmd, rec))
+                _abort(sink, hit, clock.cmd, rec)
                 break
         elif isinstance(rec, SectionHeader):
             if rec.is_full:
@@ -186,14 +182,14 @@ def sla_violations(records: Iterable[Record], commands: CommandSet,
             hit = clock.loaded(name, costs.get(key, default_cost_us))
             current = None
             if hit is not None:
-                out.append(_abort_violation(hit, clock.cmd, rec))
+                _abort(sink, hit, clock.cmd, rec)
                 break
-    return out
+    return sink.violations
 
 
-def _abort_violation(a: SlaAbort, cmd: SlaCommand, rec: Record) -> Violation:
+def _abort(sink: ViolationSink, a: SlaAbort, cmd: SlaCommand, rec: Record) -> None:
     where = f"after {a.checkpoint} section(s)" if a.checkpoint else "on arrival of the command"
-    return _v("downtime-limit-exceeded", R, rec.channel, rec.offset,
+    sink.emit(Code.DOWNTIME_LIMIT_EXCEEDED, rec.channel, rec.offset,
               f"downtime {a.total_us / 1000:.3f} ms (source {cmd.source_downtime_ms} ms + destination "
               f"{a.elapsed_us / 1000:.3f} ms) reached the abort limit {cmd.abort_limit_ms} ms {where}: "
               f"the destination aborts, {a.past_limit_us / 1000:.3f} ms past the limit", a.section)

@@ -30,8 +30,10 @@ from wireformat.constants import (
     SectionType as T,
 )
 from wireformat.commands import RELEASED, CommandSet
+from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
 from wireformat.returnpath import RpMessage
+from wireformat.vfio import parse_markers
 from wireformat.records import (
     Command,
     Configuration,
@@ -50,16 +52,17 @@ from wireformat.records import (
 
 from conformance.rules.tables import DestinationTables
 from conformance.rules.profile import DestinationProfile, profile
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Severity, Violation
+from conformance.rules.decode_errors import code_of
+from conformance.rules.sink import ViolationSink
+from conformance.rules.switchover import is_vfio_idstr
 
-R, L, D = Severity.REJECT, Severity.SILENT_LOSS, Severity.DEVIATION
 RETURN_PATH = "return-path"
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
 MAPPED_RAM_FORBIDDEN = frozenset(int(f) for f in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE,
                                                    F.RAM_SAVE_FLAG_HOOK, F.RAM_SAVE_FLAG_MULTIFD_FLUSH))
-MAX_VIOLATIONS = 1000
 MAX_KEPT_BODIES = 32 << 20  # device bodies kept for the VMDESCRIPTION cross-check
 
 
@@ -136,8 +139,9 @@ class Loader:
         self.legacy_machine = None if machine is None else is_legacy_machine(machine)
         self.mapped_ram = False
         self.phase = Phase.RECORDS if recovery else Phase.HEADER
-        self.violations: list[Violation] = []
-        self.dropped = 0
+        self.sink = ViolationSink(self.target.version)
+        self.violations: list[Violation] = self.sink.violations  # the kept ones (at most sink.cap)
+        self._closed = False
         # destination state
         self.configuration: Configuration | None = None
         self.sections: dict[int, SectionHeader] = {}
@@ -207,7 +211,7 @@ class Loader:
             pkg = self.packages[-1]
             if not pkg.trailing_reported:
                 pkg.trailing_reported = True
-                self._v("package-trailing-data", D, rec.channel, rec.offset,
+                self._v(Code.PACKAGE_TRAILING_DATA, rec.channel, rec.offset,
                         "records after the end of the packaged stream (POSTCOPY_RUN or EOF): the destination ignores them")
             return self.violations[start:]
         if kind is RpMessage:
@@ -227,54 +231,59 @@ class Loader:
         return self.violations[start:]
 
     def close(self, end_offset: int | None = None, channel: str = "main") -> list[Violation]:
+        if self._closed:
+            return []
+        self._closed = True
         start = len(self.violations)
         off = end_offset if end_offset is not None else self.bytes_seen
         if self.phase in (Phase.HEADER,):
-            self._v("truncated", R, channel, off, "the stream is empty")
+            self._v(Code.TRUNCATED, channel, off, "the stream is empty")
         elif self.phase in (Phase.CONFIGURATION, Phase.RECORDS, Phase.IN_SECTION) and not self.saw_eof:
             where = f" inside section {self._describe(self.current)}" if self.phase is Phase.IN_SECTION else ""
             paused = " (in postcopy: the destination pauses, postcopy-paused, until a recovery)" \
                 if self.postcopy is PostcopyState.RUNNING else ""
-            self._v("missing-eof", R, channel, off, f"the stream ends{where} without QEMU_VM_EOF{paused}")
+            self._v(Code.MISSING_EOF, channel, off, f"the stream ends{where} without QEMU_VM_EOF{paused}")
         elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE and self.configuration is not None:
             # (machine types <= 2.2 suppress the trailer; they send no configuration either)
-            self._v("missing-vmdescription", D, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
+            self._v(Code.MISSING_VMDESCRIPTION, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
         self._load_device_state()
         if self.rp_messages and self.pings:  # the return path was fed, and PINGs went unanswered
-            self._v("rp-ping-unanswered", D, RETURN_PATH, 0, f"no PONG for PING {', '.join(f'{p:#x}' for p in self.pings)}")
+            self._v(Code.RP_PING_UNANSWERED, RETURN_PATH, 0, f"no PONG for PING {', '.join(f'{p:#x}' for p in self.pings)}")
         return self.violations[start:]
 
-    def fail(self, code: str, channel: str, offset: int, message: str, section: str | None = None) -> None:
+    def fail(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
         """A point past which the stream cannot be framed (reported by the reader)."""
         in_section, self.phase = self.phase is Phase.IN_SECTION, Phase.DONE
         if self.violations and (self.violations[-1].code, self.violations[-1].offset) == (code, offset):
             return  # the record was judged already (e.g. an unknown section id)
-        if code == "unknown-section-type" and in_section and self.footers and self.current is not None:
+        if code is Code.UNKNOWN_SECTION_TYPE and in_section and self.footers and self.current is not None:
             # right after a section body a destination expects the footer, and says so
             name = self.sections.get(self.current.section_id, self.current).idstr
-            code, message = "missing-footer", f"Missing section footer for {name}"
-        self._v(code, R, channel, offset, message, section)
+            code, message = Code.MISSING_FOOTER, f"Missing section footer for {name}"
+        self._v(code, channel, offset, message, section)
 
     def final_status(self) -> str:
         """The destination's MigrationStatus after this stream. A channel that ends during
         postcopy (after RUN) does not fail it: it pauses and waits for a recovery."""
-        rejects = {v.code for v in self.violations if v.severity is R}
-        if self.postcopy is PostcopyState.RUNNING and not self.saw_eof and rejects and rejects <= {"missing-eof", "truncated"}:
+        rejects = {v.code for v in self.violations if v.severity is Severity.REJECT}
+        if self.postcopy is PostcopyState.RUNNING and not self.saw_eof and rejects and rejects <= {Code.MISSING_EOF, Code.TRUNCATED}:
             return "postcopy-paused"
         return "failed" if rejects else self.status
 
     def rejected(self) -> bool:
-        return any(v.severity is R for v in self.violations)
+        return any(v.severity is Severity.REJECT for v in self.violations)
 
     # -- helpers ------------------------------------------------------------------------
-    def _v(self, code, severity, channel, offset, message, section=None):
-        if len(self.violations) >= MAX_VIOLATIONS:
-            self.dropped += 1
-            return
-        if section is None and self.current is not None:
+    @property
+    def dropped(self) -> int:
+        return self.sink.dropped
+
+    def _v(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
+        """Emit through the sink (which looks the severity up); the section defaults to the current one."""
+        if section is None and self.current is not None and len(self.violations) < self.sink.cap:  # (not for a dropped one)
             section = self._describe(self.current)
-        self.violations.append(Violation(code, severity, channel, offset, message, section))
+        self.sink.emit(code, channel, offset, message, section)
 
     def _describe(self, h: SectionHeader | None) -> str | None:
         if h is None:
@@ -286,7 +295,7 @@ class Loader:
         if self.phase is Phase.CONFIGURATION:
             # No configuration: the framing of machine types <= 2.3 (no footers either).
             if self.legacy_machine is False:
-                self._v("configuration-missing", R, rec.channel, rec.offset, "Configuration section missing")
+                self._v(Code.CONFIGURATION_MISSING, rec.channel, rec.offset, "Configuration section missing")
                 self.footers = True
             elif self.legacy_machine is None:
                 self.footers = None  # the first section end tells: footers mean a modern machine
@@ -300,7 +309,7 @@ class Loader:
         elif self.phase is Phase.DONE:
             pass
         else:
-            self._v("malformed", R, rec.channel, rec.offset, f"{rec.kind} not expected in phase {self.phase.value}")
+            self._v(Code.MALFORMED, rec.channel, rec.offset, f"{rec.kind} not expected in phase {self.phase.value}")
 
     def _missing_footer(self, rec: Record) -> None:
         sec = self.current
@@ -308,39 +317,39 @@ class Loader:
             self.footers = False  # no configuration, no footers: consistently <= 2.3
         elif self.footers:
             name = self.sections.get(sec.section_id, sec).idstr if sec else "?"
-            self._v("missing-footer", R, rec.channel, rec.offset, f"Missing section footer for {name}")
+            self._v(Code.MISSING_FOOTER, rec.channel, rec.offset, f"Missing section footer for {name}")
         self.current = None
 
     # -- handlers -----------------------------------------------------------------------
     def _header(self, r: FileHeader) -> None:
         if self.machine is not None and self.target.lacks_machine(self.machine):
-            self._v("machine-type-unsupported", R, r.channel, r.offset,
+            self._v(Code.MACHINE_TYPE_UNSUPPORTED, r.channel, r.offset,
                     f"QEMU {self.target.version} has no machine type {self.machine}: a destination for it cannot start "
                     "(unsupported machine type)")
         if r.magic != QEMU_VM_FILE_MAGIC:
-            self._v("bad-magic", R, r.channel, r.offset, f"Not a migration stream (magic {r.magic:#010x})")
+            self._v(Code.BAD_MAGIC, r.channel, r.offset, f"Not a migration stream (magic {r.magic:#010x})")
             self.phase = Phase.DONE
         elif r.version == QEMU_VM_FILE_VERSION_COMPAT:
-            self._v("obsolete-version", R, r.channel, 4, "SaveVM v2 format is obsolete and don't work anymore")
+            self._v(Code.OBSOLETE_VERSION, r.channel, 4, "SaveVM v2 format is obsolete and don't work anymore")
         elif r.version != QEMU_VM_FILE_VERSION:
-            self._v("unsupported-version", R, r.channel, 4, f"Unsupported migration stream version {r.version}")
+            self._v(Code.UNSUPPORTED_VERSION, r.channel, 4, f"Unsupported migration stream version {r.version}")
 
     def _configuration(self, r: Configuration) -> None:
         self.configuration = r
         if self.legacy_machine:
-            self._v("unknown-section-type", R, r.channel, r.offset, "Unknown savevm section type 7")
+            self._v(Code.UNKNOWN_SECTION_TYPE, r.channel, r.offset, "Unknown savevm section type 7")
             return
         if self.target.lacks_machine(r.machine_type):
-            self._v("machine-type-unsupported", R, r.channel, r.offset,
+            self._v(Code.MACHINE_TYPE_UNSUPPORTED, r.channel, r.offset,
                     f"QEMU {self.target.version} has no machine type {r.machine_type}: a destination for it cannot start "
                     "(unsupported machine type)")
         for cap in r.capabilities:
             if cap not in self.target.validated_capabilities:
-                self._v("unknown-capability", R, r.channel, r.offset, f"Received unknown capability {cap}")
+                self._v(Code.UNKNOWN_CAPABILITY, r.channel, r.offset, f"Received unknown capability {cap}")
         self.mapped_ram = "mapped-ram" in r.capabilities
         # the destination compares only as many bytes as it received (a prefix passes)
         if self.machine is not None and not self.machine.startswith(r.machine_type):
-            self._v("machine-type-mismatch", R, r.channel, r.offset,
+            self._v(Code.MACHINE_TYPE_MISMATCH, r.channel, r.offset,
                     f"Machine type received is '{r.machine_type}' and local is '{self.machine}'")
 
     def _section_header(self, h: SectionHeader) -> None:
@@ -350,12 +359,12 @@ class Loader:
                 if h.section_id in self.open_iterables or (
                     h.section_id in self.sections and self.sections[h.section_id].section_type == T.QEMU_VM_SECTION_START
                 ):
-                    self._v("reused-section-id", D, ch, off, f"START reuses section id {h.section_id}", self._describe(h))
+                    self._v(Code.REUSED_SECTION_ID, ch, off, f"START reuses section id {h.section_id}", self._describe(h))
                 self.open_iterables.add(h.section_id)
             else:
                 key = (h.idstr, h.instance_id)
                 if key in self.loaded_devices and h.idstr != RAM_SECTION_IDSTR:
-                    self._v("duplicate-device-section", D, ch, off, f"device '{h.idstr}' instance {h.instance_id} sent twice", self._describe(h))
+                    self._v(Code.DUPLICATE_DEVICE_SECTION, ch, off, f"device '{h.idstr}' instance {h.instance_id} sent twice", self._describe(h))
                 self.loaded_devices.add(key)
             self.sections[h.section_id] = h
             self._check_entry(h)
@@ -364,9 +373,9 @@ class Loader:
         else:
             full = self.sections.get(h.section_id)
             if full is None:
-                self._v("unknown-section-id", R, ch, off, f"Unknown savevm section {h.section_id}", f"? (id {h.section_id})")
+                self._v(Code.UNKNOWN_SECTION_ID, ch, off, f"Unknown savevm section {h.section_id}", f"? (id {h.section_id})")
             elif h.section_id not in self.open_iterables:
-                self._v("section-not-open", D, ch, off, f"{h.type_name} for section {self._describe(h)} that is not open")
+                self._v(Code.SECTION_NOT_OPEN, ch, off, f"{h.type_name} for section {self._describe(h)} that is not open")
             if h.section_type == T.QEMU_VM_SECTION_END:
                 self.open_iterables.discard(h.section_id)
         self.current = h
@@ -375,35 +384,48 @@ class Loader:
         ch, off, name = h.channel, h.offset, self._describe(h)
         if h.idstr == RAM_SECTION_IDSTR and h.instance_id == 0:
             if h.version_id != RAM_SECTION_VERSION:
-                self._v("ram-version", R, ch, off, f"ram section version {h.version_id}, destination loads only {RAM_SECTION_VERSION}", name)
+                self._v(Code.RAM_VERSION, ch, off, f"ram section version {h.version_id}, destination loads only {RAM_SECTION_VERSION}", name)
             return
         if self.tables is None:
             return
         finding = self.tables.judge(h.idstr, h.instance_id, h.version_id)
         if finding is not None:
-            self._v(finding.code, R, ch, off, finding.message, name)
+            self._v(finding.code, ch, off, finding.message, name)
 
     def _footer(self, f: SectionFooter) -> None:
         sec = self.current
         if self.footers is None:
             # footers, yet no configuration: every machine type that sends one sends both
-            self._v("configuration-missing", R, f.channel, self._no_configuration_at, "Configuration section missing")
+            self._v(Code.CONFIGURATION_MISSING, f.channel, self._no_configuration_at, "Configuration section missing")
             self.footers = True
         elif not self.footers:
-            self._v("unknown-section-type", R, f.channel, f.offset,
+            self._v(Code.UNKNOWN_SECTION_TYPE, f.channel, f.offset,
                     "Unknown savevm section type 126 (a footer, in a stream framed for a machine type without footers)")
         if sec is not None and f.section_id != sec.section_id:
             name = self.sections.get(sec.section_id, sec).idstr
-            self._v("footer-mismatch", R, f.channel, f.offset,
+            self._v(Code.FOOTER_MISMATCH, f.channel, f.offset,
                     f"Mismatched section id in footer for {name} - read {f.section_id:#x} expected {sec.section_id:#x}")
         self.current = None
 
     def _device_state(self, d: DeviceState) -> None:
         sec = self.current
+        if sec is not None and is_vfio_idstr(self.sections.get(sec.section_id, sec).idstr):
+            self._vfio_body(d, self.sections.get(sec.section_id, sec).idstr)
         if sec is not None and sec.section_type == T.QEMU_VM_SECTION_FULL and self._kept + len(d.data) <= MAX_KEPT_BODIES:
             full = self.sections.get(sec.section_id, sec)
             self.device_bodies.append((full.idstr, full.instance_id or 0, d.data, d.offset))
             self._kept += len(d.data)
+
+    def _vfio_body(self, d: DeviceState, idstr: str) -> None:
+        """vfio_load_state reads the body marker by marker and fails at one it does not know.
+        (A body that ends inside a marker's data is not judged here: the length of the
+        config state is not on the wire, so only its reader can tell.)"""
+        try:
+            parse_markers(d.data, offset=d.offset, channel=d.channel)
+        except UnknownVfioMarker as e:
+            self._v(code_of(e), e.channel, e.offset, f"{idstr}: {e.message}")
+        except ValueError:
+            pass
 
     # -- RAM ------------------------------------------------------------------------------
     def _ram(self, r: RamRecord) -> None:
@@ -411,7 +433,7 @@ class Loader:
         if (flags == PAGE_CONT or flags == ZERO_CONT) and not self.mapped_ram:
             name = self.last_block.get(r.channel)
             if name is None:
-                self._v("ram-continue-without-block", R, r.channel, r.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
+                self._v(Code.RAM_CONTINUE_WITHOUT_BLOCK, r.channel, r.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
                 return
             length = self.blocks.get(name)
             if length is None or r.addr >= length:
@@ -424,11 +446,11 @@ class Loader:
 
     def _ram_run(self, run: RamRun) -> None:
         if self.mapped_ram:
-            self._v("ram-mapped-ram-flags", R, run.channel, run.offset, f"Unexpected RAM flags: {run.flags & ~0x20}")
+            self._v(Code.RAM_MAPPED_RAM_FLAGS, run.channel, run.offset, f"Unexpected RAM flags: {run.flags & ~0x20}")
             return
         name = self.last_block.get(run.channel)
         if name is None:
-            self._v("ram-continue-without-block", R, run.channel, run.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
+            self._v(Code.RAM_CONTINUE_WITHOUT_BLOCK, run.channel, run.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
             return
         length = self.blocks.get(name)
         if length is None or run.max_addr() >= length:
@@ -450,7 +472,7 @@ class Loader:
         ch, off = r.channel, r.offset
         self.stats_records[f"ram:{F(kind).name.removeprefix('RAM_SAVE_FLAG_')}"] += 1
         if self.mapped_ram and kind in MAPPED_RAM_FORBIDDEN:
-            self._v("ram-mapped-ram-flags", R, ch, off, f"Unexpected RAM flags: {kind}")
+            self._v(Code.RAM_MAPPED_RAM_FLAGS, ch, off, f"Unexpected RAM flags: {kind}")
             return
         if kind == F.RAM_SAVE_FLAG_MEM_SIZE:
             seen = set()
@@ -458,27 +480,27 @@ class Loader:
                 if b.mapped_ram is not None:
                     self.mapped_ram_pages[b.name] = b.mapped_ram.get("pages_present")
                 if b.name in seen:
-                    self._v("ram-mem-size-duplicate", D, ch, off, f"MEM_SIZE announces block {b.name} twice")
+                    self._v(Code.RAM_MEM_SIZE_DUPLICATE, ch, off, f"MEM_SIZE announces block {b.name} twice")
                 seen.add(b.name)
                 self.blocks[b.name] = b.used_length
                 self.blocks_announced = True
                 finding = self.tables.judge_block(b.name, b.used_length) if self.tables is not None else None
                 if finding is not None:
-                    self._v(finding.code, R, ch, off, finding.message)
+                    self._v(finding.code, ch, off, finding.message)
             return
         if kind in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE, F.RAM_SAVE_FLAG_COMPRESS_PAGE):
             if r.continued:
                 name = self.last_block.get(ch)
                 if name is None:
-                    self._v("ram-continue-without-block", R, ch, off, "Ack, bad migration stream! (CONTINUE with no block named before)")
+                    self._v(Code.RAM_CONTINUE_WITHOUT_BLOCK, ch, off, "Ack, bad migration stream! (CONTINUE with no block named before)")
                     return
             else:
                 name = r.block
                 if name not in self.blocks and self.recovery_channel and not self.blocks_announced:
                     self.blocks[name] = 1 << 64  # announced on the channel before the failure
                 if name not in self.blocks:
-                    code = "ram-page-before-mem-size" if not self.blocks else "ram-unknown-block"
-                    self._v(code, R, ch, off, f"Can't find block {name}")
+                    code = Code.RAM_PAGE_BEFORE_MEM_SIZE if not self.blocks else Code.RAM_UNKNOWN_BLOCK
+                    self._v(code, ch, off, f"Can't find block {name}")
                     return
                 self.last_block[ch] = name
             length = self.blocks.get(name)
@@ -496,36 +518,36 @@ class Loader:
             else:
                 self.pages[name]["compressed"] += 1
                 if not self.target.compress_page_known:
-                    self._v("ram-compressed-page", R, ch, off, "Unknown combination of migration flags: 0x100")
+                    self._v(Code.RAM_COMPRESSED_PAGE, ch, off, "Unknown combination of migration flags: 0x100")
             return
         if kind == F.RAM_SAVE_FLAG_MULTIFD_FLUSH:
             if not self.target.multifd_flush_understood:
-                self._v("ram-multifd-flush-unsupported", R, ch, off, f"Unknown combination of migration flags: {r.flags:#x}")
+                self._v(Code.RAM_MULTIFD_FLUSH_UNSUPPORTED, ch, off, f"Unknown combination of migration flags: {r.flags:#x}")
         elif kind == F.RAM_SAVE_FLAG_HOOK:
-            self._v("ram-hook-without-rdma", R if self.target.hook_fails else D, ch, off, "RAM_SAVE_FLAG_HOOK outside an RDMA migration")
+            self._v(Code.RAM_HOOK_WITHOUT_RDMA, ch, off, "RAM_SAVE_FLAG_HOOK outside an RDMA migration")
 
     def _bad_offset(self, r: RamRecord, name: str, length: int | None) -> None:
         if length is None:
-            self._v("ram-unknown-block", R, r.channel, r.offset, f"Can't find block {name}")
+            self._v(Code.RAM_UNKNOWN_BLOCK, r.channel, r.offset, f"Can't find block {name}")
         else:
-            self._v("ram-offset-out-of-range", R, r.channel, r.offset, f"Illegal RAM offset {r.addr:x} (block {name} is {length:#x} bytes)")
+            self._v(Code.RAM_OFFSET_OUT_OF_RANGE, r.channel, r.offset, f"Illegal RAM offset {r.addr:x} (block {name} is {length:#x} bytes)")
 
     def _zero_fill(self, r: RamRecord) -> None:
         if self.target.zero_fill_must_be_zero:
             msg = f"Found a zero page with value {r.fill}"
         else:
             msg = f"ZERO record with fill byte {r.fill:#x}: QEMU {self.target.version} fills the page with it; no current source writes it"
-        self._v("ram-zero-fill", self.target.zero_fill_severity, r.channel, r.offset, msg)
+        self._v(Code.RAM_ZERO_FILL, r.channel, r.offset, msg)
 
     def _xbzrle(self, r: RamRecord) -> None:
         if r.encoding != 0x01:
-            self._v("ram-xbzrle", R, r.channel, r.offset, "Failed to load XBZRLE page - wrong compression!")
+            self._v(Code.RAM_XBZRLE, r.channel, r.offset, "Failed to load XBZRLE page - wrong compression!")
             return
         try:
             xbzrle_decode(bytes(r.data), bytes(4096))
         except XbzrleError as e:
             what = "len overflow!" if "overflow" in str(e) else "decode error!"
-            self._v("ram-xbzrle", R, r.channel, r.offset, f"Failed to load XBZRLE page - {what}")
+            self._v(Code.RAM_XBZRLE, r.channel, r.offset, f"Failed to load XBZRLE page - {what}")
 
     # -- commands -------------------------------------------------------------------------
     def _command(self, c: Command) -> None:
@@ -534,30 +556,30 @@ class Loader:
         self.stats_commands[name] += 1
         is_opt_in = cmd == self.commands.send_src_downtime_id
         if not is_opt_in and (cmd == 0 or cmd >= self.target.mig_cmd_max):
-            self._v("unknown-command", R, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x})")
+            self._v(Code.UNKNOWN_COMMAND, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x})")
             return
         if is_opt_in:
             if c.args is None:
-                self._v("command-malformed", R, ch, off, f"{name} payload of {n} bytes does not decode")
+                self._v(Code.COMMAND_MALFORMED, ch, off, f"{name} payload of {n} bytes does not decode")
             return
         mc = MigCmd(cmd)
         fixed = MIG_CMD_FIXED_LEN.get(mc)
         if fixed is not None and n != fixed:
             label = "(null)" if mc == MigCmd.MIG_CMD_ENABLE_COLO else name.removeprefix("MIG_CMD_")
-            self._v("command-bad-length", R, ch, off, f"{label} received with bad length - expecting {fixed}, got {n}")
+            self._v(Code.COMMAND_BAD_LENGTH, ch, off, f"{label} received with bad length - expecting {fixed}, got {n}")
             return
         if mc == MigCmd.MIG_CMD_OPEN_RETURN_PATH:
             if self.return_path:
-                self._v("return-path-reopened", D, ch, off, "CMD_OPEN_RETURN_PATH called when RP already open")
+                self._v(Code.RETURN_PATH_REOPENED, ch, off, "CMD_OPEN_RETURN_PATH called when RP already open")
             self.return_path = True
         elif mc == MigCmd.MIG_CMD_PING:
             if not self.return_path:
-                self._v("ping-without-return-path", R, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
+                self._v(Code.PING_WITHOUT_RETURN_PATH, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
             else:
                 self.pings.append(c.args["value"])
         elif mc == MigCmd.MIG_CMD_POSTCOPY_ADVISE:
             if n not in (0, 16):
-                self._v("postcopy-advise-length", R, ch, off, f"CMD_POSTCOPY_ADVISE invalid length ({n})")
+                self._v(Code.POSTCOPY_ADVISE_LENGTH, ch, off, f"CMD_POSTCOPY_ADVISE invalid length ({n})")
             elif self.postcopy is not PostcopyState.NONE:
                 self._postcopy_state(c, "CMD_POSTCOPY_ADVISE")
             else:
@@ -566,7 +588,7 @@ class Loader:
             if self.postcopy not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
                 self._postcopy_state(c, "CMD_POSTCOPY_RAM_DISCARD")
             elif c.args is None or n < 20 or c.args.get("version") != 0:
-                self._v("command-malformed", R, ch, off, f"CMD_POSTCOPY_RAM_DISCARD malformed payload (len {n})")
+                self._v(Code.COMMAND_MALFORMED, ch, off, f"CMD_POSTCOPY_RAM_DISCARD malformed payload (len {n})")
             else:
                 self.postcopy = PostcopyState.DISCARD
         elif mc == MigCmd.MIG_CMD_POSTCOPY_LISTEN:
@@ -575,7 +597,7 @@ class Loader:
             else:
                 self.postcopy = PostcopyState.LISTENING
                 if not self.return_path:
-                    self._v("postcopy-without-return-path", D, ch, off,
+                    self._v(Code.POSTCOPY_WITHOUT_RETURN_PATH, ch, off,
                             "POSTCOPY_LISTEN with no return path: the destination cannot ask for a page it lacks")
         elif mc == MigCmd.MIG_CMD_POSTCOPY_RUN:
             if self.postcopy is not PostcopyState.LISTENING:
@@ -590,29 +612,29 @@ class Loader:
         elif mc == MigCmd.MIG_CMD_RECV_BITMAP:
             if c.args is None or not c.args.get("block"):
                 what = "failed to read block name" if not n or not c.data[0] else f"invalid payload length ({n})"
-                self._v("command-malformed", R, ch, off, f"loadvm_handle_recv_bitmap: {what}")
+                self._v(Code.COMMAND_MALFORMED, ch, off, f"loadvm_handle_recv_bitmap: {what}")
             elif self.blocks and c.args["block"] not in self.blocks:
-                self._v("ram-unknown-block", R, ch, off, f"loadvm_handle_recv_bitmap: block '{c.args['block']}' not found")
+                self._v(Code.RAM_UNKNOWN_BLOCK, ch, off, f"loadvm_handle_recv_bitmap: block '{c.args['block']}' not found")
             elif not self.recovery:
-                self._v("recovery-command-outside-recovery", D, ch, off,
+                self._v(Code.RECOVERY_COMMAND_OUTSIDE_RECOVERY, ch, off,
                         "RECV_BITMAP outside postcopy recovery (the destination answers it all the same)")
         elif mc == MigCmd.MIG_CMD_POSTCOPY_RESUME:
             if not self.recovery:
-                self._v("recovery-command-outside-recovery", D, ch, off,
+                self._v(Code.RECOVERY_COMMAND_OUTSIDE_RECOVERY, ch, off,
                         "loadvm_postcopy_handle_resume: illegal resume received (not fatal)")
             else:
                 self.recovery = False  # RECOVER -> POSTCOPY_ACTIVE
                 self.status = "postcopy-active"
 
     def _postcopy_state(self, c: Command, label: str) -> None:
-        self._v("postcopy-wrong-state", R, c.channel, c.offset, f"{label} in wrong postcopy state ({self.postcopy.value})")
+        self._v(Code.POSTCOPY_WRONG_STATE, c.channel, c.offset, f"{label} in wrong postcopy state ({self.postcopy.value})")
 
     def _package_end(self, p: PackageEnd) -> None:
         if not self.packages:
             return
         pkg = self.packages.pop()
         if not pkg.ended:
-            self._v("package-incomplete", R, p.channel, pkg.offset,
+            self._v(Code.PACKAGE_INCOMPLETE, p.channel, pkg.offset,
                     "the packaged stream ends without POSTCOPY_RUN or EOF: the nested loader reads past its data and fails")
 
     # -- return path ----------------------------------------------------------------------
@@ -621,9 +643,9 @@ class Loader:
         ch, off = RETURN_PATH, m.offset
         self.rp_messages[m.name] += 1
         if self.rp_shut is not None:
-            self._v("rp-after-shut", D, ch, off, f"{m.name} after MIG_RP_MSG_SHUT")
+            self._v(Code.RP_AFTER_SHUT, ch, off, f"{m.name} after MIG_RP_MSG_SHUT")
         if m.type == 0 or m.type > max(MigRpMsg) or (m.type in MIG_RP_FIXED_LEN and len(m.data) != MIG_RP_FIXED_LEN[m.type]):
-            self._v("rp-malformed", R, ch, off, f"Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x}")
+            self._v(Code.RP_MALFORMED, ch, off, f"Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x}")
             return
         t = MigRpMsg(m.type)
         if t == MigRpMsg.MIG_RP_MSG_PONG:
@@ -631,37 +653,37 @@ class Loader:
             if value in self.pings:
                 self.pings.remove(value)  # PONGs may come out of order (3 after 4)
             else:
-                self._v("rp-pong-unexpected", D, ch, off, f"PONG {value:#x} answers no PING")
+                self._v(Code.RP_PONG_UNEXPECTED, ch, off, f"PONG {value:#x} answers no PING")
         elif t == MigRpMsg.MIG_RP_MSG_SHUT:
             self.rp_shut = m
             if m.args["value"]:
-                self._v("rp-shut-error", R, ch, off, f"Sibling indicated error {m.args['value']}")
+                self._v(Code.RP_SHUT_ERROR, ch, off, f"Sibling indicated error {m.args['value']}")
         elif t in (MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID, MigRpMsg.MIG_RP_MSG_REQ_PAGES):
             if t == MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID:
                 if m.args is None:
-                    self._v("rp-malformed", R, ch, off, f"Req_Page_id with length {len(m.data)} expecting {13 + m.data[12:13][0] if len(m.data) > 12 else 13}")
+                    self._v(Code.RP_MALFORMED, ch, off, f"Req_Page_id with length {len(m.data)} expecting {13 + m.data[12:13][0] if len(m.data) > 12 else 13}")
                     return
                 self.rp_block = m.args["block"]
             block = getattr(self, "rp_block", None)
             length = self.blocks.get(block) if block else None
             if block is None or (self.blocks and length is None):
-                self._v("rp-bad-page-request", R, ch, off, f"page request for unknown block {block!r}")
+                self._v(Code.RP_BAD_PAGE_REQUEST, ch, off, f"page request for unknown block {block!r}")
             elif length is not None and m.args["start"] + m.args["length"] > length:
-                self._v("rp-bad-page-request", R, ch, off,
+                self._v(Code.RP_BAD_PAGE_REQUEST, ch, off,
                         f"page request {m.args['start']:#x}+{m.args['length']:#x} beyond block {block} ({length:#x})")
         elif t == MigRpMsg.MIG_RP_MSG_RECV_BITMAP:
             name = (m.args or {}).get("block")
             length = self.blocks.get(name)
             if m.end_mark is not None and m.end_mark != RAMBLOCK_RECV_BITMAP_ENDING:
-                self._v("rp-recv-bitmap", R, ch, off, f"ramblock '{name}' end mark incorrect: {m.end_mark:#x}")
+                self._v(Code.RP_RECV_BITMAP, ch, off, f"ramblock '{name}' end mark incorrect: {m.end_mark:#x}")
             if length is not None and m.bitmap is not None:
                 want = ((length // self.page_size + 63) // 64) * 8
                 if len(m.bitmap) != want:
-                    self._v("rp-recv-bitmap", R, ch, off,
+                    self._v(Code.RP_RECV_BITMAP, ch, off,
                             f"ramblock '{name}' bitmap size mismatch ({len(m.bitmap):#x} != {want:#x})")
         elif t == MigRpMsg.MIG_RP_MSG_RESUME_ACK:
             if m.args["value"] != 1:
-                self._v("rp-resume-ack", R, ch, off, f"RESUME_ACK with value {m.args['value']} (must be 1)")
+                self._v(Code.RP_RESUME_ACK, ch, off, f"RESUME_ACK with value {m.args['value']} (must be 1)")
 
     @property
     def page_size(self) -> int:
@@ -681,13 +703,13 @@ class Loader:
     def _vmdescription(self, v: VmDescription) -> None:
         self.bytes_seen = v.offset + 5 + len(v.json)
         if not v.complete:
-            self._v("vmdescription-truncated", D, v.channel, self.bytes_seen,
+            self._v(Code.VMDESCRIPTION_TRUNCATED, v.channel, self.bytes_seen,
                     f"VMDESCRIPTION announces {v.announced} bytes, the stream ends after {len(v.json)} (a destination completes)")
             return
         self.vmdescription = v.json
 
     def _trailing(self, t: TrailingData) -> None:
-        self._v("trailing-data", D, t.channel, t.offset, f"{t.length} bytes after the end of the stream (first: {t.head[:8].hex()})")
+        self._v(Code.TRAILING_DATA, t.channel, t.offset, f"{t.length} bytes after the end of the stream (first: {t.head[:8].hex()})")
         self.bytes_seen = t.offset + t.length
 
     def _check_device_bodies(self) -> None:
@@ -698,7 +720,7 @@ class Loader:
             desc = json.loads(self.vmdescription)
             devices = desc["devices"]
         except (ValueError, KeyError, TypeError) as e:
-            self._v("vmdescription-malformed", D, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e}")
+            self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e}")
             return
         by_key = {}
         for dev in devices:
@@ -710,7 +732,7 @@ class Loader:
                 continue
             problem = self.body_checker(dev, data)
             if problem:
-                self._v("device-body-mismatch", R, "main", off, problem, f"{idstr} instance {inst}")
+                self._v(Code.DEVICE_BODY_MISMATCH, "main", off, problem, f"{idstr} instance {inst}")
 
     def _load_device_state(self) -> None:
         """Each FULL body read as the destination reads it: by its own VMSD layout (rules.device_state)."""
@@ -722,7 +744,7 @@ class Loader:
         machine = self.machine or (self.configuration.machine_type if self.configuration else None)
         j = judge_bodies(layouts, self.device_bodies, self.section_list, machine, self.vmdescription)
         for off, section, f in j.findings:
-            self._v(f.code, R, "main", off, f.message, section)
+            self._v(f.code, "main", off, f.message, section)
         self.device_state = j.stats()
 
     # -- report ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import ViolationSink
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,37 @@ class PostcopyMultifdModel:
     placed: dict[int, int] = field(default_factory=dict)  # pages postcopy placed, with their version
     listening: bool = False
     synced_since_page: list[bool] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
+    sink: ViolationSink = field(default_factory=ViolationSink)
 
     def __post_init__(self):
         if self.meaning not in ("precopy-only", "during-postcopy"):
             raise ValueError(f"unknown meaning {self.meaning!r}")
         self.synced_since_page = [True] * self.channels
 
-    def _v(self, code: str, sev: Severity, channel: str, message: str) -> None:
-        self.violations.append(Violation(code, sev, channel, 0, message, None))
+    @property
+    def violations(self) -> list[Violation]:
+        return self.sink.violations
 
-    def feed(self, ev: Event) -> None:
+    def _v(self, code: Code, channel: str, message: str) -> None:
+        self.sink.emit(code, channel, 0, message)
+
+    def feed(self, ev: Event) -> list[Violation]:
+        start = len(self.sink.violations)
+        self._feed(ev)
+        return self.sink.since(start)
+
+    def close(self) -> list[Violation]:
+        """Nothing is judged at the end of input: every violation is a delivery's."""
+        return []
+
+    def _feed(self, ev: Event) -> None:
         if isinstance(ev, ChannelPage):
             if self.listening and self.meaning == "precopy-only":
-                self._v("multifd-page-in-postcopy", Severity.REJECT, f"multifd{ev.channel}",
+                self._v(Code.MULTIFD_PAGE_IN_POSTCOPY, f"multifd{ev.channel}",
                         f"page {ev.page} on a multifd channel after POSTCOPY_LISTEN: channels carry no data in postcopy")
             newer = self.placed.get(ev.page)
             if newer is not None and newer > ev.version:
-                self._v("stale-page", Severity.SILENT_LOSS, f"multifd{ev.channel}",
+                self._v(Code.STALE_PAGE, f"multifd{ev.channel}",
                         f"page {ev.page} version {ev.version} from multifd{ev.channel} lands after postcopy placed "
                         f"version {newer}: the guest gets the older contents")
             self.ram[ev.page] = ev.version  # a channel copies the page in: the last write wins
@@ -86,11 +100,11 @@ class PostcopyMultifdModel:
             self.synced_since_page[ev.channel] = True
         elif isinstance(ev, Listen):
             if not self.pair_allowed:
-                self._v("capability-pair-refused", Severity.REJECT, "main",
+                self._v(Code.CAPABILITY_PAIR_REFUSED, "main",
                         "postcopy-ram with multifd: this destination version refuses the pair")
             dirty = [c for c, ok in enumerate(self.synced_since_page) if not ok]
             if dirty and self.meaning == "precopy-only":
-                self._v("postcopy-listen-before-flush", Severity.SILENT_LOSS, "main",
+                self._v(Code.POSTCOPY_LISTEN_BEFORE_FLUSH, "main",
                         f"POSTCOPY_LISTEN while {', '.join(f'multifd{c}' for c in dirty)} may still hold precopy pages")
             self.listening = True
         elif isinstance(ev, PostcopyPage):
@@ -100,7 +114,8 @@ class PostcopyMultifdModel:
 
     def feed_all(self, events) -> list[Violation]:
         for ev in events:
-            self.feed(ev)
+            self._feed(ev)
+        self.close()
         return self.violations
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from conformance.rules.catalogue import Severity
 from conformance.versions import FACTS, NEWEST, Modelled
 
 
@@ -21,7 +20,6 @@ class DestinationProfile:
     mig_cmd_max: int
     multifd_flush_understood: bool
     zero_fill_must_be_zero: bool
-    hook_fails: bool
     compress_page_known: bool
     validated_capabilities: frozenset[str]
 
@@ -31,11 +29,6 @@ class DestinationProfile:
     def lacks_machine(self, name: str) -> bool:
         """True for a versioned pc machine type this version does not have."""
         return bool(_VERSIONED.fullmatch(name)) and name not in self.machine_types
-
-    @property
-    def zero_fill_severity(self) -> Severity:
-        # 7.2 fills the page with the byte: accepted, but no source ever had that page
-        return Severity.REJECT if self.zero_fill_must_be_zero else Severity.SILENT_LOSS
 
 
 _VERSIONED = re.compile(r"pc-(i440fx|q35)-\d+\.\d+(\.\d+)?")
@@ -53,7 +46,6 @@ def _profile(m: Modelled) -> DestinationProfile:
         mig_cmd_max=m.mig_cmd_max,
         multifd_flush_understood=m.multifd_flush_understood,
         zero_fill_must_be_zero=m.zero_fill_must_be_zero,
-        hook_fails=m.hook_fails,
         compress_page_known=m.compress_page_known,
         validated_capabilities=m.validated_capabilities,
         machine_types=_machines(m.version),

@@ -54,9 +54,8 @@ from typing import Iterable, Iterator, Union
 from wireformat.multifd import MultifdInit, MultifdRamPacket
 from wireformat.records import RamRecord, RamRun, Record
 
-from conformance.rules.catalogue import Severity, Violation
-
-R, L = Severity.REJECT, Severity.SILENT_LOSS
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import MAX_VIOLATIONS, ViolationSink
 
 MAIN = -1  # lane id of the main stream; multifd channels are 0 … N-1
 MODES = ("flush", "per-section")
@@ -139,11 +138,11 @@ class RamModel:
     BLAKE2b digest with `hash_pages=True`), None for a zero page.
     """
 
-    __slots__ = ("channels", "mode", "barrier", "hash_pages", "max_violations", "ram", "violations",
+    __slots__ = ("channels", "mode", "barrier", "hash_pages", "sink", "ram", "violations",
                  "main_epoch", "syncs", "deferred", "processed", "_queues", "_queued", "_ready", "_closed")
 
     def __init__(self, channels: int, mode: str = "flush", *, barrier: bool = True, hash_pages: bool = False,
-                 max_violations: int = 100):
+                 max_violations: int = MAX_VIOLATIONS):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if channels < 1:
@@ -152,9 +151,9 @@ class RamModel:
         self.mode = mode
         self.barrier = barrier
         self.hash_pages = hash_pages
-        self.max_violations = max_violations
+        self.sink = ViolationSink(cap=max_violations)
         self.ram: dict[PageKey, tuple[int, int, Content]] = {}
-        self.violations: list[Violation] = []
+        self.violations: list[Violation] = self.sink.violations
         self.main_epoch = 0  # sync points the main stream has passed
         self.syncs = [0] * channels  # SYNCs each channel has processed
         self.deferred = 0  # events the barrier held back on delivery
@@ -166,7 +165,12 @@ class RamModel:
 
     # -- input
 
-    def feed(self, ev: Event) -> None:
+    def feed(self, ev: Event) -> list[Violation]:
+        start = len(self.violations)
+        self._feed(ev)
+        return self.sink.since(start)
+
+    def _feed(self, ev: Event) -> None:
         lane = lane_of(ev)
         if lane != MAIN and not 0 <= lane < self.channels:
             raise ValueError(f"event on channel {lane} of a destination with {self.channels} channels")
@@ -186,20 +190,22 @@ class RamModel:
             self._pump()
 
     def feed_all(self, events: Iterable[Event]) -> list[Violation]:
-        feed = self.feed
+        feed = self._feed
         for ev in events:
             feed(ev)
-        return self.close()
+        self.close()
+        return self.violations
 
     def close(self) -> list[Violation]:
         """End of input: what is still held back says whether the destination hangs."""
         if self._closed:
-            return self.violations
+            return []
         self._closed = True
+        start = len(self.violations)
         mq = self._queues.get(MAIN)
         if mq:
             missing = [c for c in range(self.channels) if self.syncs[c] <= self.main_epoch]
-            self._v("sync-deadlock", R, MAIN, mq[0].at,
+            self._v(Code.SYNC_DEADLOCK, MAIN, mq[0].at,
                     f"the main stream waits at sync point {self.main_epoch + 1} for the SYNC of "
                     f"{', '.join(lane_name(c) for c in missing)} (SYNCs processed: "
                     f"{', '.join(f'{lane_name(c)} {self.syncs[c]}' for c in range(self.channels))}), which never "
@@ -209,10 +215,10 @@ class RamModel:
                 q = self._queues.get(c)
                 if q:
                     pages = sum(len(e.pages) for e in q if type(e) is ChannelPacket)
-                    self._v("sync-unreleased", L, c, q[0].at,
+                    self._v(Code.SYNC_UNRELEASED, c, q[0].at,
                             f"{lane_name(c)} processed SYNC {self.syncs[c]} but the main stream has only "
                             f"{self.main_epoch} sync points: {len(q)} events ({pages} pages) after it are never loaded")
-        return self.violations
+        return self.sink.since(start)
 
     # -- results
 
@@ -236,9 +242,8 @@ class RamModel:
 
     # -- internals
 
-    def _v(self, code: str, sev: Severity, lane: int, offset: int, message: str) -> None:
-        if len(self.violations) < self.max_violations:
-            self.violations.append(Violation(code, sev, lane_name(lane), offset, message, None))
+    def _v(self, code: Code, lane: int, offset: int, message: str) -> None:
+        self.sink.emit(code, lane_name(lane), offset, message)
 
     def _runnable(self, lane: int, ev: Event) -> bool:
         if lane == MAIN:
@@ -283,11 +288,11 @@ class RamModel:
         if prev is not None:
             pr, pl, pc = prev
             if pr > r:
-                self._v("stale-page", L, lane, at,
+                self._v(Code.STALE_PAGE, lane, at,
                         f"page {key[0]}@{key[1]:#x} of round {r} from {lane_name(lane)} written after the same page of "
                         f"round {pr} from {lane_name(pl)}: the guest keeps the older contents")
             elif pr == r and pl != lane and pc != data:
-                self._v("page-race", L, lane, at,
+                self._v(Code.PAGE_RACE, lane, at,
                         f"page {key[0]}@{key[1]:#x} sent in round {r} by {lane_name(pl)} and {lane_name(lane)} with "
                         "different contents: nothing orders the two writes")
         ram[key] = (r, lane, data)

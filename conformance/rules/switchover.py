@@ -50,9 +50,8 @@ from typing import Iterable, Sequence
 from wireformat.constants import MigCmd, MigRpMsg, SectionType
 from wireformat.records import Command, DeviceState, Eof, Record, SectionHeader
 
-from conformance.rules.catalogue import Severity, Violation
-
-R, D = Severity.REJECT, Severity.DEVIATION
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import ViolationSink
 
 MAIN, RP = "main", "return-path"
 MSG_NOT_USED = "Received INIT_DATA_SENT but switchover ack is not used"
@@ -311,13 +310,14 @@ class SwitchoverChecker:
         self.setup = setup
         self.return_path_seen = return_path_seen
         self.dst = Destination(setup)  # the destination as QEMU behaves
-        self.violations: list[Violation] = []
+        self.sink = ViolationSink()
+        self.violations: list[Violation] = self.sink.violations
         self.acked = False
         self.switched = False
         self._unreachable_reported = False
 
-    def _v(self, code: str, severity: Severity, channel: str, offset: int, message: str, section: str | None = None):
-        self.violations.append(Violation(code, severity, channel, offset, message, section))
+    def _v(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
+        self.sink.emit(code, channel, offset, message, section)
 
     def feed(self, ev: Event) -> list[Violation]:
         start = len(self.violations)
@@ -327,7 +327,7 @@ class SwitchoverChecker:
         if k in (Kind.OPEN_RETURN_PATH, Kind.ADVISE, Kind.INIT_DATA_SENT, Kind.PING, Kind.EOF):
             self.dst.receive(ev)
             if self.dst.failed is not None:
-                self._v("init-data-sent-unexpected", R, MAIN, ev.offset, self.dst.failed, ev.device)
+                self._v(Code.INIT_DATA_SENT_UNEXPECTED, MAIN, ev.offset, self.dst.failed, ev.device)
             if k in (Kind.OPEN_RETURN_PATH, Kind.ADVISE):
                 self._check_reachable(ev)
             if not self.return_path_seen and self.dst.ack_sent:
@@ -339,7 +339,7 @@ class SwitchoverChecker:
             if self.setup.source_waits and not self.acked:
                 why = (f"{self.dst.count} device(s) still pending on the destination"
                        if self.dst.uses_ack else "the destination does not use switchover-ack")
-                self._v("switchover-before-ack", D, MAIN, ev.offset,
+                self._v(Code.SWITCHOVER_BEFORE_ACK, MAIN, ev.offset,
                         f"the source switched over before SWITCHOVER_ACK ({why}); the guest runs, so it must wait")
         return self.violations[start:]
 
@@ -361,12 +361,12 @@ class SwitchoverChecker:
             detail = "; ".join(
                 f"{n}: the destination needs an ack, the source side has no precopy support and never sends "
                 f"DEV_INIT_DATA_SENT" for n in missing)
-            self._v("switchover-ack-unreachable", R, MAIN, ev.offset,
+            self._v(Code.SWITCHOVER_ACK_UNREACHABLE, MAIN, ev.offset,
                     f"the destination waits for {len(missing)} device(s) that never send DEV_INIT_DATA_SENT ({detail}): "
                     "no SWITCHOVER_ACK, the running source never switches over", missing[0])
         else:
             self._unreachable_reported = True
-            self._v("switchover-ack-unreachable", R, MAIN, ev.offset,
+            self._v(Code.SWITCHOVER_ACK_UNREACHABLE, MAIN, ev.offset,
                     "the source uses switchover-ack, the destination does not: it never sends SWITCHOVER_ACK and the "
                     "running source never switches over")
 

@@ -21,6 +21,8 @@ from wireformat.reader import StreamReader
 from wireformat.constants import RamSaveFlag
 from wireformat.records import RamRecord, SectionHeader
 
+from conformance.rules.catalogue import Code
+
 # RAMBlocks QEMU creates resizable (ACPI blobs grow with the configuration): a different
 # used_length is accepted up to the block's maximum, which no stream tells.
 RESIZABLE_PREFIX = "/rom@etc/"
@@ -28,7 +30,7 @@ RESIZABLE_PREFIX = "/rom@etc/"
 
 @dataclass
 class Finding:
-    code: str
+    code: Code
     message: str
 
 
@@ -59,26 +61,26 @@ class DestinationTables:
             return None
         local = self.ram_blocks.get(name)
         if local is None:
-            return Finding("ram-block-unknown", f'Unknown ramblock "{name}", cannot accept migration')
+            return Finding(Code.RAM_BLOCK_UNKNOWN, f'Unknown ramblock "{name}", cannot accept migration')
         if local != used_length and not name.startswith(RESIZABLE_PREFIX):
-            return Finding("ram-block-size-mismatch", f"Size mismatch: {name}: 0x{used_length:x} != 0x{local:x}: Invalid argument")
+            return Finding(Code.RAM_BLOCK_SIZE_MISMATCH, f"Size mismatch: {name}: 0x{used_length:x} != 0x{local:x}: Invalid argument")
         return None
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
         if self.entries:
             local = self.entries.get((idstr, instance_id))
             if local is None:
-                return Finding("unknown-section",
+                return Finding(Code.UNKNOWN_SECTION,
                                f"Unknown savevm section or instance '{idstr}' {instance_id}. Make sure that your current VM "
                                "setup matches your saved VM setup, including any hotplugged devices")
             if version_id > local:
-                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{local}")
+                return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{local}")
         info = self.dump.lookup_idstr(idstr) if self.dump is not None else None
         if info is not None:
             if not self.entries and version_id > max(v.version_id for v in (info, *info.alternatives)):
-                return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{info.version_id}")
+                return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{info.version_id}")
             if version_id < min(v.minimum_version_id for v in (info, *info.alternatives)):
-                return Finding("section-version-too-old",
+                return Finding(Code.SECTION_VERSION_TOO_OLD,
                                f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id "
                                f"{info.minimum_version_id}")
         return None
@@ -114,18 +116,18 @@ class BuiltinTables(DestinationTables):
                     return None
                 newest = max(hi for hi, _ in bounds)
                 if version_id > newest:
-                    return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
+                    return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
                 oldest = min(lo for _, lo in bounds)
-                return Finding("section-version-too-old",
+                return Finding(Code.SECTION_VERSION_TOO_OLD,
                                f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id {oldest}")
         name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in OTHER_SECTIONS or c.endswith("vfio")), None)
         if name is None:
-            return Finding("unknown-section",
+            return Finding(Code.UNKNOWN_SECTION,
                            f"Unknown savevm section or instance '{idstr}' {instance_id}: QEMU {self.version} has no such "
                            "device or section")
         newest = OTHER_SECTIONS.get(name)
         if newest is not None and version_id > newest:
-            return Finding("section-version-too-new", f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
+            return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
         return None
 
 

@@ -55,9 +55,9 @@ from wireformat.vfio import (
     VFIO_DEVICE_STATE_PACKET_VER_CURRENT,
 )
 
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Violation
+from conformance.rules.sink import MAX_VIOLATIONS, ViolationSink
 
-R, L = Severity.REJECT, Severity.SILENT_LOSS
 _HEAD = struct.Struct(">III")
 
 
@@ -154,41 +154,49 @@ class DeviceLoad:
 class VfioLoadModel:
     """Device-state reassembly for the destination's `devices`."""
 
-    def __init__(self, devices: Iterable[VfioDevice], *, max_violations: int = 100):
+    def __init__(self, devices: Iterable[VfioDevice], *, max_violations: int = MAX_VIOLATIONS):
         self.devices: dict[tuple[str, int], DeviceLoad] = {d.key: DeviceLoad(d) for d in devices}
         self.started = False
-        self.failed: Violation | None = None
-        self.violations: list[Violation] = []
-        self.max_violations = max_violations
+        self.sink = ViolationSink(cap=max_violations)
+        self.violations: list[Violation] = self.sink.violations
         self._closed = False
+
+    @property
+    def failed(self) -> Violation | None:
+        """The first reject: the destination stops reading there."""
+        return self.sink.first_reject
 
     # -- input
 
-    def feed(self, ev: VfioEvent) -> None:
+    def feed(self, ev: VfioEvent) -> list[Violation]:
         if self.failed is not None:
-            return
+            return []
         if type(ev) is SwitchoverStart:
             self.started = True
             for d in self.devices.values():
                 self._drain(d)
-            return
+            return []
+        start = len(self.violations)
         self._buffer(ev)
+        return self.sink.since(start)
 
     def feed_all(self, events: Iterable[VfioEvent]) -> list[Violation]:
         for ev in events:
             self.feed(ev)
-        return self.close()
+        self.close()
+        return self.violations
 
     def close(self) -> list[Violation]:
         if self._closed or self.failed is not None:
             self._closed = True
-            return self.violations
+            return []
         self._closed = True
+        start = len(self.violations)
         for d in self.devices.values():
             if d.done or not d.device.multifd:
                 continue
             if not self.started and d.queued:
-                self._v("switchover-start-missing", R, "main", 0,
+                self._v(Code.SWITCHOVER_START_MISSING, "main", 0,
                         f"{d.name}: {len(d.queued)} state buffers queued but SWITCHOVER_START never came: the load "
                         "thread that writes them never starts")
                 continue
@@ -201,10 +209,10 @@ class VfioLoadModel:
                 what.append(f"buffers {_ranges(gaps)} never arrived")
             if d.present and d.last_idx is None:
                 what.append("the config-state packet never arrived")
-            self._v("state-buffer-missing", R, "multifd", 0,
+            self._v(Code.STATE_BUFFER_MISSING, "multifd", 0,
                     f"{d.name}: the load waits at state buffer {d.next_idx}: {'; '.join(what)} "
                     "— the destination hangs")
-        return self.violations
+        return self.sink.since(start)
 
     # -- results
 
@@ -219,58 +227,54 @@ class VfioLoadModel:
 
     # -- internals
 
-    def _v(self, code: str, sev: Severity, channel: str, offset: int, message: str) -> None:
-        v = Violation(code, sev, channel, offset, message, None)
-        if len(self.violations) < self.max_violations:
-            self.violations.append(v)
-        if sev is R and self.failed is None:
-            self.failed = v
+    def _v(self, code: Code, channel: str, offset: int, message: str) -> None:
+        self.sink.emit(code, channel, offset, message)
 
     def _buffer(self, ev: StateBuffer) -> None:
         ch, at = ev.channel, ev.at
         d = self.devices.get((ev.idstr, ev.instance))
         if d is None:
-            return self._v("state-buffer-unknown-device", R, ch, at,
+            return self._v(Code.STATE_BUFFER_UNKNOWN_DEVICE, ch, at,
                            f"Unknown idstr {ev.idstr} or instance id {ev.instance} for load state buffer")
         name = ev.idstr
         if not d.device.multifd:
-            return self._v("state-buffer-not-multifd", R, ch, at,
+            return self._v(Code.STATE_BUFFER_NOT_MULTIFD, ch, at,
                            f"{name}: got device state packet but not doing multifd transfer")
         n = len(ev.payload)
         if n < VFIO_DEVICE_STATE_PACKET_HEADER_SIZE:
-            return self._v("state-buffer-too-short", R, ch, at,
+            return self._v(Code.STATE_BUFFER_TOO_SHORT, ch, at,
                            f"{name}: packet too short at {n} (min is {VFIO_DEVICE_STATE_PACKET_HEADER_SIZE})")
         version, idx, flags = _HEAD.unpack_from(ev.payload)
         if version != VFIO_DEVICE_STATE_PACKET_VER_CURRENT:
-            return self._v("state-buffer-version", R, ch, at, f"{name}: packet has unknown version {version}")
+            return self._v(Code.STATE_BUFFER_VERSION, ch, at, f"{name}: packet has unknown version {version}")
         if idx == VFIO_DEVICE_STATE_IDX_INVALID:
-            return self._v("state-buffer-invalid-idx", R, ch, at, f"{name}: packet index is invalid")
+            return self._v(Code.STATE_BUFFER_INVALID_IDX, ch, at, f"{name}: packet index is invalid")
         d.arrivals += 1
         is_config = bool(flags & VFIO_DEVICE_STATE_CONFIG_STATE)
         previous_last = d.last_idx
         if is_config:
             d.last_idx = idx  # QEMU sets the last index before it looks at the slot
         if idx in d.present:
-            return self._v("state-buffer-duplicate", R, ch, at, f"{name}: state buffer {idx} already filled")
+            return self._v(Code.STATE_BUFFER_DUPLICATE, ch, at, f"{name}: state buffer {idx} already filled")
         size = n - VFIO_DEVICE_STATE_PACKET_HEADER_SIZE
         cap_b, cap_n = d.device.max_queued_bytes, d.device.max_queued_buffers
         if cap_n is not None and len(d.queued) + 1 > cap_n:
-            return self._v("queue-cap-exceeded", R, ch, at,
+            return self._v(Code.QUEUE_CAP_EXCEEDED, ch, at,
                            f"{name}: queuing state buffer {idx} would exceed the max of {cap_n}")
         if cap_b is not None and d.queued_bytes + size > cap_b:
-            return self._v("queue-cap-exceeded", R, ch, at,
+            return self._v(Code.QUEUE_CAP_EXCEEDED, ch, at,
                            f"{name}: queuing state buffer {idx} would exceed the size max of {cap_b}")
         if is_config:
             if previous_last is not None and previous_last != idx:
-                self._v("state-buffer-after-config", L, ch, at,
+                self._v(Code.STATE_BUFFER_AFTER_CONFIG, ch, at,
                         f"{name}: a second config-state packet (idx {idx}) moves the last index from {previous_last}")
             above = sorted(i for i in d.present if i > idx)
             if above:
-                self._v("state-buffer-after-config", L, ch, at,
+                self._v(Code.STATE_BUFFER_AFTER_CONFIG, ch, at,
                         f"{name}: state buffers {_ranges(above)} lie above the config-state packet's idx {idx}: the "
                         "load stops at the config and never writes them")
         elif d.last_idx is not None and idx > d.last_idx:
-            self._v("state-buffer-after-config", L, ch, at,
+            self._v(Code.STATE_BUFFER_AFTER_CONFIG, ch, at,
                     f"{name}: state buffer {idx} lies above the config-state packet's idx {d.last_idx}: the load stops "
                     "at the config and never writes it")
         d.present.add(idx)
