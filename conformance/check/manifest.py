@@ -37,7 +37,8 @@ MAX_MEM_MB = 16384  # guest RAM of a destination (pmemsave writes it all to a te
 MAX_GLOBALS = 64
 MAX_TEXT = 256  # any string
 
-GUEST_PROGRAMS = ("paused", "dirtier")  # what conformance.qemu can start: -S, or devices.DIRTIER_BOOT_SECTOR
+# what conformance.qemu can start: -S, devices.DIRTIER_BOOT_SECTOR, guests.DEVICES_BOOT_SECTOR
+GUEST_PROGRAMS = ("paused", "dirtier", "devices")
 RAM_BACKENDS = ("default", "file")  # QEMU's own pc.ram, or memory-backend-file id=ram0 (share=off)
 MIGRATION_STATUSES = ("none", "setup", "cancelling", "cancelled", "active", "postcopy-active", "postcopy-paused",
                       "postcopy-recover-setup", "postcopy-recover", "completed", "failed", "colo",
@@ -95,7 +96,20 @@ class Arguments:
     ram: str = "zero"  # how the source's RAM was filled: zero, random, seed:N, file (informational)
     capabilities: dict[str, bool] = field(default_factory=dict)
     parameters: dict[str, int | bool | str] = field(default_factory=dict)
-    globals_: tuple[str, ...] = ()
+    globals_: tuple[str, ...] = ()  # both sides
+    # one-sided settings: the source's alone (already in effect in the stream) and the
+    # destination's alone (what a replay starts the destination with, beside the shared ones)
+    source_globals: tuple[str, ...] = ()
+    dest_globals: tuple[str, ...] = ()
+    source_capabilities: dict[str, bool] = field(default_factory=dict)
+    dest_capabilities: dict[str, bool] = field(default_factory=dict)
+    source_parameters: dict[str, int | bool | str] = field(default_factory=dict)
+    dest_parameters: dict[str, int | bool | str] = field(default_factory=dict)
+
+    def destination_settings(self) -> tuple[dict[str, bool], dict[str, int | bool | str], tuple[str, ...]]:
+        """(capabilities, parameters, globals) of the destination: shared, then its own."""
+        return ({**self.capabilities, **self.dest_capabilities}, {**self.parameters, **self.dest_parameters},
+                (*self.globals_, *self.dest_globals))
 
 
 @dataclass(frozen=True)
@@ -283,6 +297,12 @@ def _argument_fields(device_sets: Collection[str] | None) -> dict[str, tuple[boo
         "capabilities": (False, check_capabilities),
         "parameters": (False, _parameters),
         "globals": (False, _list(check_global, MAX_GLOBALS)),
+        "source_globals": (False, _list(check_global, MAX_GLOBALS)),
+        "dest_globals": (False, _list(check_global, MAX_GLOBALS)),
+        "source_capabilities": (False, check_capabilities),
+        "dest_capabilities": (False, check_capabilities),
+        "source_parameters": (False, _parameters),
+        "dest_parameters": (False, _parameters),
     }
 
 
@@ -339,7 +359,12 @@ def _arguments(d: dict[str, Any]) -> Arguments:
     return Arguments(machine=d["machine"], devices=d["devices"], mem_mb=d["mem_mb"],
                      ram_backend=d.get("ram_backend", "default"), guest=d.get("guest", "paused"),
                      ram=d.get("ram", "zero"), capabilities=d.get("capabilities", {}),
-                     parameters=d.get("parameters", {}), globals_=d.get("globals", ()))
+                     parameters=d.get("parameters", {}), globals_=d.get("globals", ()),
+                     **{k: d[k] for k in _ONE_SIDED if k in d})
+
+
+_ONE_SIDED = ("source_globals", "dest_globals", "source_capabilities", "dest_capabilities", "source_parameters",
+              "dest_parameters")
 
 
 def _upgrade_capture1(doc: dict) -> dict:
@@ -377,6 +402,9 @@ def to_json(m: Manifest) -> dict[str, Any]:
         out["arguments"] = {"machine": a.machine, "devices": a.devices, "mem_mb": a.mem_mb, "ram": a.ram,
                             "ram_backend": a.ram_backend, "guest": a.guest, "capabilities": dict(a.capabilities),
                             "parameters": dict(a.parameters), "globals": list(a.globals_)}
+        for k in _ONE_SIDED:  # written only when set: older readers keep reading plain captures
+            if v := getattr(a, k):
+                out["arguments"][k] = list(v) if k.endswith("globals") else dict(v)
     out["main"] = m.main
     if m.return_path is not None:
         out["return_path"] = m.return_path

@@ -8,7 +8,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary, QemuError
@@ -31,6 +31,7 @@ class CaptureResult:
     duration: float = 0.0  # seconds, QEMU start to migration completed
     status: dict = field(default_factory=dict)  # the final query-migrate answer
     source_ram: str | None = None  # ram_digest of the source's final guest RAM, when the guest ran
+    source_guest_ram: str | None = None  # guest_ram_digest of the source at the end, when asked (compare_ram)
 
 
 LOW_MEMORY = 1 << 20  # below 1 MiB guest memory is shadowed by ROMs and VGA: not compared
@@ -58,6 +59,32 @@ def pmem_digest(q: QemuProcess, mem_mb: int) -> str:
         return ram_digest_file(tmp / "ram.bin")
 
 
+# The rule of the matrix's after-migration RAM comparison (guest_ram_digest): every byte of
+# guest RAM from address 0 except the legacy hole 0xa0000-0xfffff (the VGA window and the
+# option-ROM/BIOS shadows, which pmemsave reads through device models, not as plain RAM).
+# Both sides are compared stopped, the destination before it is resumed: nothing the guest
+# changes itself afterwards is in the comparison, so no other region is skipped.
+COMPARE_SKIP = (0xA0000, 0x100000)
+
+
+def guest_ram_digest_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    lo, hi = COMPARE_SKIP
+    with open(path, "rb") as f:
+        h.update(f.read(lo))
+        f.seek(hi)
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def guest_ram_digest(q: QemuProcess, mem_mb: int) -> str:
+    """Digest of a stopped guest's RAM under the COMPARE_SKIP rule (pmemsave to a temporary file)."""
+    with reaper.temporary_directory("migconform-ram-") as tmp:
+        q.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(tmp / "ram.bin"))
+        return guest_ram_digest_file(tmp / "ram.bin")
+
+
 def vm_args(*, machine: str, devices: str = "none", mem_mb: int = 64, ram_file: Path | str | None = None,
             globals_: Iterable[str] = (), extra_args: Iterable[str] = ()) -> list[str]:
     """The guest's command line; a destination must be started with the same one."""
@@ -74,7 +101,8 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
                    capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
                    globals_: Iterable[str] = (), extra_args: Iterable[str] = (), timeout: float = 60.0,
                    transport: str = "fd", run_seconds: float = 0.0, running: bool = False,
-                   stop_after: float | None = None) -> CaptureResult:
+                   stop_after: float | None = None, started: Callable[[QemuProcess], None] | None = None,
+                   compare_ram: bool = False) -> CaptureResult:
     """Start a stopped (-S) source, migrate it into `out`, wait for `completed`.
 
     With `running` the guest runs during the migration (e.g. devices.dirtier_args), and
@@ -86,6 +114,10 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
     `exec:cat > FILE`: QEMU reports `completed` before it closes the pipe, and on close it
     SIGTERMs a `cat` that has not exited yet (io/channel-command.c), so the tail still in the
     pipe can in principle be lost (not seen in 120 parallel captures here).
+
+    `started(q)`, given, is called after `cont` instead of a fixed wait (e.g. until a boot
+    program's heartbeat moves). `compare_ram`: `source_guest_ram` is the source's final RAM by
+    guest_ram_digest (the guest is stopped then, in postmigrate).
 
     run_seconds > 0 lets the guest run that long first (firmware programs the devices: PCI
     config, RTC, PIT ...), so the stream carries device state a paused guest never has.
@@ -102,7 +134,10 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
         if run_seconds > 0 or running:
             q.cmd("cont")
             # run_seconds: let the guest program its devices; running: let it start writing
-            time.sleep(run_seconds if run_seconds > 0 else 0.2)
+            if started is not None:
+                started(q)
+            else:
+                time.sleep(run_seconds if run_seconds > 0 else 0.2)
         if transport == "fd":
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
@@ -121,10 +156,11 @@ def capture_stream(binary: QemuBinary, out: Path | str, *, machine: str, devices
         duration = time.monotonic() - t0
         if running:  # stopped now (postmigrate): what a destination must end up with
             source_ram = pmem_digest(q, mem_mb)
+        source_guest_ram = guest_ram_digest(q, mem_mb) if compare_ram else None
     if not out.is_file():
         raise QemuError(f"capture from QEMU {binary.full_version}: {out} was not written")
     return CaptureResult(path=out, size=out.stat().st_size, version=binary.full_version, machine=machine,
                          devices=devices, mem_mb=mem_mb, capabilities=dict(capabilities or {}),
                          parameters=dict(parameters or {}), globals_=globals_,
                          ram_file=Path(ram_file) if ram_file is not None else None,
-                         duration=duration, status=status, source_ram=source_ram)
+                         duration=duration, status=status, source_ram=source_ram, source_guest_ram=source_guest_ram)

@@ -22,6 +22,8 @@ from conformance.qemu import (
     feed,
     start_destination,
 )
+from conformance.qemu import guests as guest_programs
+from conformance.qemu.capture import guest_ram_digest
 from conformance.rules import compat
 from conformance.rules.profile import PROFILES
 from conformance.tools.matrix.explain import explain_cell
@@ -37,7 +39,9 @@ OK_KINDS = ("completed",)
 class Outcome:
     """What really happened. kind: completed | failed | hung | unsupported-machine (a side
     cannot start with that machine type) | refused (a side refuses the set-up, e.g. a
-    capability) | error (the harness could not get a verdict)."""
+    capability) | ram-differs (the destination completed, but its guest RAM is not the
+    source's: silent loss) | guest-dead (completed, RAM equal, but the resumed guest's
+    heartbeat does not move) | error (the harness could not get a verdict)."""
 
     kind: str
     side: str = "destination"  # where it happened: "source" or "destination"
@@ -60,6 +64,7 @@ class Outcome:
         return {"unsupported-machine": f"cannot start: {self.message}",
                 "refused": f"refused the set-up: {self.message}", "hung": f"hung: {self.message}",
                 "failed": f"failed: {self.message}", "error": f"harness error: {self.message}",
+                "ram-differs": f"completed, but {self.message}", "guest-dead": f"completed, but {self.message}",
                 "completed": "completed"}.get(self.kind, self.message)
 
     def as_json(self) -> dict:
@@ -159,7 +164,10 @@ class CellResult:
     explanation: dict = field(default_factory=dict)  # {"summary": str, "details": [str], "section": {...}}
 
     @property
-    def model_agrees(self) -> bool:
+    def model_agrees(self) -> bool | None:
+        """None: the model does not predict this cell (one-sided capabilities or parameters)."""
+        if self.model.compatible is None:
+            return None
         return self.model.compatible == self.real.ok
 
     @property
@@ -171,7 +179,7 @@ class CellResult:
         """pass | expected-fail | disagree | error."""
         if self.real.kind == "error":
             return "error"
-        if not self.model_agrees or self.checker_agrees is False:
+        if self.model_agrees is False or self.checker_agrees is False:
             return "disagree"
         return "pass" if self.real.ok else "expected-fail"
 
@@ -181,7 +189,7 @@ class CellResult:
         if self.real.kind == "error":
             return []
         out = []
-        if not self.model_agrees:
+        if self.model_agrees is False:
             out.append("model")
         if self.checker_agrees is False:
             out.append("checker")
@@ -191,6 +199,7 @@ class CellResult:
         s = self.spec
         return {
             "id": s.id, "src": s.src, "dst": s.dst, "machine": s.machine, "devices": s.devices, "caps": s.caps,
+            "guest": s.guest, "one_sided": s.sided, "row": s.row,
             "capabilities": list(s.capabilities),
             "src_version": self.src_version, "dst_version": self.dst_version,
             "verdict": self.verdict, "disagreeing": self.disagreeing,
@@ -203,8 +212,17 @@ class CellResult:
         }
 
 
+NOT_MODELLED = "not modelled: a capability or parameter set on one side only"
+
+
 def predict_cell(spec: CellSpec, globals_: Sequence[str] = ()) -> compat.Prediction:
-    return compat.predict(spec.src, spec.dst, spec.machine, spec.capabilities, globals_)
+    """The compat model's prediction; one-sided -globals are given to it per side, one-sided
+    capabilities and parameters it does not model (compatible None: no guess)."""
+    sides = spec.sides
+    if not sides.only_globals:
+        return compat.Prediction(None, [NOT_MODELLED])  # type: ignore[arg-type]
+    return compat.predict(spec.src, spec.dst, spec.machine, spec.capabilities,
+                          (*globals_, *sides.source_globals), dst_globals=(*globals_, *sides.dest_globals))
 
 
 def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = None, explain: bool = True) -> CellResult:
@@ -212,7 +230,7 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
     binaries = store.binaries
     src_bin, dst_bin = binaries[spec.src], binaries[spec.dst]
     prediction = predict_cell(spec, store.globals_)
-    cap = store.get(spec.capture_key)
+    cap = store.get(spec.capture_key, spec.sides)
     if cap.outcome is not None:
         real = cap.outcome
         checker = CheckerVerdict(None, [], f"no stream: the source {real.said}")
@@ -221,7 +239,7 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
         assert path is not None
         checker = store.verdicts.get((str(path), spec.dst, spec.machine),
                                      lambda: check_capture(path, spec.dst, spec.machine))
-        real = load_cell(spec, store, path, timeout=timeout)
+        real = load_cell(spec, store, path, timeout=timeout, source_ram=cap.source_ram)
         if real.kind == "refused":
             checker = CheckerVerdict(None, checker.violations,
                                      "not applicable: the destination refused its set-up before reading the stream "
@@ -236,29 +254,60 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
     return res
 
 
-def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: float | None = None) -> Outcome:
-    """Load `stream` into the cell's destination, started with the cell's guest, capabilities
-    and the store's memory size and -global settings."""
+def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: float | None = None,
+              source_ram: str | None = None) -> Outcome:
+    """Load `stream` into the cell's destination, started with the cell's guest, capabilities,
+    its own one-sided settings and the store's memory size and -global settings; then judge
+    the guest (after_load)."""
     caps = spec.capabilities
-    dev, extra = guest_args(spec.devices, caps)
+    sides = spec.sides
+    g = store.guest(spec.guest)
+    dev, extra = guest_args(spec.devices, caps, g.args)
     return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=store.mem_mb,
-                     caps=caps, globals_=store.globals_, extra_args=extra,
-                     timeout=store.timeout if timeout is None else timeout)
+                     caps=caps, globals_=(*store.globals_, *sides.dest_globals), extra_args=extra,
+                     timeout=store.timeout if timeout is None else timeout,
+                     capabilities=sides.dest_capabilities, parameters=sides.dest_parameters,
+                     guest=g, source_ram=source_ram)
 
 
 def load_into(binary: QemuBinary, stream: Path, *, machine: str, devices: str, mem_mb: int, caps: Sequence[str],
-              globals_: Sequence[str], extra_args: Sequence[str], timeout: float) -> Outcome:
+              globals_: Sequence[str], extra_args: Sequence[str], timeout: float,
+              capabilities: Mapping[str, bool] | None = None, parameters: Mapping | None = None,
+              guest: guest_programs.Guest | None = None, source_ram: str | None = None) -> Outcome:
     """What `load_stream` does, in its two steps, so that a destination that cannot start
-    (machine type, device, capability) is told from one that fails to load."""
+    (machine type, device, capability) is told from one that fails to load. `capabilities`
+    and `parameters`: the destination's own, beside `caps`. A completed load is then judged
+    by after_load (RAM against `source_ram`, the `guest`'s heartbeat)."""
     t0 = time.monotonic()
     try:
         q = start_destination(binary, machine=machine, devices=devices, mem_mb=mem_mb,
-                              capabilities={c: True for c in caps}, globals_=globals_, extra_args=extra_args,
+                              capabilities={**{c: True for c in caps}, **(capabilities or {})},
+                              parameters=parameters, globals_=globals_, extra_args=extra_args,
                               cmd_timeout=min(timeout, 10.0))
     except QemuError as e:
         return outcome_of_exception(e, "destination", time.monotonic() - t0)
     try:
         with q:
-            return outcome_of_verdict(feed(q, stream, timeout=max(1.0, timeout - (time.monotonic() - t0))))
+            out = outcome_of_verdict(feed(q, stream, timeout=max(1.0, timeout - (time.monotonic() - t0))))
+            if out.ok:
+                out = after_load(q, out, mem_mb=mem_mb, source_ram=source_ram, guest=guest)
+            out.seconds = time.monotonic() - t0
+            return out
     except QemuError as e:
         return outcome_of_exception(e, "destination", time.monotonic() - t0)
+
+
+def after_load(q, out: Outcome, *, mem_mb: int, source_ram: str | None,
+               guest: guest_programs.Guest | None) -> Outcome:
+    """A completed destination (still stopped): its guest RAM against the source's (the rule:
+    capture.COMPARE_SKIP), then resumed (`cont`) and its heartbeat read until it moves."""
+    if source_ram is not None and guest_ram_digest(q, mem_mb) != source_ram:
+        return Outcome("ram-differs", "destination", "the destination's guest RAM differs from the source's "
+                       "(silent loss)", out.error_lines, out.seconds)
+    if guest is not None and guest.heartbeat is not None:
+        q.cmd("cont")
+        if not guest_programs.heartbeat_advances(q, guest):
+            addr, size = guest.heartbeat
+            return Outcome("guest-dead", "destination", f"the resumed guest's heartbeat ({size} bytes at {addr:#x}) "
+                           "does not move", out.error_lines, out.seconds)
+    return out

@@ -20,6 +20,7 @@ from conformance.tools.matrix.grid import (
     build_grid,
 )
 from conformance.tools.matrix.run import EXIT_USAGE, run_matrix
+from conformance.tools.sides import ONE_SIDED_SETS, SidesError, add_options, axis_text, from_args
 
 
 def split_values(values: Iterable[Iterable[str]] | None) -> list[str]:
@@ -53,6 +54,13 @@ def add_matrix_parser(subparsers) -> None:
                         f"(default: {', '.join(DEFAULT_CAPS)})")
     m.add_argument("--global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
                    help="a -global for both ends of every cell (also given to the model)")
+    m.add_argument("--guests", action="append", nargs="+", metavar="GUEST",
+                   help="guests, an axis: paused (default), dirtier, devices (boot programs of ours, running)")
+    m.add_argument("--one-sided", action="append", nargs="+", metavar="SET",
+                   help="one-sided settings, an axis: none (default), a named set ("
+                   + ", ".join(ONE_SIDED_SETS) + ") or KIND:SETTING joined by '+' (KIND: src-global, "
+                   "dst-global, src-cap, dst-cap, src-param, dst-param)")
+    add_options(m)
     m.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': to stdout instead of the grid)")
     m.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     m.add_argument("--workers", type=int, default=2, help="cells run in parallel (default 2)")
@@ -98,8 +106,15 @@ def cmd_matrix(args) -> int:
         except ValueError as e:
             raise MatrixError(str(e)) from None
         binaries = _binaries(args.qemu)
+        try:
+            fixed = axis_text(from_args(args))  # the --source-*/--dest-* options: in every cell
+        except SidesError as e:
+            raise MatrixError(str(e)) from None
+        sided = split_values(args.one_sided) or ["none"]
+        if fixed:
+            sided = [fixed if o == "none" else f"{ONE_SIDED_SETS.get(o, o)}+{fixed}" for o in sided]
         grid = build_grid(list(binaries), split_values(args.machines) or None, split_values(args.devices) or None,
-                          split_values(args.caps) or None)
+                          split_values(args.caps) or None, split_values(args.guests) or None, sided)
         for path in (args.json, args.html):
             if path and path != "-":
                 parent = Path(path).expanduser().resolve().parent

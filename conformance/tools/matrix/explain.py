@@ -122,7 +122,7 @@ def explain_cell(res: CellResult, store: CaptureStore, cap: Capture) -> dict:
     if res.verdict == "pass":
         return {}
     pred: list[str] = []  # what the wrong prediction said, after the evidence
-    if not res.model_agrees:
+    if res.model_agrees is False:
         if res.model.compatible:
             pred.append(f"model: predicted compatible (warnings: {len(res.model.warnings)})")
         else:
@@ -149,6 +149,8 @@ def explain_cell(res: CellResult, store: CaptureStore, cap: Capture) -> dict:
         out["summary"] = (f"QEMU {spec.dst} loaded the stream of QEMU {spec.src} ({spec.machine}, {spec.devices}, "
                           f"capabilities {spec.caps}), but the " + " and the ".join(res.disagreeing)
                           + " predicted a failure")
+    elif real.kind in ("ram-differs", "guest-dead"):
+        out["summary"] = f"QEMU {spec.dst} completed the load of QEMU {spec.src}'s stream, but {real.message}"
     elif real.side == "source" or cap.path is None:
         out["summary"] = f"the source (QEMU {spec.src}) {real.said}"
     else:
@@ -200,7 +202,7 @@ def _explain_load_failure(res: CellResult, store: CaptureStore, cap: Capture, ou
     assert cap.path is not None
     src_dump = _dump(store, cap.path)
     secs = _match_sections(src_dump["sections"], where["idstr"], where.get("instance_id"))
-    ref = store.get((spec.dst, spec.machine, spec.devices, spec.caps))
+    ref = store.get(spec.reference_key)
     ref_secs = _match_sections(_dump(store, ref.path)["sections"], where["idstr"], where.get("instance_id")) if ref.path else []
     sec = secs[0] if secs else None
     out["section"] = ({k: sec[k] for k in ("section_id", "idstr", "instance_id", "version_id", "offset", "bytes")}

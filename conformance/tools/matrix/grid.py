@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from conformance.qemu import DEVICE_SETS
+from conformance.qemu.guests import GUESTS
 from conformance.rules import compat
+from conformance.tools.sides import Sides, SidesError, parse_axis
 from conformance.versions import VERSIONS, version_key
 
 DEFAULT_VERSIONS = VERSIONS  # the modelled ones
@@ -128,10 +130,22 @@ class CellSpec:
     machine: str
     devices: str  # a MATRIX_DEVICE_SETS name
     caps: str  # a capability set name (see parse_caps)
+    guest: str = "paused"  # a conformance.qemu.guests name
+    sided: str = "none"  # a one-sided settings set (see conformance.tools.sides.parse_axis)
 
     @property
     def id(self) -> str:
-        return f"{self.src}->{self.dst}/{self.machine}/{self.devices}/{self.caps}"
+        return f"{self.src}->{self.dst}/{self.machine}/{self.row}/{self.caps}"
+
+    @property
+    def row(self) -> str:
+        """The device set, with the guest and the one-sided set when they are not the defaults."""
+        return self.devices + (f" guest={self.guest}" if self.guest != "paused" else "") + \
+            (f" {self.sided}" if self.sided != "none" else "")
+
+    @property
+    def sides(self) -> Sides:
+        return parse_axis(self.sided)
 
     @property
     def direction(self) -> str:
@@ -142,8 +156,15 @@ class CellSpec:
         return parse_caps(self.caps)
 
     @property
-    def capture_key(self) -> tuple[str, str, str, str]:
-        return (self.src, self.machine, self.devices, self.caps)
+    def capture_key(self) -> tuple[str, str, str, str, str, str]:
+        """What the source's capture depends on: not the destination's own settings."""
+        return (self.src, self.machine, self.devices, self.caps, self.guest, self.sides.source_key if
+                self.sided != "none" else "")
+
+    @property
+    def reference_key(self) -> tuple[str, str, str, str, str, str]:
+        """A paused capture by the destination's version, of the same guest (layouts to compare)."""
+        return (self.dst, self.machine, self.devices, self.caps, "paused", "")
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,8 @@ class Grid:
     machines: tuple[str, ...]
     devices: tuple[str, ...]
     caps: tuple[str, ...]
+    guests: tuple[str, ...] = ("paused",)
+    sided: tuple[str, ...] = ("none",)
 
     @property
     def directions(self) -> list[tuple[str, str]]:
@@ -159,17 +182,23 @@ class Grid:
 
     def cells(self) -> list[CellSpec]:
         """Ordered so that the cells of one capture are adjacent (source first)."""
-        return [CellSpec(s, d, m, dev, c) for c in self.caps for m in self.machines for dev in self.devices
-                for s in self.versions for d in self.versions]
+        return [CellSpec(s, d, m, dev, c, g, o) for c in self.caps for m in self.machines for dev in self.devices
+                for g in self.guests for o in self.sided for s in self.versions for d in self.versions]
+
+    @property
+    def rows(self) -> list[str]:
+        return [CellSpec("", "", "", dev, "", g, o).row for dev in self.devices for g in self.guests for o in self.sided]
 
     def as_json(self) -> dict:
         return {"versions": list(self.versions), "machines": list(self.machines), "devices": list(self.devices),
                 "capabilities": {c: list(parse_caps(c)) for c in self.caps},
+                "guests": list(self.guests), "one_sided": list(self.sided), "rows": self.rows,
                 "directions": [f"{s}->{d}" for s, d in self.directions]}
 
 
 def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[str] | None = None,
-               devices: Sequence[str] | None = None, caps: Sequence[str] | None = None) -> Grid:
+               devices: Sequence[str] | None = None, caps: Sequence[str] | None = None,
+               guests: Sequence[str] | None = None, sided: Sequence[str] | None = None) -> Grid:
     """The grid, validated against the compat data (no QEMU needed). MatrixError on bad names."""
     vs = []
     for v in versions:
@@ -191,14 +220,26 @@ def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[st
     cs = list(dict.fromkeys(caps)) if caps else list(DEFAULT_CAPS)
     for c in cs:
         parse_caps(c)
-    return Grid(tuple(vs), tuple(ms), tuple(ds), tuple(cs))
+    gs = list(dict.fromkeys(guests)) if guests else ["paused"]
+    for g in gs:
+        if g not in GUESTS:
+            raise MatrixError(f"unknown guest {g!r} (known: {', '.join(GUESTS)})")
+    os_ = list(dict.fromkeys(sided)) if sided else ["none"]
+    for o in os_:
+        try:
+            parse_axis(o)
+        except SidesError as e:
+            raise MatrixError(str(e)) from None
+    return Grid(tuple(vs), tuple(ms), tuple(ds), tuple(cs), tuple(gs), tuple(os_))
 
 
-def guest_args(devices: str, caps: Iterable[str]) -> tuple[str, list[str]]:
-    """(adapter device-set name, extra_args) for a matrix device set and capability set."""
-    extra: list[str] = []
+def guest_args(devices: str, caps: Iterable[str], guest_first: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """(adapter device-set name, extra_args) for a matrix device set and capability set;
+    `guest_first`: the guest's own arguments, put first (its UART must be COM1)."""
+    extra: list[str] = list(guest_first)
     if devices in EXTRA_DEVICE_SETS:
-        name, extra = "none", list(EXTRA_DEVICE_SETS[devices])
+        name = "none"
+        extra += EXTRA_DEVICE_SETS[devices]
     else:
         name = devices
     if "validate-uuid" in caps:

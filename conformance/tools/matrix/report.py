@@ -25,7 +25,16 @@ def _arrow(direction: str) -> str:
 
 
 def _index(data: Mapping) -> dict[tuple[str, str, str, str], dict]:
-    return {(c["caps"], c["machine"], c["devices"], f"{c['src']}->{c['dst']}"): c for c in data["cells"]}
+    return {(c["caps"], c["machine"], _row(c), f"{c['src']}->{c['dst']}"): c for c in data["cells"]}
+
+
+def _row(c: Mapping) -> str:
+    """A cell's row: its device set, and its guest and one-sided settings when not the defaults."""
+    return c.get("row", c["devices"])
+
+
+def _rows(grid: Mapping) -> list[str]:
+    return list(grid.get("rows", grid["devices"]))
 
 
 def short_real(cell: Mapping) -> str:
@@ -38,11 +47,13 @@ def short_real(cell: Mapping) -> str:
         return f"no machine ({'src' if r['side'] == 'source' else 'dst'})"
     if kind == "refused":
         return f"refused ({'src' if r['side'] == 'source' else 'dst'})"
-    return {"failed": "failed", "hung": "hung", "error": "error"}.get(kind, kind)
+    return {"failed": "failed", "hung": "hung", "error": "error", "ram-differs": "RAM differs",
+            "guest-dead": "guest dead"}.get(kind, kind)
 
 
 def predicted(cell: Mapping) -> str:
-    m = "compatible" if cell["model"]["compatible"] else "incompatible"
+    mc = cell["model"]["compatible"]
+    m = "not modelled" if mc is None else ("compatible" if mc else "incompatible")
     ok = cell["checker"]["ok"]
     c = "n/a" if ok is None else ("accepts" if ok else "rejects")
     return f"model: {m}; checker: {c}"
@@ -106,7 +117,7 @@ def finding_title(group: list[Mapping]) -> str:
 
 
 def _cell_short_id(c: Mapping) -> str:
-    return f"{c['machine']}/{c['devices']}/{c['caps']}"
+    return f"{c['machine']}/{_row(c)}/{c['caps']}"
 
 
 # ---------------------------------------------------------------- progress
@@ -152,7 +163,7 @@ def format_text(result: Any, *, color: bool = False) -> str:
     idx = _index(data)
     dirs = grid["directions"]
     mw = max([len("machine")] + [len(m) for m in grid["machines"]])
-    dw = max([len("devices")] + [len(d) for d in grid["devices"]])
+    dw = max([len("devices")] + [len(d) for d in _rows(grid)])
     cw = max([len(_arrow(d)) for d in dirs] + [5]) + 2
 
     def paint(verdict: str, text: str) -> str:
@@ -167,7 +178,7 @@ def format_text(result: Any, *, color: bool = False) -> str:
         out.append(f"capabilities: {caps}" + (f" ({', '.join(names)})" if names and names != [caps] else ""))
         out.append(f"  {'machine':<{mw}}  {'devices':<{dw}}" + "".join(f"{_arrow(d):>{cw}}" for d in dirs))
         for m in grid["machines"]:
-            for dev in grid["devices"]:
+            for dev in _rows(grid):
                 row = f"  {m:<{mw}}  {dev:<{dw}}"
                 for d in dirs:
                     c = idx.get((caps, m, dev, d))
@@ -273,8 +284,8 @@ def _popup(cell: Mapping) -> str:
              f"<dt>real outcome</dt><dd>{_e(r['kind'])} on the {_e(r['side'])}"
              + (f": <code>{_e(r['message'])}</code>" if r["kind"] != "completed" and r["message"] else "")
              + f" ({r['seconds']:.2f} s)</dd>",
-             f"<dt>model (compat.predict)</dt><dd>{'compatible' if cell['model']['compatible'] else 'incompatible'}"
-             f"{'' if cell['model']['agrees'] else ' — <b>disagrees</b>'}</dd>"]
+             f"<dt>model (compat.predict)</dt><dd>{predicted(cell).split(';')[0].removeprefix('model: ')}"
+             f"{' — <b>disagrees</b>' if cell['model']['agrees'] is False else ''}</dd>"]
     if cell["model"]["reasons"]:
         parts.append("<dd><ul>" + "".join(f"<li>{_e(x)}</li>" for x in cell["model"]["reasons"]) + "</ul></dd>")
     ck = cell["checker"]
@@ -363,10 +374,10 @@ def render_html(result: Any, *, title: str = "migconform matrix") -> str:
                    "<thead><tr><th>machine type</th><th>devices</th>"
                    + "".join(f"<th class=dir>{_e(_arrow(d))}</th>" for d in dirs) + "</tr></thead><tbody>")
         for m in grid["machines"]:
-            for i, dev in enumerate(grid["devices"]):
+            for i, dev in enumerate(_rows(grid)):
                 row = "<tr>"
                 if i == 0:
-                    row += f"<td class=m rowspan={len(grid['devices'])}>{_e(m)}</td>"
+                    row += f"<td class=m rowspan={len(_rows(grid))}>{_e(m)}</td>"
                 row += f"<td class=d>{_e(dev)}</td>"
                 for d in dirs:
                     c = idx.get((caps, m, dev, d))

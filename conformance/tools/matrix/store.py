@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, Mapping, Sequence, TypeVar
 
 from conformance.qemu import QemuBinary, QemuError, capture_stream
+from conformance.qemu import guests as guest_programs
 from conformance.tools.matrix.cell import CheckerVerdict, Outcome, outcome_of_exception
 from conformance.tools.matrix.grid import guest_args, parse_caps, safe_name
+from conformance.tools.sides import Sides
 
 V = TypeVar("V")
 
@@ -39,12 +41,13 @@ class Memo(Generic[V]):
 
 @dataclass
 class Capture:
-    key: tuple[str, str, str, str]  # (version, machine, devices, caps)
+    key: tuple  # CellSpec.capture_key: (version, machine, devices, caps, guest, source-side settings)
     path: Path | None  # None: the source did not produce a stream
     outcome: Outcome | None  # the source's failure, None when the capture worked
     size: int = 0
     seconds: float = 0.0
     full_version: str = ""
+    source_ram: str | None = None  # guest_ram_digest of the source once migrated (stopped)
 
 
 class CaptureStore:
@@ -66,16 +69,30 @@ class CaptureStore:
         self.verdicts: Memo[CheckerVerdict] = Memo()
         self.dumps: Memo[dict] = Memo()
         self.vmstates: Memo[Any] = Memo()
+        self._guests: Memo[guest_programs.Guest] = Memo()
 
-    def _stem(self, key: tuple[str, str, str, str]) -> str:
+    def guest(self, name: str) -> guest_programs.Guest:
+        """The guest `name`, its boot image written once into a folder of the store."""
+        def make() -> guest_programs.Guest:
+            d = self.root / f"guest-{name}"
+            d.mkdir(exist_ok=True)
+            return guest_programs.guest(name, d)
+        return self._guests.get(name, make)
+
+    def _stem(self, key: tuple) -> str:
         b = self.binaries[key[0]]
-        salt = hashlib.sha256(repr((str(b.path), b.full_version, self.mem_mb, self.globals_)).encode()).hexdigest()[:10]
-        return "_".join(safe_name(k) for k in key) + "_" + salt
+        salt = hashlib.sha256(repr((str(b.path), b.full_version, self.mem_mb, self.globals_, key[5:])).encode()
+                              ).hexdigest()[:10]
+        return "_".join(safe_name(k) for k in key[:5]) + "_" + salt
 
-    def get(self, key: tuple[str, str, str, str]) -> Capture:
-        return self._captures.get(key, lambda: self._locked(key))
+    def get(self, key: tuple, sides: Sides | None = None) -> Capture:
+        """The capture for `key`; `sides`: the one-sided settings key[5] stands for."""
+        key = tuple(key)
+        if len(key) == 4:  # (version, machine, devices, caps): a paused guest, no one-sided setting
+            key += ("paused", "")
+        return self._captures.get(key, lambda: self._locked(key, sides or Sides()))
 
-    def _locked(self, key: tuple[str, str, str, str]) -> Capture:
+    def _locked(self, key: tuple, sides: Sides) -> Capture:
         """The capture on disk, made under the lock by the first process that wants it."""
         stem = self._stem(key)
         meta = self.root / f"{stem}.json"
@@ -84,10 +101,11 @@ class CaptureStore:
             try:
                 if meta.is_file():
                     return self._read(key, meta)
-                cap = self._capture(key, self.root / f"{stem}.mig")
+                cap = self._capture(key, self.root / f"{stem}.mig", sides)
                 tmp = meta.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"path": str(cap.path) if cap.path else None, "size": cap.size,
                                            "seconds": cap.seconds, "full_version": cap.full_version,
+                                           "source_ram": cap.source_ram,
                                            "outcome": cap.outcome.as_json() if cap.outcome else None}))
                 tmp.replace(meta)
                 return cap
@@ -98,20 +116,25 @@ class CaptureStore:
         d = json.loads(meta.read_text())
         return Capture(key, Path(d["path"]) if d["path"] else None,
                        Outcome.from_json(d["outcome"]) if d["outcome"] else None, d["size"], d["seconds"],
-                       d["full_version"])
+                       d["full_version"], d.get("source_ram"))
 
-    def _capture(self, key, out: Path) -> Capture:
-        version, machine, devices, caps_name = key
+    def _capture(self, key, out: Path, sides: Sides) -> Capture:
+        version, machine, devices, caps_name, guest_name = key[:5]
         binary = self.binaries[version]
         caps = parse_caps(caps_name)
-        dev, extra = guest_args(devices, caps)
+        g = self.guest(guest_name)
+        dev, extra = guest_args(devices, caps, g.args)
         t0 = time.monotonic()
         try:
             r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=self.mem_mb,
-                               capabilities={c: True for c in caps}, globals_=self.globals_, extra_args=extra,
-                               timeout=self.timeout)
-        except QemuError as e:
+                               capabilities={**{c: True for c in caps}, **sides.source_capabilities},
+                               parameters=sides.source_parameters,
+                               globals_=(*self.globals_, *sides.source_globals), extra_args=extra,
+                               timeout=self.timeout, running=g.runs,
+                               started=(lambda q: guest_programs.wait_started(q, g, self.timeout)) if g.runs else None,
+                               compare_ram=True)
+        except (QemuError, TimeoutError) as e:
             out.unlink(missing_ok=True)
             return Capture(key, None, outcome_of_exception(e, "source", time.monotonic() - t0), 0,
                            time.monotonic() - t0, binary.full_version)
-        return Capture(key, r.path, None, r.size, r.duration, binary.full_version)
+        return Capture(key, r.path, None, r.size, r.duration, binary.full_version, r.source_guest_ram)
