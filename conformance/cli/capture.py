@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from conformance.qemu.devices import DEVICE_SETS
+from conformance.qemu.guests import GUESTS
+from conformance.tools.sides import add_options
 from conformance.tools.capture import cmd_capture, cmd_replay
 
 
@@ -18,7 +20,11 @@ def add_capture_parser(sub) -> None:
                    help="guest RAM content: zero (a fresh guest), random (seeded), or a file of exactly --mem-mb MiB")
     c.add_argument("--cap", action="append", metavar="NAME[=on|off]", help="migration capability (repeatable)")
     c.add_argument("--param", action="append", metavar="NAME=VALUE", help="migration parameter (repeatable)")
-    c.add_argument("--global", dest="globals_", action="append", metavar="DRIVER.PROP=VALUE", help="-global for the source")
+    c.add_argument("--global", dest="globals_", action="append", metavar="DRIVER.PROP=VALUE", help="-global for both sides (repeatable)")
+    add_options(c)
+    c.add_argument("--guest", default=None, choices=GUESTS,
+                   help="paused (default), dirtier (what --dirty boots), or devices (a boot program of ours that "
+                   "programs PIC, PIT, RTC, serial, keyboard controller and DMA, dirties RAM and counts a heartbeat)")
     c.add_argument("--channels", type=int, default=0, metavar="N",
                    help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
     c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")
@@ -36,4 +42,5 @@ def add_capture_parser(sub) -> None:
                    help="delivery per channel, e.g. 'multifd1:chunk=4096,pause=0.001;main:delay=0.1' (default: all at once)")
     r.add_argument("--timeout", type=float, default=30.0, help="seconds before a destination that has not finished counts as hung")
     r.add_argument("--json", action="store_true")
+    add_options(r, source=False)
     r.set_defaults(func=cmd_replay)

@@ -49,29 +49,43 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
                      ram_file: Path | str | None = None, dst_ram_file: Path | str | None = None,
                      capabilities: Mapping[str, bool] | None = None, parameters: Mapping[str, Any] | None = None,
                      globals_: Iterable[str] = (), extra_args: Iterable[str] = (), running: bool = False,
-                     stop_after: float | None = None, timeout: float = 60.0) -> ChannelCapture:
+                     stop_after: float | None = None, timeout: float = 60.0,
+                     src_globals: Iterable[str] = (), dst_globals: Iterable[str] = (),
+                     src_capabilities: Mapping[str, bool] | None = None,
+                     dst_capabilities: Mapping[str, bool] | None = None,
+                     src_parameters: Mapping[str, Any] | None = None, dst_parameters: Mapping[str, Any] | None = None,
+                     started: Any = None) -> ChannelCapture:
     """A real source migrating to a real destination through a recording proxy. With
     `running` the source guest runs (e.g. the dirtying boot sector of devices.dirtier_args)
     and the final guest RAM of both sides is compared by digest; `stop_after` seconds into
     the migration the source guest is stopped, so that a migration kept from converging
-    (a tiny downtime-limit) iterates over several dirty-sync rounds and then ends."""
+    (a tiny downtime-limit) iterates over several dirty-sync rounds and then ends.
+    src_*/dst_*: settings of one side alone, beside the shared ones; `started(q)`: called on
+    the running source after `cont` instead of a fixed wait."""
     caps = dict(capabilities or {})
     params = dict(parameters or {})
     t0 = time.monotonic()
     port = free_port()
     extra_args = list(extra_args)
     digests = [None, None]
+    globals_ = tuple(globals_)
     with start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=dst_ram_file,
-                           capabilities=caps, parameters=params, globals_=globals_, extra_args=extra_args) as d:
+                           capabilities={**caps, **(dst_capabilities or {})},
+                           parameters={**params, **(dst_parameters or {})},
+                           globals_=(*globals_, *dst_globals), extra_args=extra_args) as d:
         d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
         with TcpRecorder(("127.0.0.1", port)) as rec, \
                 QemuProcess(src, vm_args(machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
-                                         globals_=globals_, extra_args=extra_args), name=f"src-{src.version}") as s:
-            s.set_capabilities(caps)
-            s.set_parameters(params)
+                                         globals_=(*globals_, *src_globals), extra_args=extra_args),
+                            name=f"src-{src.version}") as s:
+            s.set_capabilities({**caps, **(src_capabilities or {})})
+            s.set_parameters({**params, **(src_parameters or {})})
             if running:
                 s.cmd("cont")
-                time.sleep(0.2)  # let the guest start writing before the first pass
+                if started is not None:
+                    started(s)
+                else:
+                    time.sleep(0.2)  # let the guest start writing before the first pass
             s.cmd("migrate", uri=rec.uri)
             if running and stop_after is not None:
                 time.sleep(stop_after)

@@ -19,7 +19,9 @@ from pathlib import Path
 from conformance.check import manifest as mf
 from conformance.errors import UsageError
 from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs, reaper
+from conformance.qemu import guests as guest_programs
 from conformance.qemu.devices import DEVICE_SETS, dirtier_args, make_dirtier_disk, make_ram_file
+from conformance.tools import sides as one_sided
 from conformance.versions import VERSIONS, version_key
 
 MANIFEST = mf.FILE
@@ -80,8 +82,12 @@ def cmd_capture(args) -> int:
         raise UsageError(f"QEMU {version} not found (have {', '.join(sorted(found))})")
     try:
         caps, params, globals_ = _validated_settings(args)
+        sides = one_sided.from_args(args)
     except (ValueError, mf.ManifestError) as e:
         raise UsageError(str(e)) from None
+    guest = args.guest or ("dirtier" if args.dirty is not None else "paused")
+    if args.dirty is not None and guest != "dirtier":
+        raise UsageError(f"--dirty boots the dirtier guest, not --guest {guest}")
     if args.dirty is not None and args.dirty < 0:
         raise UsageError("--dirty takes a number of seconds")
     if args.channels < 0:
@@ -102,19 +108,20 @@ def cmd_capture(args) -> int:
             ram_file = make_ram_file(staging / "guest-ram.img", args.mem_mb, seed=seed)
             ram_kind = "random" if args.ram == "random" else f"seed:{seed}"
         with reaper.temporary_directory("migconform-guest-") as scratch:
-            extra = dirtier_args(make_dirtier_disk(scratch / "dirtier-boot.img")) if args.dirty is not None else []
+            extra = guest_extra_args(guest, scratch)
             if args.dirty is not None:
                 params = {**DIRTY_PARAMETERS, **params}
             arguments = mf.Arguments(machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
                                      ram_backend="default" if ram_file is None else "file",
-                                     guest="dirtier" if args.dirty is not None else "paused", ram=ram_kind,
-                                     capabilities=caps, parameters=params, globals_=tuple(globals_))
+                                     guest=guest, ram=ram_kind,
+                                     capabilities=caps, parameters=params, globals_=tuple(globals_),
+                                     **sides.manifest_fields())
             if args.channels:
                 m, what = _capture_channels(args, staging, found, found[version], arguments, ram_file, extra, scratch)
             else:
                 m, what = _capture_single(args, staging, found[version], arguments, ram_file, extra)
         # the guest's initial RAM is worth keeping for comparison only if the guest never ran
-        guest_ram = "guest-ram.img" if ram_file is not None and ram_file.parent == staging and args.dirty is None else None
+        guest_ram = "guest-ram.img" if ram_file is not None and ram_file.parent == staging and guest == "paused" else None
         m = dataclasses.replace(m, guest_ram=guest_ram)
         (staging / MANIFEST).write_text(json.dumps(mf.to_json(m), indent=2) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,14 +139,31 @@ def cmd_capture(args) -> int:
     return 0
 
 
+def guest_extra_args(guest: str, scratch: Path) -> list[str]:
+    """The guest's QEMU arguments, its boot image written into `scratch`. The dirtier keeps its
+    IDE disk (captures made so replay with it)."""
+    if guest == "dirtier":
+        return dirtier_args(make_dirtier_disk(scratch / "dirtier-boot.img"))
+    return list(guest_programs.guest(guest, scratch).args)
+
+
+def _started(a: mf.Arguments, timeout: float):
+    """The wait for a booting guest of ours (None: a paused guest, or the dirtier's fixed wait)."""
+    if a.guest != "devices":
+        return None
+    g = guest_programs.Guest("devices", (), True)
+    return lambda q: guest_programs.wait_started(q, g, timeout)
+
+
 def _capture_single(args, staging: Path, binary, a: mf.Arguments, ram_file, extra) -> tuple[mf.Manifest, str]:
     t0 = time.monotonic()
     try:
         res = capture_stream(binary, staging / "main.bin", machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
-                             ram_file=ram_file, capabilities=a.capabilities, parameters=a.parameters,
-                             globals_=a.globals_, extra_args=extra, timeout=args.timeout,
-                             running=args.dirty is not None, stop_after=args.dirty)
-    except QemuError as e:
+                             ram_file=ram_file, capabilities={**a.capabilities, **a.source_capabilities},
+                             parameters={**a.parameters, **a.source_parameters},
+                             globals_=(*a.globals_, *a.source_globals), extra_args=extra, timeout=args.timeout,
+                             running=a.guest != "paused", stop_after=args.dirty, started=_started(a, args.timeout))
+    except (QemuError, TimeoutError) as e:
         raise UsageError(f"capture from QEMU {binary.full_version}: {e}") from None
     m = mf.Manifest(main="main.bin", format=mf.FORMAT, source=mf.Side(binary.full_version, binary.version),
                     arguments=a, bytes_={"main.bin": res.size}, seconds=round(time.monotonic() - t0, 3),
@@ -162,8 +186,12 @@ def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments,
         cap = capture_channels(binary, dest, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
                                ram_file=ram_file, dst_ram_file=dst_ram, capabilities=a.capabilities,
                                parameters=a.parameters, globals_=a.globals_, extra_args=extra,
-                               running=args.dirty is not None, stop_after=args.dirty, timeout=args.timeout)
-    except QemuError as e:
+                               running=a.guest != "paused", stop_after=args.dirty, timeout=args.timeout,
+                               src_globals=a.source_globals, dst_globals=a.dest_globals,
+                               src_capabilities=a.source_capabilities, dst_capabilities=a.dest_capabilities,
+                               src_parameters=a.source_parameters, dst_parameters=a.dest_parameters,
+                               started=_started(a, args.timeout))
+    except (QemuError, TimeoutError) as e:
         raise UsageError(f"capture QEMU {binary.full_version} -> {dest.full_version}: {e}") from None
     files = {"main.bin": cap.main, "return-path.bin": cap.return_path}
     files.update({f"multifd{i}.bin": data for i, data in sorted(cap.multifd.items())})
@@ -177,7 +205,7 @@ def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments,
                     return_path="return-path.bin", other=tuple(f"other{i}.bin" for i in range(len(cap.other))),
                     channel_order=("main.bin", *channels),
                     final_ram_sha256={"source": cap.source_ram, "destination": cap.destination_ram}
-                    if args.dirty is not None else None,
+                    if a.guest != "paused" else None,
                     bytes_={name: len(data) for name, data in files.items()}, seconds=round(time.monotonic() - t0, 3))
     return m, (f"captured main + {len(cap.multifd)} multifd channels from QEMU {binary.full_version} to "
                f"{dest.full_version} ({a.machine})")
@@ -243,6 +271,14 @@ def cmd_replay(args) -> int:
     if version not in found:
         raise UsageError(f"QEMU {version} not found")
     binary, a = found[version], m.arguments
+    try:
+        extra_sides = one_sided.from_args(args)  # the destination's own, on top of the manifest's
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    dst_caps, dst_params, dst_globals = a.destination_settings()
+    dst_caps, dst_params = {**dst_caps, **extra_sides.dest_capabilities}, {**dst_params, **extra_sides.dest_parameters}
+    dst_globals = (*dst_globals, *extra_sides.dest_globals)
+    one_sided_dest = bool(a.dest_globals or a.dest_capabilities or a.dest_parameters or extra_sides)
     # what the model says first
     rep = check_capture(open_stream(str(main))[0], [(Path(p).name, open_stream(str(p))[0]) for p in channels.values()],
                         name=str(d), target=version if version in VERSIONS else None)
@@ -256,9 +292,9 @@ def cmd_replay(args) -> int:
     if applicable:
         with reaper.temporary_directory("migconform-replay-") as scratch:
             dst_ram = make_ram_file(scratch / "ram.img", a.mem_mb, content=b"") if a.ram_backend == "file" else None
-            extra = dirtier_args(make_dirtier_disk(scratch / "dirtier-boot.img")) if a.guest == "dirtier" else []
+            extra = guest_extra_args(a.guest, scratch)
             v = replay(binary, main, channels, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
-                       ram_file=dst_ram, capabilities=a.capabilities, parameters=a.parameters, globals_=a.globals_,
+                       ram_file=dst_ram, capabilities=dst_caps, parameters=dst_params, globals_=dst_globals,
                        schedule=schedule, timeout=args.timeout, extra_args=extra)
     ram_equal = None
     if v is None or not v.started:
@@ -272,6 +308,11 @@ def cmd_replay(args) -> int:
             ram_equal = v.ram_sha256 == ram_digest_file(guest_ram)
         outcome = "completed" if v.completed else "hung" if v.hung else f"failed: {v.reason}"
         agrees = v.completed == (not rep.rejected) and ram_equal is not False
+        if one_sided_dest and agrees is False and ram_equal is not False:
+            # the checker judges the stream against a default destination: it does not model
+            # settings given to the destination alone (yet), so no disagreement is claimed
+            agrees = None
+            outcome += " (model: not modelled, destination-only settings)"
         result["seconds"] = round(v.seconds, 2)
         result["error_lines"] = v.error_lines
     result.update(outcome=outcome, ram_equal=ram_equal, agrees=agrees)

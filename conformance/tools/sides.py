@@ -99,10 +99,9 @@ def from_options(*, source_globals: Iterable[str] = (), dest_globals: Iterable[s
 
 def from_args(args) -> Sides:
     """Sides from an argparse namespace made with add_options."""
-    return from_options(source_globals=args.source_globals or (), dest_globals=args.dest_globals or (),
-                        source_capabilities=args.source_capabilities or (),
-                        dest_capabilities=args.dest_capabilities or (),
-                        source_parameters=args.source_parameters or (), dest_parameters=args.dest_parameters or ())
+    names = ("source_globals", "dest_globals", "source_capabilities", "dest_capabilities", "source_parameters",
+             "dest_parameters")  # replay has only the dest_ ones
+    return from_options(**{n: getattr(args, n, None) or () for n in names})
 
 
 def add_options(parser, *, source: bool = True) -> None:
