@@ -39,7 +39,9 @@ class Sides:
 
     @property
     def source_key(self) -> str:
-        """What changes the source (its capture): the same text for the same settings."""
+        """What changes the source (its capture): the same text for the same settings, "" for none."""
+        if not (self.source_globals or self.source_capabilities or self.source_parameters):
+            return ""
         return repr((self.source_globals, sorted(self.source_capabilities.items()),
                      sorted(self.source_parameters.items())))
 
@@ -144,7 +146,10 @@ def parse_axis(name: str) -> Sides:
             raise SidesError(f"one-sided set {name!r}: {item!r} is not KIND:SETTING with KIND one of "
                              f"{', '.join(_AXIS_KINDS)} (named sets: {', '.join(ONE_SIDED_SETS)})")
         opts[_AXIS_KINDS[kind]].append(setting)
-    return from_options(**opts)
+    try:
+        return from_options(**opts)
+    except SidesError as e:
+        raise SidesError(f"one-sided set {name!r}: {e}") from None
 
 
 def axis_text(s: Sides) -> str:

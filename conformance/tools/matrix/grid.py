@@ -158,8 +158,7 @@ class CellSpec:
     @property
     def capture_key(self) -> tuple[str, str, str, str, str, str]:
         """What the source's capture depends on: not the destination's own settings."""
-        return (self.src, self.machine, self.devices, self.caps, self.guest, self.sides.source_key if
-                self.sided != "none" else "")
+        return (self.src, self.machine, self.devices, self.caps, self.guest, self.sides.source_key)
 
     @property
     def reference_key(self) -> tuple[str, str, str, str, str, str]:
