@@ -328,8 +328,8 @@ def parse(doc: Any, *, device_sets: Collection[str] | None = None) -> Manifest:
         "seconds": (False, _nullable(_number(0, 1e9))),
     }
     d = _object(fields, doc, "")
-    if "migconform" in d and ("arguments" not in d or "source" not in d):
-        raise ManifestError(f"{'arguments' if 'arguments' not in d else 'source'}: missing")
+    if "migconform" in d and (d.get("arguments") is None or d.get("source") is None):  # null is missing too
+        raise ManifestError(f"{'arguments' if d.get('arguments') is None else 'source'}: missing")
     m = Manifest(main=d["main"], channels=d.get("channels", ()), format=d.get("migconform"),
                  source=d.get("source"), destination=d.get("destination"), arguments=d.get("arguments"),
                  return_path=d.get("return_path"), other=d.get("other", ()),
