@@ -12,6 +12,7 @@ from typing import Callable
 
 from conformance.check.pipeline import check_stream
 from conformance.qemu import QemuNotFound, discover, machine_types, reaper
+from conformance.rules.profile import PROFILES
 from conformance.tools.matrix.cell import load_cell
 from conformance.tools.matrix.grid import CellSpec
 from conformance.tools.matrix.store import CaptureStore
