@@ -76,6 +76,7 @@ class Campaign:
     progress: Callable[[Stats], None] | None = None
     progress_every: float = 5.0
     stats: Stats = field(default_factory=Stats)
+    stop_requested: bool = False  # set by a signal handler: stop before the next execution
 
     def execute(self, fi: FuzzInput) -> tuple[str | None, dict]:
         """Run one input on the targets: (signature of a finding or None, its metadata)."""
@@ -137,14 +138,14 @@ class Campaign:
                 last[0] = now
                 self.progress(self.stats)
 
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop_requested:
             @settings(database=self.database, max_examples=10**9, deadline=None, derandomize=False,
                       suppress_health_check=list(HealthCheck), report_multiple_bugs=True,
                       phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
                       print_blob=False, verbosity=Verbosity.quiet)
             @given(fuzz_inputs(self.seed, max_edits=self.max_edits))
             def campaign(fi: FuzzInput) -> None:
-                if time.monotonic() >= deadline:
+                if self.stop_requested or time.monotonic() >= deadline:
                     raise Stop
                 sig, meta = self.execute(fi)
                 tick()

@@ -66,8 +66,23 @@ def _progress_printer():
     return show
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: targets closed, every QEMU killed
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _StopOnSignal:
+    """SIGTERM / first Ctrl-C: the campaign stops after the execution under way (at most the
+    load timeout), so no QMP exchange is cut in the middle; a second Ctrl-C stops at once.
+    Either way the targets are closed (every QEMU killed) and the findings are on disk."""
+
+    def __init__(self, campaign):
+        self.campaign = campaign
+
+    def __call__(self, signum, frame):
+        if self.campaign.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.campaign.stop_requested = True
+        print("\nmigconform: fuzz stopping after the current execution", file=sys.stderr, flush=True)
 
 
 def cmd_fuzz(args) -> int:
@@ -83,13 +98,14 @@ def cmd_fuzz(args) -> int:
     from strategies.fuzz import decode_seed
 
     seconds = parse_duration(args.time)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # until the campaign runs: unwind, killing any QEMU
     findings = Path(args.findings)
     findings.mkdir(parents=True, exist_ok=True)
     binary = require(args.qemu)
     seed_path = _seed(binary, findings, args.machine, args.devices)
     seed = decode_seed(seed_path.read_bytes())
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
     real = loader = None
+    old = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         if args.target in ("real", "both"):
             real = RealTarget(binary, machine=args.machine, devices=args.devices, timeout=args.exec_timeout,
@@ -102,6 +118,8 @@ def cmd_fuzz(args) -> int:
                         database=_database(args, findings), max_edits=args.max_edits,
                         key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}",
                         progress=_progress_printer(), progress_every=args.progress_every)
+        for s in old:
+            signal.signal(s, _StopOnSignal(camp))
         try:
             stats = camp.run(seconds)
         except KeyboardInterrupt:
@@ -112,7 +130,8 @@ def cmd_fuzz(args) -> int:
             real.close()
         if loader is not None:
             loader.close()
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(stats.line())
