@@ -253,8 +253,12 @@ def device_field(draw, s: State):
         return None
     f = decoded.fields[k]
     size = f.size if isinstance(f.value, int) else max(1, f.size // max(1, len(f.value)))
-    top = 2 ** (8 * min(size, 8)) - 1
-    v = draw(st.sampled_from([0, 1, top, top >> 1, (top >> 1) + 1]) | st.integers(0, top))
+    bits = 8 * min(size, 8)
+    if f.type.startswith("int"):  # signed on the wire: int8 .. int64
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        lo, hi = 0, 2 ** bits - 1
+    v = draw(st.sampled_from(sorted({0, 1, -1 if lo else 1, lo, hi, hi >> 1})) | st.integers(lo, hi))
     if isinstance(f.value, list):
         j = draw(st.integers(0, len(f.value) - 1))
         value = list(f.value)
@@ -269,7 +273,7 @@ def device_field(draw, s: State):
     except (vmstate.VmstateEncodeError, KeyError, TypeError, ValueError, struct.error, OverflowError):
         return None
     _edit(s.units, i, data=body + bytes(rec.data[decoded.consumed:]))
-    return f"{rec.idstr}.{label} = 0x{v:x} (was {f.value if isinstance(f.value, int) else f.value[j]:#x})"
+    return f"{rec.idstr}.{label} = {v:#x} (was {f.value if isinstance(f.value, int) else f.value[j]:#x})"
 
 
 def device_bytes(draw, s: State):
