@@ -58,6 +58,9 @@ class Seed:
     devices: list[dict]  # the VMDESCRIPTION's devices, in FULL-section order
     page_size: int = 4096
 
+    def __repr__(self) -> str:  # hypothesis prints inputs: not the whole stream
+        return f"Seed({len(self.data)} bytes, {len(self.units)} records)"
+
     def sections(self) -> list[tuple[int, int]]:
         """(first, last) unit index of each top-level section, header to footer."""
         return _sections(self.units)
@@ -435,6 +438,9 @@ class FuzzInput:
     seed: Seed
     edits: list[str]  # "name: what it did", in order
     units: list[Unit]
+
+    def __repr__(self) -> str:
+        return f"FuzzInput({self.edits!r})"
 
     def data(self) -> bytes:
         ps = self.seed.page_size

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
+from hypothesis.control import currently_in_test_context
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from strategies.fuzz import FuzzInput, Seed, fuzz_inputs
@@ -101,8 +102,9 @@ class Campaign:
             st.verdicts[f"real:{ex.verdict}"] += 1
             new = ex.events - st.events
             st.events |= ex.events
-            target(float(len(ex.events)), label="trace events reached")
-            target(float(len(new)), label="new trace events")
+            if currently_in_test_context():  # not when a finding is replayed by hand
+                target(float(len(ex.events)), label="trace events reached")
+                target(float(len(new)), label="new trace events")
             meta["real"] = {"verdict": ex.verdict, "first_error": ex.first_error, "exit_code": ex.exit_code,
                             "stderr": ex.stderr[-4000:], "events": len(ex.events), "seconds": round(ex.seconds, 3)}
             if ex.verdict in REAL_BAD:
