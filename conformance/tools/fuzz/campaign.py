@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,7 @@ class Campaign:
     progress_every: float = 5.0
     stats: Stats = field(default_factory=Stats)
     stop_requested: bool = False  # set by a signal handler: stop before the next execution
+    _background: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "fuzz-real"))
 
     def execute(self, fi: FuzzInput) -> tuple[str | None, dict]:
         """Run one input on the targets: (signature of a finding or None, its metadata)."""
@@ -89,6 +91,8 @@ class Campaign:
                       "seed": self.seed_name, "mutation": fi.edits, "diff_from_seed": fi.changed()}
         sig = None
         lv = lerr = None
+        # the real destination loads (a wait on QEMU) while the loader judges in this thread
+        pending = self._background.submit(self.real.run, data) if self.real is not None else None
         if self.loader is not None:
             try:
                 lv, lerr = self.loader.run(data)
@@ -97,8 +101,8 @@ class Campaign:
                 sig = signature("loader-error", lv, None, lerr)
             st.verdicts[f"loader:{lv}"] += 1
             meta["loader"] = {"verdict": lv, "first_violation": lerr}
-        if self.real is not None:
-            ex = self.real.run(data)
+        if pending is not None:
+            ex = pending.result()
             st.verdicts[f"real:{ex.verdict}"] += 1
             new = ex.events - st.events
             st.events |= ex.events
