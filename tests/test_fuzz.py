@@ -156,6 +156,8 @@ def test_trace_lines_become_coverage_tuples():
     (False, True, None, "", "hung"),
     (False, False, -signal.SIGSEGV, "", "crashed"),
     (False, False, -signal.SIGABRT, "qemu-system-x86_64: ../x.c:10: f: Assertion `a' failed.\n", "crashed"),
+    (False, False, -signal.SIGTRAP, "qemu-system-x86_64: GLib: gmem.c:169: failed to allocate 4294967295 bytes\n",
+     "out-of-memory"),
     (False, False, 1, "qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\n", "out-of-memory"),
 ])
 def test_verdicts(completed, hung, code, stderr, want):

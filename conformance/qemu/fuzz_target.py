@@ -82,11 +82,12 @@ def verdict_of(completed: bool, hung: bool, exit_code: int | None, stderr: str) 
     first = lines[0] if lines else None
     if hung:
         return HUNG, first
-    if exit_code is not None and exit_code < 0 and exit_code not in (-signal.SIGKILL, -signal.SIGTERM) \
-            or exit_code == 134 or _CRASH_TEXT.search(stderr):
-        return CRASHED, next((ln for ln in lines if _CRASH_TEXT.search(ln)), first)
+    # before crashes: GLib aborts (SIGTRAP) when an allocation the stream asked for fails
     if exit_code == -signal.SIGKILL or _OOM_TEXT.search(stderr):
         return OOM, next((ln for ln in lines if _OOM_TEXT.search(ln)), first)
+    if exit_code is not None and exit_code < 0 and exit_code != -signal.SIGTERM \
+            or exit_code == 134 or _CRASH_TEXT.search(stderr):
+        return CRASHED, next((ln for ln in lines if _CRASH_TEXT.search(ln)), first)
     if completed:
         return ACCEPTED, None
     return REJECTED, first
