@@ -222,3 +222,59 @@ def test_campaign_against_a_real_destination(version, qemu, tmp_path):
     assert stats.execs >= 3
     assert stats.verdicts["real:rejected"] + stats.verdicts["real:accepted"] > 0
     assert not [p for p in process._live if p.alive()]  # every destination of the pool is gone
+
+
+def _with_edit(seed, idstr: str, **changes):
+    """The seed with one section header changed, as an edit would leave it."""
+    import dataclasses
+
+    from strategies.fuzz import FuzzInput, Unit
+
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, SectionHeader) and u.record.idstr == idstr)
+    units[i] = Unit(dataclasses.replace(units[i].record, **changes), None)
+    return FuzzInput(seed, [f"by hand: {idstr} {changes}"], units)
+
+
+@pytest.mark.qemu
+def test_packaged_length_allocates_what_the_wire_says(qemu, tmp_path):
+    """Found by a campaign: a destination allocates the buffer a MIG_CMD_PACKAGED announces
+    (up to 4 GiB) before reading a byte of it; under an address-space limit GLib aborts."""
+    from strategies.fuzz import FuzzInput, Unit, _Raw, _command
+    from wireformat.constants import MigCmd
+    from conformance.qemu import capture_stream
+    from conformance.qemu.fuzz_target import RealTarget
+
+    for version in ("7.2", "10.0"):
+        want, text = "out-of-memory", "failed to allocate 4294967295 bytes"
+        binary = qemu(version)
+        seed = decode_seed(capture_stream(binary, tmp_path / f"{version}.bin", machine="pc").path.read_bytes())
+        raw = _command(MigCmd.MIG_CMD_PACKAGED, (0xFFFFFFFF).to_bytes(4, "big"))
+        fi = FuzzInput(seed, ["packaged"], seed.units[:2] + [Unit(_Raw("packaged"), raw)] + seed.units[2:])
+        with RealTarget(binary, machine="pc", warm=1, address_space_mb=1024, trace=False) as t:
+            ex = t.run(fi.data())
+        assert ex.verdict == want and text in ex.first_error, (version, ex)
+
+
+@pytest.mark.qemu
+def test_a_saved_finding_replays(qemu, tmp_path, capsys):
+    from conformance.cli import main
+    from conformance.qemu import capture_stream
+    from conformance.qemu.fuzz_target import RealTarget
+
+    binary = qemu("7.2")
+    seed = decode_seed(capture_stream(binary, tmp_path / "seed.bin", machine="pc").path.read_bytes())
+    machine = next(u.record.machine_type for u in seed.units if isinstance(u.record, Configuration))
+    with RealTarget(binary, machine="pc", devices="none", warm=1) as real:
+        c = Campaign(seed=seed, seed_name="seed.bin", store=FindingStore(tmp_path / "f"), version="7.2",
+                     machine="pc", devices="none", real=real, loader=LoaderTarget("7.2", machine=machine),
+                     database=None, key="replay")
+        fi = _with_edit(seed, "timer", instance_id=1)
+        sig, meta = c.execute(fi)
+        assert sig is not None and sig.startswith("model-disagreement")  # the loader misses it (see report)
+        path = c._save(sig, fi, meta)
+    saved = json.loads(path.read_text())
+    assert saved["reproduce"].endswith(f"exec:cat {path.with_suffix('.bin').resolve()}'")
+    assert main(["fuzz", "--replay", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "reproduced" in out and "Unknown savevm section or instance 'timer' 1" in out
