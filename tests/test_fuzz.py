@@ -278,3 +278,38 @@ def test_a_saved_finding_replays(qemu, tmp_path, capsys):
     assert main(["fuzz", "--replay", str(path)]) == 1
     out = capsys.readouterr().out
     assert "reproduced" in out and "Unknown savevm section or instance 'timer' 1" in out
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_acpi_table_size_beyond_its_maximum_aborts_the_destination(version, qemu, tmp_path):
+    """Found by a campaign (one bit of the fw_cfg body): fw_cfg/acpi_mr's table_mr_size above
+    the region's maximum makes the destination abort in qemu_ram_resize (&error_abort) instead
+    of failing the load."""
+    import dataclasses
+
+    from wireformat import vmstate
+    from strategies.fuzz import FuzzInput, Unit
+    from conformance.qemu import capture_stream
+    from conformance.qemu.fuzz_target import RealTarget
+
+    binary = qemu(version)
+    seed = decode_seed(capture_stream(binary, tmp_path / "seed.bin", machine="pc").path.read_bytes())
+    i = next(k for k, u in enumerate(seed.units) if isinstance(u.record, DeviceState) and u.record.idstr == "fw_cfg")
+    rec, desc = seed.units[i].record, next(d for d in seed.devices if d["name"] == "fw_cfg")
+    body = vmstate.decode_body(desc, rec.data)
+    subs = []
+    for sub in body.subsections:
+        if sub.name == "fw_cfg/acpi_mr":
+            sub = dataclasses.replace(sub, fields=tuple(
+                dataclasses.replace(f, value=f.value | 0x1000000) if f.name == "table_mr_size" else f
+                for f in sub.fields))
+        subs.append(sub)
+    data = vmstate.encode_body(desc, dataclasses.replace(body, subsections=tuple(subs)))
+    assert data != rec.data
+    units = list(seed.units)
+    units[i] = Unit(dataclasses.replace(rec, data=data), None)
+    with RealTarget(binary, machine="pc", warm=1, trace=False) as t:
+        ex = t.run(FuzzInput(seed, ["acpi"], units).data())
+    assert ex.verdict == "crashed" and ex.exit_code == -signal.SIGABRT, ex
+    assert "Size too large: /rom@etc/acpi/tables" in ex.stderr
