@@ -50,6 +50,8 @@ COMMANDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("conformance.tools.downtime", "add_downtime_parser",
      {"downtime": "analyse QEMU 10.0 vmstate_downtime_* trace logs of a migration "
                   "(exit 0, 2 on unreadable/foreign files)"}),
+    ("conformance.cli.fuzz", "add_fuzz_parser",
+     {"fuzz": "structure-aware fuzzing of real QEMU destinations and the reference loader"}),
     ("conformance.cli.qemu", "add_demo_parser", {"demo": "capture a stream from each installed QEMU and check it"}),
 )
 

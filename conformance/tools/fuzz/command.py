@@ -1,0 +1,181 @@
+"""`migconform fuzz`: set up the targets and the seed, run the campaign, print progress; and
+`--replay FINDING`."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+from conformance.errors import UsageError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise UsageError(f"--time {text!r}: expected e.g. 30s, 10m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _database(args, findings: Path):
+    if args.redis:
+        try:
+            from hypothesis.extra.redis import RedisExampleDatabase
+            import redis
+        except ImportError:
+            raise UsageError("--redis needs the hypothesis[redis] extra (pip install 'hypothesis[redis]')") from None
+        return RedisExampleDatabase(redis.Redis.from_url(args.redis))
+    from conformance.tools.fuzz.campaign import directory_database
+
+    return directory_database(findings)
+
+
+def _seed(binary, findings: Path, machine: str, devices: str) -> Path:
+    """The campaign's seed: captured once from the same binary, machine and devices, then
+    kept, so that a resumed run mutates the same stream."""
+    from conformance.qemu import capture_stream
+
+    path = findings / "seeds" / f"seed-{binary.full_version}-{machine}-{devices}.bin"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        capture_stream(binary, tmp, machine=machine, devices=devices)
+        tmp.replace(path)
+    return path
+
+
+def seed_machine(seed) -> str | None:
+    from wireformat.records import Configuration
+
+    return next((u.record.machine_type for u in seed.units[:3] if isinstance(u.record, Configuration)), None)
+
+
+def _progress_printer():
+    tty = sys.stderr.isatty()
+
+    def show(stats) -> None:
+        if tty:
+            print("\r" + stats.line(), end="", file=sys.stderr, flush=True)
+        else:
+            print(stats.line(), file=sys.stderr, flush=True)
+
+    return show
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _StopOnSignal:
+    """SIGTERM / first Ctrl-C: the campaign stops after the execution under way (at most the
+    load timeout), so no QMP exchange is cut in the middle; a second Ctrl-C stops at once.
+    Either way the targets are closed (every QEMU killed) and the findings are on disk."""
+
+    def __init__(self, campaign):
+        self.campaign = campaign
+
+    def __call__(self, signum, frame):
+        if self.campaign.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.campaign.stop_requested = True
+        print("\nmigconform: fuzz stopping after the current execution", file=sys.stderr, flush=True)
+
+
+def cmd_fuzz(args) -> int:
+    if args.replay:
+        return cmd_fuzz_replay(args)
+    if not args.qemu or not args.findings:
+        raise UsageError("fuzz needs --qemu VERSION and --findings DIR (or --replay FINDING)")
+    from conformance.qemu import require
+    from conformance.qemu.fuzz_target import RealTarget
+    from conformance.tools.fuzz.campaign import Campaign
+    from conformance.tools.fuzz.loader import LoaderTarget
+    from conformance.tools.fuzz.store import FindingStore
+    from strategies.fuzz import decode_seed
+
+    seconds = parse_duration(args.time)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # until the campaign runs: unwind, killing any QEMU
+    findings = Path(args.findings)
+    findings.mkdir(parents=True, exist_ok=True)
+    binary = require(args.qemu)
+    seed_path = _seed(binary, findings, args.machine, args.devices)
+    seed = decode_seed(seed_path.read_bytes())
+    real = loader = None
+    old = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    try:
+        if args.target in ("real", "both"):
+            real = RealTarget(binary, machine=args.machine, devices=args.devices, timeout=args.exec_timeout,
+                              warm=max(1, args.jobs), address_space_mb=args.memory_mb).__enter__()
+        if args.target in ("loader", "both"):
+            # the machine type as the destination resolved it ("pc" is an alias): the seed's own
+            loader = LoaderTarget(binary.version, machine=seed_machine(seed) or args.machine)
+        camp = Campaign(seed=seed, seed_name=seed_path.name, store=FindingStore(findings), version=binary.version,
+                        machine=args.machine, devices=args.devices, real=real, loader=loader,
+                        database=_database(args, findings), max_edits=args.max_edits,
+                        key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}",
+                        progress=_progress_printer(), progress_every=args.progress_every)
+        for s in old:
+            signal.signal(s, _StopOnSignal(camp))
+        try:
+            stats = camp.run(seconds)
+        except KeyboardInterrupt:
+            stats = camp.stats
+            print("\nmigconform: fuzz interrupted; findings so far are saved", file=sys.stderr)
+    finally:
+        if real is not None:
+            real.close()
+        if loader is not None:
+            loader.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(stats.line())
+    for sig, path in sorted(stats.findings.items()):
+        print(f"finding {path.name}: {sig}")
+    return 1 if stats.findings else 0
+
+
+def cmd_fuzz_replay(args) -> int:
+    """Run a saved finding again on the target(s) it names; exit 1 when it still reproduces."""
+    from conformance.qemu import require
+    from conformance.qemu.fuzz_target import RealTarget, verdict_of  # noqa: F401
+    from conformance.tools.fuzz.loader import LoaderTarget
+
+    jpath = Path(args.replay)
+    try:
+        meta = json.loads(jpath.read_text())
+        stream = (jpath.parent / meta["stream"]).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{jpath}: not a fuzz finding ({e})") from None
+    print(f"finding: {meta['signature']}")
+    for line in meta.get("mutation", []):
+        print(f"  mutation  {line}")
+    for line in meta.get("diff_from_seed", []):
+        print(f"  changed   {line}")
+    same = True
+    if "loader" in meta:
+        lt = LoaderTarget(meta["version"], machine=meta.get("resolved_machine") or meta.get("machine"))
+        try:
+            lv, lerr = lt.run(stream)
+        finally:
+            lt.close()
+        print(f"loader {meta['version']}: {lv}" + (f" ({lerr})" if lerr else "") +
+              f"   [saved: {meta['loader']['verdict']}]")
+        same &= lv == meta["loader"]["verdict"]
+    if "real" in meta:
+        binary = require(meta["version"])
+        with RealTarget(binary, machine=meta["machine"], devices=meta["devices"], warm=1,
+                        timeout=args.exec_timeout, trace=False) as t:
+            ex = t.run(stream)
+        print(f"QEMU {binary.full_version}: {ex.verdict}" + (f" ({ex.first_error})" if ex.first_error else "") +
+              f"   [saved: {meta['real']['verdict']}]")
+        same &= ex.verdict == meta["real"]["verdict"]
+        if meta.get("reproduce"):
+            print(f"by hand: {meta['reproduce']}")
+    print("reproduced" if same else "NOT reproduced (verdict differs from the saved one)")
+    return 1 if same else 0
