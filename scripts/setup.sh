@@ -3,6 +3,7 @@
 #   - QEMU 7.2 from bookworm (system package),
 #   - QEMU 10.0 from bookworm-backports, unpacked beside it into the project's cache
 #     (it must not replace 7.2: both versions are needed for cross-version tests),
+#   - redis-server (tests share a fuzzing corpus through it on loopback),
 #   - a virtualenv (.venv) with migconform and its test dependencies.
 # Downloads are cached under ${MIGCONFORM_CACHE:-~/.cache/migconform}.
 set -euo pipefail
@@ -16,7 +17,7 @@ sudo=""
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium; do
+for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium redis-server; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 

@@ -17,6 +17,8 @@ def add_fuzz_parser(sub) -> None:
     f.add_argument("--target", choices=("real", "loader", "both"), default="both",
                    help="real QEMU, the reference loader, or both (disagreements are findings; default)")
     f.add_argument("--redis", metavar="URL", help="share the example database through Redis (hypothesis[redis])")
+    f.add_argument("--corpus-only", action="store_true",
+                   help="run only the inputs already in the example database (e.g. a shared corpus against another build)")
     f.add_argument("--max-edits", type=int, default=3, metavar="N", help="edits per input (default: 3)")
     f.add_argument("--exec-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="a load not finished by then is a hang (default: 10)")

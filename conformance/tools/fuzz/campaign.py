@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
 from hypothesis.control import currently_in_test_context
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
 from strategies.fuzz import FuzzInput, Seed, fuzz_inputs
 from conformance.tools.fuzz.signature import signature
@@ -44,6 +44,42 @@ def _finding_type(sig: str) -> type:
     if sig not in _finding_types:
         _finding_types[sig] = type(f"Finding_{len(_finding_types)}", (Finding,), {})
     return _finding_types[sig]
+
+
+class SharedCorpus(ExampleDatabase):
+    """The example database as a campaign shares it: what was in it when read is never pruned.
+
+    Hypothesis deletes a stored example that no longer fails when it replays it. In a campaign
+    that is wrong twice over: a finding already known in this run is deliberately not raised
+    again (so that the campaign looks for others), and an entry another worker stored may fail
+    only on that worker's build or be a flaky hang. Either way it must stay for the others
+    (hosts sharing one Redis database, or the next run). Entries written during this run —
+    the intermediate steps of a shrink — are deleted as usual, so the corpus keeps one
+    reproducer per finding rather than every shrink step.
+    """
+
+    def __init__(self, db: ExampleDatabase):
+        super().__init__()
+        self.db = db
+        self.read: set[tuple[bytes, bytes]] = set()
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.db.save(key, value)
+
+    def fetch(self, key: bytes):
+        for value in self.db.fetch(key):
+            self.read.add((key, value))
+            yield value
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        if (key, value) not in self.read:
+            self.db.delete(key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        if (src, value) in self.read:
+            self.db.save(dest, value)
+        else:
+            self.db.move(src, dest, value)
 
 
 @dataclass
@@ -75,6 +111,7 @@ class Campaign:
     database: ExampleDatabase | None = None
     max_edits: int = 3
     key: str = ""  # names this campaign in the example database
+    corpus_only: bool = False  # run only the inputs the example database holds (no new ones)
     progress: Callable[[Stats], None] | None = None
     progress_every: float = 5.0
     stats: Stats = field(default_factory=Stats)
@@ -144,10 +181,17 @@ class Campaign:
                 last[0] = now
                 self.progress(self.stats)
 
+        # a corpus-only run re-judges what the database holds (e.g. a corpus shared through
+        # Redis, against another build) without generating or shrinking anything new
+        phases = ((Phase.explicit, Phase.reuse) if self.corpus_only else
+                  (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink))
+        # ... and then writes nothing; a campaign keeps what it read (see SharedCorpus)
+        database = self.database and (ReadOnlyDatabase(self.database) if self.corpus_only else
+                                      SharedCorpus(self.database))
         while time.monotonic() < deadline and not self.stop_requested:
-            @settings(database=self.database, max_examples=10**9, deadline=None, derandomize=False,
+            @settings(database=database, max_examples=10**9, deadline=None, derandomize=False,
                       suppress_health_check=list(HealthCheck), report_multiple_bugs=True,
-                      phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
+                      phases=phases,
                       print_blob=False, verbosity=Verbosity.quiet)
             @given(fuzz_inputs(self.seed, max_edits=self.max_edits))
             def campaign(fi: FuzzInput) -> None:
@@ -171,6 +215,8 @@ class Campaign:
             except BaseExceptionGroup as g:
                 known.update(str(x) for x in g.exceptions if isinstance(x, Finding))
             except Stop:
+                break
+            if self.corpus_only:  # the database was replayed once: nothing more to run
                 break
         return self.stats
 

@@ -117,7 +117,8 @@ def cmd_fuzz(args) -> int:
                         machine=args.machine, devices=args.devices, real=real, loader=loader,
                         database=_database(args, findings), max_edits=args.max_edits,
                         key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}",
-                        progress=_progress_printer(), progress_every=args.progress_every)
+                        progress=_progress_printer(), progress_every=args.progress_every,
+                        corpus_only=args.corpus_only)
         for s in old:
             signal.signal(s, _StopOnSignal(camp))
         try:
