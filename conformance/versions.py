@@ -27,6 +27,9 @@ class Modelled:
     hook_fails: bool  # RAM_SAVE_FLAG_HOOK without RDMA fails the section (7.2); 10.0 ignores it
     compress_page_known: bool  # RAM_SAVE_FLAG_COMPRESS_PAGE exists (removed in 9.1)
     validated_capabilities: frozenset[str]  # the configuration record may carry these (others are refused)
+    # Channels and the return path (rules/dest_channels.py, rules/settings.py).
+    rp_msg_max: int  # first return-path message type the version does not know (SWITCHOVER_ACK is 7, 8.1+)
+    multifd_zero_pages_understood: bool  # a multifd packet's zero-page list is applied (9.0+; 7.2 ignores it)
 
     # MigrationStatus (rules/migration_states.py; spec state-machine.md).
     switchover_device_state: bool  # the source passes `device` on every switchover, not only after pause-before-switchover
@@ -44,6 +47,8 @@ MODELLED: tuple[Modelled, ...] = (
         hook_fails=True,
         compress_page_known=True,
         validated_capabilities=frozenset({"x-ignore-shared"}),
+        rp_msg_max=7,
+        multifd_zero_pages_understood=False,
         switchover_device_state=False,
         recover_setup_state=False,
         cancel_in_postcopy=True,
@@ -57,6 +62,8 @@ MODELLED: tuple[Modelled, ...] = (
         hook_fails=False,
         compress_page_known=False,
         validated_capabilities=frozenset({"x-ignore-shared", "mapped-ram"}),
+        rp_msg_max=8,
+        multifd_zero_pages_understood=True,
         switchover_device_state=True,
         recover_setup_state=True,
         cancel_in_postcopy=False,

@@ -47,3 +47,27 @@ def command_set(send_src_downtime_id: int | None = None) -> CommandSet:
     if send_src_downtime_id is not None:
         return CommandSet.with_send_src_downtime(send_src_downtime_id)
     return RELEASED
+
+
+def stream_machine(path: str, limit: int = 4) -> str | None:
+    """The machine type a stream file's configuration record names (None: none in its first
+    records, or not a regular file)."""
+    import os
+
+    from wireformat.errors import DecodeError
+    from wireformat.reader import StreamReader
+    from wireformat.records import Configuration
+
+    if not os.path.isfile(path):
+        return None
+    src, _ = open_stream(path)
+    with src:
+        try:
+            for i, rec in enumerate(StreamReader(src)):
+                if isinstance(rec, Configuration):
+                    return rec.machine_type
+                if i >= limit:
+                    break
+        except DecodeError:
+            pass
+    return None

@@ -32,13 +32,16 @@ def check_files(
     destination_channels: int | None = None,
     ram_model: bool = False,
     progress: Callable[[int, int | None], None] | None = None,
+    source=None,
+    return_path: str | None = None,
 ) -> Report:
     """The Report on `main` (a path, '-' or tcp:HOST:PORT) and its multifd `channels` (paths,
     any order). recovery: `main` is the new main channel of a postcopy recovery ('' when the
     interrupted one is not at hand, else its path). ram_model: also replay the channels through
     the reference RAM model. progress(offset, total or None) while a lone main stream is read."""
     kw = dict(target=target, commands=commands, tables=tables, body_checker=vmstate_body_check, machine=machine,
-              body_sizer=trailer_body_sizer(main))
+              body_sizer=trailer_body_sizer(main), source=source,
+              return_path=open_stream(return_path)[0] if return_path else None)
     if channels:
         return _check_channels(main, list(channels), destination_channels, ram_model, kw)
     previous = open_stream(recovery)[0] if recovery else None

@@ -17,7 +17,7 @@ from wireformat.reader import StreamReader
 from conformance.check.inputs import Prepended
 from conformance.rules.loader import Loader
 from conformance.rules.profile import DestinationProfile
-from conformance.rules.catalogue import Severity, Violation
+from conformance.rules.catalogue import Code, Severity, Violation
 from conformance.rules.decode_errors import code_of
 
 
@@ -65,7 +65,11 @@ def check_stream(
     body_sizer: Callable | None = None,
     recovery: bool = False,
     previous: BinaryIO | None = None,
+    source=None,
+    return_path: BinaryIO | None = None,
 ) -> Report:
+    """`source`: the source's settings (rules.settings.Side), when known: its version judges
+    the return path, and its one-sided settings are judged against the destination profile."""
     t0 = time.perf_counter()
     old = known = None
     if previous is not None:  # the interrupted main channel a recovery channel resumes
@@ -78,7 +82,7 @@ def check_stream(
             pass  # it was cut where the connection broke
         known = old_reader.sections
     loader = Loader(target, commands=commands, tables=tables, body_checker=body_checker, machine=machine,
-                    recovery=recovery, previous=old)
+                    recovery=recovery, previous=old, source_version=source.version if source is not None else None)
     reader = StreamReader(src, commands=commands, body_sizer=body_sizer, headerless=recovery, known_sections=known)
     feed = loader.feed
     n = 0
@@ -93,8 +97,24 @@ def check_stream(
     except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
         raise StreamReadError(f"{name}: read error at byte {reader.b.offset()}: {e}") from None
     loader.bytes_seen = max(loader.bytes_seen, reader.b.offset())
+    if return_path is not None:
+        _feed_return_path(loader, return_path)
     loader.close(reader.b.offset())
+    if source is not None:
+        from conformance.rules.dest_channels import judge_pair
+
+        judge_pair(loader.sink, source, loader.target)
     return Report(name, loader.target.version, loader.violations, loader.stats(), time.perf_counter() - t0)
+
+
+def _feed_return_path(loader: Loader, src: BinaryIO) -> None:
+    from wireformat.returnpath import RpDecodeError, iter_messages
+
+    try:
+        for m in iter_messages(src):
+            loader.feed(m)
+    except (RpDecodeError, DecodeError) as e:
+        loader.sink.emit(Code.RP_MALFORMED, "return-path", getattr(e, "offset", 0), str(e).splitlines()[0])
 
 
 def check_capture(
@@ -110,13 +130,18 @@ def check_capture(
     from wireformat.multifd import MultifdChannelReader
 
     from conformance.rules.channels import MainSyncInfo, MultifdChecker
+    from conformance.rules.dest_channels import destination_channels as expected_channels
+    from conformance.rules.profile import profile
 
     t0 = time.perf_counter()
-    rep = check_stream(main, name=name, target=target, **kw)
+    dest = target if isinstance(target, DestinationProfile) else profile(target)
+    destination_channels = expected_channels(dest, destination_channels)
+    rep = check_stream(main, name=name, target=dest, **kw)
     recs = rep.stats["records"]
     blocks = {b: info["used_length"] for b, info in rep.stats["ram_blocks"].items() if info.get("used_length")}
     checker = MultifdChecker(MainSyncInfo(recs.get("ram:MULTIFD_FLUSH", 0), recs.get("ram:EOS", 0), blocks),
-                             destination_channels=destination_channels)
+                             destination_channels=destination_channels,
+                             zero_pages_understood=dest.multifd_zero_pages_understood)
     used: set[str] = set()
     file_ids: dict[str, int] = {}
     for label, src in channels:

@@ -6,8 +6,7 @@ import json
 import sys
 
 from conformance.cli import EXIT_OK, EXIT_VIOLATIONS
-from conformance.errors import UsageError
-from conformance.versions import NEWEST, VERSIONS
+from conformance.cli.profile_options import add_options as add_profile_options
 
 
 def add_check_parser(sub) -> None:
@@ -21,16 +20,17 @@ def add_check_parser(sub) -> None:
                    help="also replay the multifd capture through the reference RAM model (page races, stale pages; "
                    "memory grows with the guest's RAM size)")
     c.add_argument("--json", action="store_true", help="machine-readable report")
-    c.add_argument("--target", default=None, help=f"judge as this QEMU destination version ({', '.join(VERSIONS)}; default {NEWEST})")
     c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")
     c.add_argument("--reference", metavar="REF", help="a stream the destination binary saved with the same machine and "
                    "devices: the sections it registers (unknown idstr/instance, versions too new)")
     c.add_argument("--no-builtin-tables", action="store_true",
                    help="do not judge section names and versions by the target version's own -dump-vmstate (shipped)")
-    c.add_argument("--machine", metavar="TYPE", help="the destination's machine type (compared as QEMU does)")
     c.add_argument("--recovery", metavar="OLD_MAIN", nargs="?", const="", default=None,
                    help="PATH is the new main channel of a postcopy recovery (no header, destination in "
                    "postcopy-recover); OLD_MAIN is the interrupted main channel it resumes")
+    c.add_argument("--return-path", metavar="FILE", help="the return path of the same migration (destination to "
+                   "source), judged as the source reads it (--source-version)")
+    add_profile_options(c)
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
     c.set_defaults(func=cmd_check)
@@ -61,19 +61,18 @@ def cmd_check(args) -> int:
     from conformance.check.destination import command_set, destination_tables
     from conformance.check.paths import check_files
     from conformance.check.report import format_report
-    from conformance.rules.profile import UnknownTarget, profile
+    from conformance.cli.profile_options import from_args
 
-    try:
-        target = profile(args.target)
-    except UnknownTarget as e:
-        raise UsageError(str(e)) from None
     main, channels = stream_files(args.path, args.channel or [])
+    profiles = from_args(args, main)
+    target = profiles.dest
     tables = destination_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables)
     prog = _Progress(sys.stderr.isatty() and not args.json and not channels)
     try:
         rep = check_files(main, channels, target=target, commands=command_set(args.send_src_downtime_id),
-                          tables=tables, machine=args.machine, recovery=args.recovery,
-                          destination_channels=args.dest_channels, ram_model=args.ram_model, progress=prog)
+                          tables=tables, machine=target.machine, recovery=args.recovery,
+                          destination_channels=args.dest_channels, ram_model=args.ram_model, progress=prog,
+                          source=profiles.source, return_path=args.return_path)
     finally:
         prog.done()
     if args.json:

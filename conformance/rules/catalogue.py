@@ -41,6 +41,9 @@ class Code(StrEnum):
     MULTIFD_PACKET_MISSING = "multifd-packet-missing"
     MULTIFD_SYNC_COUNT = "multifd-sync-count"
     MULTIFD_CHANNELS = "multifd-channels"
+    MULTIFD_CHANNELS_MISSING = "multifd-channels-missing"
+    MULTIFD_ZERO_PAGES_IGNORED = "multifd-zero-pages-ignored"
+    ONE_SIDED_SETTING = "one-sided-setting"
     MULTIFD_PAGE_IN_POSTCOPY = "multifd-page-in-postcopy"
     POSTCOPY_LISTEN_BEFORE_FLUSH = "postcopy-listen-before-flush"
     CAPABILITY_PAIR_REFUSED = "capability-pair-refused"
@@ -202,6 +205,20 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "the destination main thread waits for a SYNC that never comes: it hangs (VERIFIED on 10.0)"),
         _C(Code.MULTIFD_CHANNELS, Severity.SILENT_LOSS, "more channels than the destination's multifd-channels",
            "the extra channels are never read: the load completes with their pages missing"),
+        _C(Code.MULTIFD_CHANNELS_MISSING, Severity.REJECT,
+           "fewer multifd channels than the destination's multifd-channels (or channels for a destination "
+           "without multifd)",
+           "the destination starts loading only once every channel it expects is connected: it hangs in "
+           "'setup' (VERIFIED 7.2 and 10.0)"),
+        _C(Code.MULTIFD_ZERO_PAGES_IGNORED, Severity.SILENT_LOSS,
+           "multifd packets list zero pages (zero-page-detection=multifd) for a destination that ignores that list",
+           "7.2 reads no zero-page list: those pages keep what the destination had (VERIFIED: guest RAM differs)"),
+        _C(Code.ONE_SIDED_SETTING, Severity.REJECT,
+           "the stream was written with a setting the destination does not share (a -global, capability or "
+           "parameter set on one side only; conformance/rules/settings.py); said once, with the setting that "
+           "would make the destination load it",
+           "Missing section footer for %s / Unknown savevm section type 126 / Configuration section missing / "
+           "Unknown savevm section type 7 / a hang (VERIFIED 7.2 and 10.0)"),
         _C(Code.MULTIFD_PAGE_IN_POSTCOPY, Severity.REJECT, "a multifd channel delivers a page after POSTCOPY_LISTEN",
            "10.1+: channels carry no data in postcopy (the source flushes them before); "
            "a late page can overwrite a placed one"),

@@ -60,10 +60,13 @@ class MultifdChecker:
     page_size: int = 4096
     page_count: int = MULTIFD_PAGE_COUNT
     destination_channels: int | None = None  # the destination's multifd-channels, when known
+    zero_pages_understood: bool = True  # the destination applies a packet's zero-page list (versions.py fact)
     channels: dict[str, _Channel] = field(default_factory=dict)
     sink: ViolationSink = field(default_factory=ViolationSink)
     packet_nums: list[int] = field(default_factory=list)
     pages: Counter = field(default_factory=Counter)
+    ignored_zero: Counter = field(default_factory=Counter)  # zero-page lists not applied: packets, pages
+    ignored_zero_at: tuple[str, int] | None = None  # the first such packet
     _closed: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -147,6 +150,9 @@ class MultifdChecker:
             self._v(Code.MULTIFD_PACKET_SIZE, ch_name, off,
                     f"next_packet_size {p.next_packet_size} for {p.normal_pages} pages (the destination reads the pages)")
         self.pages[p.ramblock] += p.normal_pages + (p.zero_pages or 0)
+        if p.zero_pages and not self.zero_pages_understood:
+            self.ignored_zero.update(packets=1, pages=p.zero_pages)
+            self.ignored_zero_at = self.ignored_zero_at or (ch_name, off)
 
     def close(self) -> list[Violation]:
         """Judgements that need every channel: ids, uuids, SYNC counts, numbering."""
@@ -164,6 +170,17 @@ class MultifdChecker:
                     f"{len(inits)} channels for a destination set for {n}: the pages of "
                     f"{', '.join(i.channel for i in extra)} are never loaded")
             inits = [i for i in inits if i not in extra]
+        elif self.destination_channels is not None and len(inits) < n:
+            # the destination starts loading only once all n are connected (VERIFIED 7.2, 10.0)
+            self._v(Code.MULTIFD_CHANNELS_MISSING, "multifd", 0,
+                    f"{len(inits)} channels for a destination set for {n}: it waits in 'setup' for the others and "
+                    f"hangs (it loads with --dest-parameter multifd-channels={len(inits)})")
+        if self.ignored_zero_at is not None:
+            ch, off = self.ignored_zero_at
+            self._v(Code.MULTIFD_ZERO_PAGES_IGNORED, ch, off,
+                    f"{self.ignored_zero['pages']} zero pages in {self.ignored_zero['packets']} multifd packets (zero-page-detection=multifd): "
+                    "this destination version ignores the list, the pages keep what it had (it loads with "
+                    "--source-parameter zero-page-detection=legacy)")
         ids = Counter(i.id for i in inits)
         for i in inits:
             if i.id > n:

@@ -54,6 +54,7 @@ from conformance.rules.tables import DestinationTables
 from conformance.rules.profile import DestinationProfile, profile
 from conformance.rules.catalogue import Code, Severity, Violation
 from conformance.rules.decode_errors import code_of
+from conformance.rules.dest_channels import rp_type_known
 from conformance.rules.sink import ViolationSink
 from conformance.rules.switchover import is_vfio_idstr
 
@@ -111,6 +112,20 @@ TRANSITIONS: dict[tuple[Phase, type], Phase] = {
     (Phase.DONE, TrailingData): Phase.DONE,
 }
 
+def _hint(setting: str, only: str) -> str:
+    """Which side alone was started with `setting` off, and what makes the destination load it
+    (rules/settings.py has the row)."""
+    if only == "source":
+        return (f"the source was started with {setting}=off: a destination loads it when started with "
+                f"--dest-global {setting}=off")
+    return f"the destination was started with {setting}=off and the source was not: it loads with the default ({setting}=on)"
+
+
+_CONFIGURATION_MISSING = "Configuration section missing (" + \
+    "a stream written with migration.send-configuration=off, or for a machine type <= 2.3: a destination loads it " + \
+    "when started with --dest-global migration.send-configuration=off)"
+
+
 def is_legacy_machine(machine: str) -> bool:
     """pc-i440fx-2.3 and older: no CONFIGURATION record, no section footers."""
     m = re.fullmatch(r"pc-(?:i440fx|q35)-(\d+)\.(\d+)(?:\.\d+)?", machine)
@@ -128,15 +143,17 @@ class Loader:
         machine: str | None = None,
         recovery: bool = False,
         previous: "Loader | None" = None,
+        source_version: str | None = None,
     ):
         self.target = target if isinstance(target, DestinationProfile) else profile(target)
         self.commands = commands
         self.tables = tables  # the destination's registered entries, when known
         self.body_checker = body_checker
-        self.machine = machine  # the destination's machine type, when known
+        self.machine = machine or self.target.machine  # the destination's machine type, when known
+        self.source_version = source_version  # judges the return path (the source reads it), when known
         # Machine types up to 2.3 send neither CONFIGURATION nor footers (hw_compat_2_3).
         # Unknown destination machine: the stream's own first record says which it is.
-        self.legacy_machine = None if machine is None else is_legacy_machine(machine)
+        self.legacy_machine = None if self.machine is None else is_legacy_machine(self.machine)
         self.mapped_ram = False
         self.phase = Phase.RECORDS if recovery else Phase.HEADER
         self.sink = ViolationSink(self.target.version)
@@ -148,7 +165,10 @@ class Loader:
         self.open_iterables: set[int] = set()
         self.loaded_devices: set[tuple[str, int]] = set()
         self.current: SectionHeader | None = None
-        self.footers: bool | None = True  # the destination expects section footers
+        # the destination expects section footers (its migration.send-section-footer)
+        self.footers: bool | None = self.target.footers
+        self._footerless = False  # the stream was judged written without footers (said once)
+        self._framing_said = False  # a footer the destination does not expect (said once)
         self._no_configuration_at = 0
         self.return_path = False
         self.postcopy = PostcopyState.NONE
@@ -294,9 +314,10 @@ class Loader:
     def _out_of_phase(self, rec: Record) -> None:
         if self.phase is Phase.CONFIGURATION:
             # No configuration: the framing of machine types <= 2.3 (no footers either).
-            if self.legacy_machine is False:
-                self._v(Code.CONFIGURATION_MISSING, rec.channel, rec.offset, "Configuration section missing")
-                self.footers = True
+            if not self.target.expects_configuration:
+                pass  # started with migration.send-configuration=off: none expected
+            elif self.legacy_machine is False:
+                self._v(Code.CONFIGURATION_MISSING, rec.channel, rec.offset, _CONFIGURATION_MISSING)
             elif self.legacy_machine is None:
                 self.footers = None  # the first section end tells: footers mean a modern machine
                 self._no_configuration_at = rec.offset
@@ -317,7 +338,14 @@ class Loader:
             self.footers = False  # no configuration, no footers: consistently <= 2.3
         elif self.footers:
             name = self.sections.get(sec.section_id, sec).idstr if sec else "?"
-            self._v(Code.MISSING_FOOTER, rec.channel, rec.offset, f"Missing section footer for {name}")
+            if not self.stats_records["SectionFooter"]:
+                # no section had a footer: the source was started without them. The destination
+                # stops at the first; say it once, with the setting that makes it load.
+                self._footerless, self.footers = True, False
+                self._v(Code.MISSING_FOOTER, rec.channel, rec.offset, f"Missing section footer for {name} "
+                        f"({_hint('migration.send-section-footer', 'source')})")
+            else:
+                self._v(Code.MISSING_FOOTER, rec.channel, rec.offset, f"Missing section footer for {name}")
         self.current = None
 
     # -- handlers -----------------------------------------------------------------------
@@ -336,6 +364,10 @@ class Loader:
 
     def _configuration(self, r: Configuration) -> None:
         self.configuration = r
+        if not self.target.expects_configuration:
+            self._v(Code.UNKNOWN_SECTION_TYPE, r.channel, r.offset,
+                    f"Unknown savevm section type 7 ({_hint('migration.send-configuration', 'destination')})")
+            return
         if self.legacy_machine:
             self._v(Code.UNKNOWN_SECTION_TYPE, r.channel, r.offset, "Unknown savevm section type 7")
             return
@@ -396,11 +428,13 @@ class Loader:
         sec = self.current
         if self.footers is None:
             # footers, yet no configuration: every machine type that sends one sends both
-            self._v(Code.CONFIGURATION_MISSING, f.channel, self._no_configuration_at, "Configuration section missing")
+            self._v(Code.CONFIGURATION_MISSING, f.channel, self._no_configuration_at, _CONFIGURATION_MISSING)
             self.footers = True
-        elif not self.footers:
-            self._v(Code.UNKNOWN_SECTION_TYPE, f.channel, f.offset,
-                    "Unknown savevm section type 126 (a footer, in a stream framed for a machine type without footers)")
+        elif not self.footers and not self._framing_said and not self._footerless:
+            self._framing_said = True  # the destination stops at the first: said once
+            why = (_hint("migration.send-section-footer", "destination") if not self.target.footers else
+                   "a footer, in a stream framed for a machine type without footers")
+            self._v(Code.UNKNOWN_SECTION_TYPE, f.channel, f.offset, f"Unknown savevm section type 126 ({why})")
         if sec is not None and f.section_id != sec.section_id:
             name = self.sections.get(sec.section_id, sec).idstr
             self._v(Code.FOOTER_MISMATCH, f.channel, f.offset,
@@ -644,6 +678,12 @@ class Loader:
         self.rp_messages[m.name] += 1
         if self.rp_shut is not None:
             self._v(Code.RP_AFTER_SHUT, ch, off, f"{m.name} after MIG_RP_MSG_SHUT")
+        if not rp_type_known(self.source_version, m.type):
+            # a type the source's version does not have: it fails (VERIFIED: 7.2 source, 10.0 destination
+            # with switchover-ack, "RP: Received invalid message 0x0007 length 0x0000")
+            self._v(Code.RP_MALFORMED, ch, off, f"RP: Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x} "
+                    f"(a QEMU {self.source_version} source does not know message type {m.type})")
+            return
         if m.type == 0 or m.type > max(MigRpMsg) or (m.type in MIG_RP_FIXED_LEN and len(m.data) != MIG_RP_FIXED_LEN[m.type]):
             self._v(Code.RP_MALFORMED, ch, off, f"Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x}")
             return
