@@ -25,7 +25,7 @@ from conformance.versions import NEWEST, VERSIONS
 
 def add_options(parser) -> None:
     """The profile options (argparse parser or group)."""
-    from conformance.tools.sides import add_options as add_sides
+    from conformance.check.sides import add_options as add_sides
 
     g = parser.add_argument_group("destination profile (what is not in the stream)")
     g.add_argument("--target", default=None, help=f"the destination's QEMU version ({', '.join(VERSIONS)}; default {NEWEST})")
@@ -60,7 +60,7 @@ def from_args(args, stream: str | None = None) -> Profiles:
     main stream's path, whose machine type --dest-qemu starts the binary with."""
     from conformance.rules.profile import UnknownTarget, configure, parse_spec
     from conformance.rules.settings import Side
-    from conformance.tools.sides import SidesError, from_args as sides_from_args
+    from conformance.check.sides import SidesError, from_args as sides_from_args
 
     try:
         sides = sides_from_args(args)
