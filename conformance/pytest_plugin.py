@@ -72,8 +72,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--captures", action="append", default=[], metavar="DIR",
                 help="check every stream file and capture directory under DIR as a test item (repeatable; "
                 "write --captures=DIR so that pytest does not take DIR for a test path)")
-    g.addoption("--captures-target", action="append", default=[], metavar="VERSION",
-                help="judge --captures as this destination version (repeatable; default the newest modelled)")
+    # the destination profile: the options of `migconform check`, named --captures-* (same defaults)
+    from conformance.cli.profile_options import add_pytest_options
+
+    add_pytest_options(g)
     g.addoption("--migconform-profile", choices=PROFILE_NAMES, default=None,
                 help="hypothesis profile: quick, ci or fuzz (also: environment variable HYPOTHESIS_PROFILE)")
 
@@ -211,23 +213,31 @@ class CaptureError(Exception):
     """The capture cannot be read or laid out (one line)."""
 
 
-def check_capture_path(path: Path, target: str | None = None):
+def check_capture_path(path: Path, target: str | None = None, options=None):
     """Run the conformance checks of `migconform check PATH --target TARGET` with check's
-    defaults (the built-in destination tables); the Report. CaptureError for what cannot be read."""
+    defaults (the built-in destination tables) and its destination profile options
+    (`options`: a namespace as cli.profile_options reads it); the Report. CaptureError for
+    what cannot be read."""
     from conformance.check.capture_dir import capture_files
     from conformance.check.destination import destination_tables
     from conformance.check.inputs import InputError
     from conformance.check.paths import check_files
     from conformance.check.pipeline import StreamReadError
-    from conformance.rules.profile import profile
+    from conformance.cli.profile_options import from_args
+    from conformance.errors import UsageError
 
     try:
         main, channels = capture_files(path)
-        prof = profile(target)
+        if options is None:
+            from types import SimpleNamespace
+
+            options = SimpleNamespace(target=target)
+        profiles = from_args(options, str(main))
+        prof = profiles.dest
         # the defaults of `check`: the target version's built-in destination tables and layouts
-        return check_files(str(main), [str(p) for p in channels], target=prof,
-                           tables=destination_tables(None, None, prof.version))
-    except (InputError, StreamReadError) as e:
+        return check_files(str(main), [str(p) for p in channels], target=prof, machine=prof.machine,
+                           tables=destination_tables(None, None, prof.version), source=profiles.source)
+    except (InputError, StreamReadError, UsageError) as e:
         raise CaptureError(str(e)) from None
 
 
@@ -248,7 +258,9 @@ class CaptureItem(pytest.Item):
         self.add_marker("capture")
 
     def runtest(self) -> None:
-        rep = check_capture_path(self.capture_path, self.target)
+        from conformance.cli.profile_options import pytest_namespace
+
+        rep = check_capture_path(self.capture_path, self.target, pytest_namespace(self.config, self.target))
         self.user_properties.append(("verdict", rep.verdict))
         self.user_properties.append(("target", rep.target))
         if rep.violations:
@@ -295,7 +307,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     roots = [Path(d).resolve() for d in config.getoption("captures") or []]
     if not roots:
         return
-    targets = list(dict.fromkeys(config.getoption("captures_target") or [NEWEST]))
+    spec = config.getoption("captures_dest")  # its version is the target unless --captures-target says otherwise
+    targets = list(dict.fromkeys(config.getoption("captures_target") or [spec.split(",")[0] if spec else NEWEST]))
     col = CaptureCollection.from_parent(session, name="migconform::captures", nodeid="migconform::captures",
                                         path=roots[0], roots=roots, targets=targets)
     items.extend(session.genitems(col))

@@ -67,6 +67,7 @@ def check_stream(
     previous: BinaryIO | None = None,
     source=None,
     return_path: BinaryIO | None = None,
+    judge_sides: bool = True,
 ) -> Report:
     """`source`: the source's settings (rules.settings.Side), when known: its version judges
     the return path, and its one-sided settings are judged against the destination profile."""
@@ -100,10 +101,10 @@ def check_stream(
     if return_path is not None:
         _feed_return_path(loader, return_path)
     loader.close(reader.b.offset())
-    if source is not None:
+    if source is not None and judge_sides:
         from conformance.rules.dest_channels import judge_pair
 
-        judge_pair(loader.sink, source, loader.target)
+        judge_pair(loader.sink, source, loader.target, seen=frozenset(v.code for v in loader.violations))
     return Report(name, loader.target.version, loader.violations, loader.stats(), time.perf_counter() - t0)
 
 
@@ -136,7 +137,7 @@ def check_capture(
     t0 = time.perf_counter()
     dest = target if isinstance(target, DestinationProfile) else profile(target)
     destination_channels = expected_channels(dest, destination_channels)
-    rep = check_stream(main, name=name, target=dest, **kw)
+    rep = check_stream(main, name=name, target=dest, judge_sides=False, **kw)
     recs = rep.stats["records"]
     blocks = {b: info["used_length"] for b, info in rep.stats["ram_blocks"].items() if info.get("used_length")}
     checker = MultifdChecker(MainSyncInfo(recs.get("ram:MULTIFD_FLUSH", 0), recs.get("ram:EOS", 0), blocks),
@@ -166,6 +167,10 @@ def check_capture(
         except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
             raise StreamReadError(f"{label}: read error: {e}") from None
     checker.close()
+    if kw.get("source") is not None:  # after the channels: what they showed is not said twice
+        from conformance.rules.dest_channels import judge_pair
+
+        judge_pair(checker.sink, kw["source"], dest, seen=frozenset(v.code for v in rep.violations + checker.violations))
     rep.violations = rep.violations + checker.violations
     rep.stats["violations_dropped"] += checker.sink.dropped
     rep.stats["multifd"] = {

@@ -23,24 +23,63 @@ from conformance.errors import UsageError
 from conformance.versions import NEWEST, VERSIONS
 
 
-def add_options(parser) -> None:
-    """The profile options (argparse parser or group)."""
-    from conformance.check.sides import add_options as add_sides
+# (flag, argparse dest, keyword arguments): the one list both check and the pytest plugin register
+OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--target", "target", dict(metavar="VERSION", help=f"the destination's QEMU version ({', '.join(VERSIONS)}; "
+                                f"default {NEWEST})")),
+    ("--machine", "machine", dict(metavar="TYPE", help="the destination's machine type (aliases such as pc and q35 "
+                                  "resolved as that version resolves them; compared as QEMU does)")),
+    ("--dest", "dest", dict(metavar="SPEC", help="the destination in one string: VERSION[,machine=TYPE]"
+                            "[,DRIVER.PROP=V][,CAPABILITY=on|off][,PARAMETER=V]")),
+    ("--dest-global", "dest_globals", dict(action="append", metavar="DRIVER.PROP=VALUE",
+                                           help="a -global of the destination (repeatable)")),
+    ("--dest-capability", "dest_capabilities", dict(action="append", metavar="NAME[=on|off]",
+                                                    help="a migration capability of the destination (repeatable)")),
+    ("--dest-parameter", "dest_parameters", dict(action="append", metavar="K=V",
+                                                 help="a migration parameter of the destination (repeatable)")),
+    ("--dest-qemu", "dest_qemu", dict(metavar="PATH", help="start this QEMU binary with the stream's machine type and "
+                                      "read its version, machine type, capabilities and parameters over QMP")),
+    ("--dest-qmp", "dest_qmp", dict(metavar="SOCKET", help="read them from a running destination's QMP unix socket")),
+    ("--source-version", "source_version", dict(metavar="VERSION", help="the source's QEMU version (judges the "
+                                                "return-path messages it must understand)")),
+    ("--source-global", "source_globals", dict(action="append", metavar="DRIVER.PROP=VALUE",
+                                               help="a -global of the source (repeatable)")),
+    ("--source-capability", "source_capabilities", dict(action="append", metavar="NAME[=on|off]",
+                                                        help="a migration capability of the source (repeatable)")),
+    ("--source-parameter", "source_parameters", dict(action="append", metavar="K=V",
+                                                     help="a migration parameter of the source (repeatable)")),
+    ("--source-paused", "source_paused", dict(action="store_true", help="the source guest was paused (a running one "
+                                              "waits for switchover-ack)")),
+)
 
+
+def add_options(parser) -> None:
+    """The profile options (argparse parser)."""
     g = parser.add_argument_group("destination profile (what is not in the stream)")
-    g.add_argument("--target", default=None, help=f"the destination's QEMU version ({', '.join(VERSIONS)}; default {NEWEST})")
-    g.add_argument("--machine", metavar="TYPE", help="the destination's machine type (aliases such as pc and q35 resolved "
-                   "as that version resolves them; compared as QEMU does)")
-    g.add_argument("--dest", metavar="SPEC", help="the destination in one string: VERSION[,machine=TYPE][,DRIVER.PROP=V]"
-                   "[,CAPABILITY=on|off][,PARAMETER=V]")
-    g.add_argument("--dest-qemu", metavar="PATH", help="start this QEMU binary with the stream's machine type and read "
-                   "its version, machine type, capabilities and parameters over QMP")
-    g.add_argument("--dest-qmp", metavar="SOCKET", help="read them from a running destination's QMP unix socket")
-    g.add_argument("--source-version", metavar="VERSION", help="the source's QEMU version (judges the return-path "
-                   "messages it must understand)")
-    g.add_argument("--source-paused", action="store_true", help="the source guest was paused (a running one waits for "
-                   "switchover-ack)")
-    add_sides(g, source=True)
+    for flag, dest, kw in OPTIONS:
+        g.add_argument(flag, dest=dest, **kw)
+
+
+PYTEST_PREFIX = "--captures-"  # --target is --captures-target there, --dest-global --captures-dest-global ...
+
+
+def add_pytest_options(group) -> None:
+    """The same options for the pytest plugin, named --captures-*; `--captures-target` is
+    repeatable there (one test item per target)."""
+    for flag, dest, kw in OPTIONS:
+        kw = dict(kw)
+        if dest == "target":
+            kw.update(action="append", default=[], help=kw["help"] + " (repeatable: one item per version)")
+        group.addoption(PYTEST_PREFIX + flag[2:], dest="captures_" + dest, **kw)
+
+
+def pytest_namespace(config, target: str | None):
+    """An argparse-like namespace of the plugin's options for from_args, for one target."""
+    from types import SimpleNamespace
+
+    ns = SimpleNamespace(**{dest: config.getoption("captures_" + dest) for _, dest, _ in OPTIONS})
+    ns.target = target
+    return ns
 
 
 @dataclass
@@ -60,10 +99,12 @@ def from_args(args, stream: str | None = None) -> Profiles:
     main stream's path, whose machine type --dest-qemu starts the binary with."""
     from conformance.rules.profile import UnknownTarget, configure, parse_spec
     from conformance.rules.settings import Side
-    from conformance.check.sides import SidesError, from_args as sides_from_args
+    from conformance.check.sides import SidesError, from_options
 
     try:
-        sides = sides_from_args(args)
+        names = ("source_globals", "dest_globals", "source_capabilities", "dest_capabilities", "source_parameters",
+                 "dest_parameters")
+        sides = from_options(**{n: getattr(args, n, None) or () for n in names})
     except SidesError as e:
         raise UsageError(str(e)) from None
     base: dict[str, Any] = {"version": None, "machine": None, "capabilities": {}, "parameters": {}}
@@ -71,8 +112,8 @@ def from_args(args, stream: str | None = None) -> Profiles:
         base = _from_qemu(args, stream, sides.dest_globals)
     try:
         spec = parse_spec(args.dest, _known_capabilities()) if getattr(args, "dest", None) else None
-        version = args.target or (spec.version if spec else None) or base["version"]
-        machine = args.machine or (spec.machine if spec else None) or base["machine"]
+        version = getattr(args, "target", None) or (spec.version if spec else None) or base["version"]
+        machine = getattr(args, "machine", None) or (spec.machine if spec else None) or base["machine"]
         dest = configure(version, machine=machine,
                          globals={**(spec.globals if spec else {}), **_globals(sides.dest_globals)},
                          capabilities={**base["capabilities"], **(spec.capabilities if spec else {}),
@@ -102,7 +143,7 @@ def _from_qemu(args, stream: str | None, dest_globals) -> dict:
     try:
         if args.dest_qmp:
             return from_socket(args.dest_qmp)
-        machine = args.machine or (stream_machine(stream) if stream else None)
+        machine = getattr(args, "machine", None) or (stream_machine(stream) if stream else None)
         if machine is None:
             raise UsageError("--dest-qemu: the stream names no machine type (no configuration record): give --machine")
         return from_binary(make_binary(args.dest_qemu, "--dest-qemu"), machine, tuple(dest_globals))

@@ -34,7 +34,11 @@ def rp_type_known(version: str | None, msg_type: int) -> bool:
     return version is None or 0 < msg_type < facts(version).rp_msg_max
 
 
-def judge_pair(sink: ViolationSink, source: Side, dest: DestinationProfile, *, stream_judged: bool = True) -> None:
-    """The one-sided settings of the two sides (rules/settings.py), each said once."""
+def judge_pair(sink: ViolationSink, source: Side, dest: DestinationProfile, *, stream_judged: bool = True,
+               seen: frozenset = frozenset()) -> None:
+    """The one-sided settings of the two sides (rules/settings.py), each said once: a code
+    the stream's own judgement already reported (`seen`) is not said again."""
     for f in judge_sides(source, dest.side(), stream_judged=stream_judged):
-        sink.emit(f.effect.code or Code.ONE_SIDED_SETTING, "main", 0, f.message)
+        code = f.effect.code or Code.ONE_SIDED_SETTING
+        if code not in seen:
+            sink.emit(code, "main", 0, f.message)

@@ -65,7 +65,7 @@ class DestinationProfile:
         """These settings as one side of rules.settings.judge_sides."""
         from conformance.rules.settings import Side
 
-        return Side(self.version, dict(self.globals), dict(self.capabilities), dict(self.parameters))
+        return Side(self.version, self.machine, dict(self.globals), dict(self.capabilities), dict(self.parameters))
 
     def lacks_machine(self, name: str) -> bool:
         """True for a versioned pc machine type this version does not have."""
