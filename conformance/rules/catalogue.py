@@ -212,7 +212,9 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "'setup' (VERIFIED 7.2 and 10.0)"),
         _C(Code.MULTIFD_ZERO_PAGES_IGNORED, Severity.SILENT_LOSS,
            "multifd packets list zero pages (zero-page-detection=multifd) for a destination that ignores that list",
-           "7.2 reads no zero-page list: those pages keep what the destination had (VERIFIED: guest RAM differs)"),
+           "7.2 reads no zero-page list (its packet has none): those pages keep what the destination had "
+           "(read from the sources; a real run cannot show it apart from 10.0, which also skips a zero page it "
+           "never received before)"),
         _C(Code.ONE_SIDED_SETTING, Severity.REJECT,
            "the stream was written with a setting the destination does not share (a -global, capability or "
            "parameter set on one side only; conformance/rules/settings.py); said once, with the setting that "
