@@ -332,4 +332,17 @@ def test_model_agrees_with_real_one_sided_migrations(qemu, tmp_path, record_prop
     agree = len(results) - len(disagree)
     record_property("differential", f"{agree}/{len(results)} agree, {refused} refused set-ups")
     print(f"\none-sided differential: {agree}/{len(results)} cells agree ({refused} set-ups refused by a side)")
-    assert len(results) >= 40 and not disagree, disagree
+    assert len(results) >= 40 and not disagree, "\n".join(map(str, disagree))
+
+
+def test_matrix_checker_column_judges_the_cells_destination(tmp_path):
+    """A matrix cell's checker verdict is for the destination as the cell starts it."""
+    from conformance.tools.matrix.cell import check_capture as cell_check
+    from conformance.tools.sides import parse_axis
+
+    f = tmp_path / "nofooter.bin"
+    f.write_bytes(stream(footers=False))
+    plain = cell_check(f, NEW, "pc-i440fx-7.2", parse_axis("src-no-section-footer"), "paused", OLD)
+    assert plain.ok is False and [v["code"] for v in plain.violations] == ["missing-footer"]
+    both = parse_axis("src-global:migration.send-section-footer=off+dst-global:migration.send-section-footer=off")
+    assert cell_check(f, NEW, "pc-i440fx-7.2", both, "paused", OLD).ok is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import lzma
 import time
 import zlib
@@ -111,6 +112,10 @@ def check_stream(
 def _feed_return_path(loader: Loader, src: BinaryIO) -> None:
     from wireformat.returnpath import RpDecodeError, iter_messages
 
+    head = src.read(1)
+    if not head:
+        return  # the destination sent nothing back (no return path)
+    src = io.BufferedReader(Prepended(src, head))
     try:
         for m in iter_messages(src):
             loader.feed(m)

@@ -139,13 +139,27 @@ def checker_verdict(rep: Report) -> CheckerVerdict:
                           ("rejects" if rep.rejected else "accepts with violations"))
 
 
-def check_capture(path: Path, target: str, machine: str) -> CheckerVerdict:
-    """The checker's verdict on the stream as a QEMU `target` destination with `machine`."""
+def check_capture(path: Path, target: str, machine: str, sides=None, guest: str = "paused",
+                  source_version: str | None = None) -> CheckerVerdict:
+    """The checker's verdict on the stream as a QEMU `target` destination with `machine`,
+    started with the destination's one-sided settings of `sides` (a tools.sides.Sides), the
+    source's judged against them (rules/settings.py)."""
     if target not in PROFILES:
         return CheckerVerdict(None, [], f"the checker does not model QEMU {target} destinations")
+    dest, source = PROFILES[target], None
+    if sides:
+        from conformance.rules.profile import configure
+        from conformance.rules.settings import Side
+
+        split = lambda gs: dict(g.split("=", 1) for g in gs)  # noqa: E731
+        dest = configure(target, machine=machine, globals=split(sides.dest_globals),
+                         capabilities=sides.dest_capabilities, parameters=sides.dest_parameters)
+        if source_version in PROFILES:  # (a source version not modelled: its side is not judged)
+            source = Side(source_version, machine, split(sides.source_globals), dict(sides.source_capabilities),
+                          dict(sides.source_parameters), running=guest != "paused")
     with open(path, "rb") as f:
-        rep = check_stream(f, name=path.name, target=target, machine=machine, body_sizer=trailer_body_sizer(path),
-                           body_checker=vmstate_body_check)
+        rep = check_stream(f, name=path.name, target=dest, machine=machine, body_sizer=trailer_body_sizer(path),
+                           body_checker=vmstate_body_check, source=source)
     return checker_verdict(rep)
 
 
@@ -237,14 +251,11 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
     else:
         path = cap.path
         assert path is not None
-        checker = store.verdicts.get((str(path), spec.dst, spec.machine),
-                                     lambda: check_capture(path, spec.dst, spec.machine))
+        # judged against the destination as the cell starts it (its one-sided settings too)
+        checker = store.verdicts.get((str(path), spec.dst, spec.machine, spec.sided, spec.guest),
+                                     lambda: check_capture(path, spec.dst, spec.machine, spec.sides, spec.guest,
+                                                           spec.src))
         real = load_cell(spec, store, path, timeout=timeout, source_ram=cap.source_ram)
-        sides = spec.sides
-        if sides.dest_globals or sides.dest_capabilities or sides.dest_parameters:
-            # the checker judges the stream against a destination started like the source;
-            # settings of the destination alone are not modelled by it (yet): no guess
-            checker = CheckerVerdict(None, checker.violations, "not modelled: settings of the destination alone")
         if real.kind == "refused":
             checker = CheckerVerdict(None, checker.violations,
                                      "not applicable: the destination refused its set-up before reading the stream "
