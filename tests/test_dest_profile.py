@@ -346,3 +346,27 @@ def test_matrix_checker_column_judges_the_cells_destination(tmp_path):
     assert plain.ok is False and [v["code"] for v in plain.violations] == ["missing-footer"]
     both = parse_axis("src-global:migration.send-section-footer=off+dst-global:migration.send-section-footer=off")
     assert cell_check(f, NEW, "pc-i440fx-7.2", both, "paused", OLD).ok is True
+
+
+@pytest.mark.qemu
+def test_profile_read_from_a_real_destination(qemu, tmp_path):
+    """--dest-qemu starts the binary with the stream's machine type; --dest-qmp asks a running one."""
+    from conformance.qemu import QemuProcess
+    from conformance.qemu.dest_profile import from_binary, from_socket
+
+    old = qemu(OLD)
+    got = from_binary(old, "q35")
+    assert (got["version"], got["machine"]) == (OLD, "pc-q35-7.2") and got["parameters"]["multifd-channels"] == 2
+    f = tmp_path / "nofooter.bin"
+    f.write_bytes(stream(footers=False))  # machine pc-i440fx-7.2
+    code, out, err = _cli("check", str(f), "--json", "--dest-qemu", str(old.path),
+                          "--dest-global", "migration.send-section-footer=off")
+    assert code == 0 and json.loads(out)["target"] == OLD, err
+    sock = tmp_path / "dst.qmp"
+    with QemuProcess(qemu(NEW), ["-machine", "pc", "-qmp", f"unix:{sock},server=on,wait=off"]):
+        got = from_socket(sock)
+        assert (got["version"], got["machine"]) == (NEW, "pc-i440fx-10.0")
+        code, out, err = _cli("check", str(f), "--json", "--dest-qmp", str(sock))
+    assert code == 1 and json.loads(out)["target"] == NEW
+    # the running destination's machine type is the one compared
+    assert any("local is 'pc-i440fx-10.0'" in v["message"] for v in json.loads(out)["violations"])

@@ -2,9 +2,9 @@
 binary with the stream's machine type (paused, no devices) and asks it; `--dest-qmp SOCKET`
 asks a destination that is already running.
 
-What QMP tells: the version (query-version), the machine type the alias resolves to
-(query-machines), the migration capabilities (query-migrate-capabilities) and parameters
-(query-migrate-parameters). The -global settings of the `migration` object are not readable
+What QMP tells: the version (query-version), the machine type it runs (the QOM type of
+/machine, "pc-q35-7.2-machine"; an alias is resolved by the binary itself), the migration
+capabilities (query-migrate-capabilities) and parameters (query-migrate-parameters). The -global settings of the `migration` object are not readable
 over QMP (the object is not in the QOM tree): they are the machine type's (compat data)
 unless given with --dest-global.
 """
@@ -25,13 +25,14 @@ TIMEOUT = 10.0
 KEPT_PARAMETERS = ("multifd-channels", "zero-page-detection", "multifd-compression")
 
 
-def _settings(version: dict, machines: list, caps: list, params: dict, machine: str | None) -> dict:
+QUERIES = ("query-version", ("qom-get", {"path": "/machine", "property": "type"}), "query-migrate-capabilities",
+           "query-migrate-parameters")
+
+
+def _settings(version: dict, machine_type: str, caps: list, params: dict) -> dict:
     """configure() keyword arguments from the QMP answers."""
     release = f"{version['qemu']['major']}.{version['qemu']['minor']}"
-    current = next((m["name"] for m in machines if m.get("is-current")), None)
-    if machine:  # the alias as this binary resolves it
-        current = next((m["name"] for m in machines if m.get("alias") == machine), machine)
-    return {"version": release, "machine": current,
+    return {"version": release, "machine": machine_type.removesuffix("-machine"),
             "capabilities": {c["capability"]: bool(c["state"]) for c in caps if c.get("state")},
             "parameters": {k: params[k] for k in KEPT_PARAMETERS if k in params}}
 
@@ -40,8 +41,7 @@ def from_binary(binary: QemuBinary, machine: str, globals_: tuple[str, ...] = ()
     """Start `binary` with `machine` (and the destination's -global settings) and read it."""
     args = ["-machine", machine, *[a for g in globals_ for a in ("-global", g)]]
     with QemuProcess(binary, args, name=f"profile-{binary.version}") as q:
-        return _settings(q.cmd("query-version"), q.cmd("query-machines"), q.cmd("query-migrate-capabilities"),
-                         q.cmd("query-migrate-parameters"), machine)
+        return _settings(*(q.cmd(c) if isinstance(c, str) else q.cmd(c[0], c[1]) for c in QUERIES))
 
 
 def from_socket(path: str | Path, timeout: float = TIMEOUT) -> dict:
@@ -51,8 +51,7 @@ def from_socket(path: str | Path, timeout: float = TIMEOUT) -> dict:
         client = QMPClient("migconform-profile")
         await client.connect(str(path))
         try:
-            return [await client.execute(c) for c in ("query-version", "query-machines", "query-migrate-capabilities",
-                                                      "query-migrate-parameters")]
+            return [await (client.execute(c) if isinstance(c, str) else client.execute(*c)) for c in QUERIES]
         finally:
             await client.disconnect()
 
@@ -63,7 +62,7 @@ def from_socket(path: str | Path, timeout: float = TIMEOUT) -> dict:
         raise QemuError(f"{path}: no QMP answer: {e!r}") from None
     finally:
         loop.close()
-    return _settings(*answers, machine=None)
+    return _settings(*answers)
 
 
 def describe(settings: Mapping[str, Any]) -> str:
