@@ -1,11 +1,12 @@
 """One-sided settings: a -global, capability or parameter that only one side of a migration
 has, and what the destination then does — one row per setting, each outcome observed on real
-QEMU 7.2 and 10.0 in both directions (tests/test_dest_profile.py, the differential).
+QEMU 7.2 and 10.0 in both directions (tests/test_dest_profile.py, the differential) unless
+the effect says `verified=False` (then `qemu` and the row's `evidence` say what is known).
 
 A row says what happens when only the SOURCE has the value (`source_only`) and when only the
 DESTINATION has it (`dest_only`). `judge_sides` compares two sides' settings with the table;
-the Loader and the channel model use the same rows for what they see in the stream itself
-(a footer-less stream, a missing configuration record, fewer channels), so that a stream
+the Loader and the channel model judge what the stream itself shows (a footer-less stream, a
+missing configuration record, fewer channels) with the same codes, so that a stream
 written with a non-default setting is reported once, naming the setting that makes it load.
 
 Pure data and comparisons: no I/O.
@@ -40,7 +41,7 @@ class Effect:
 class OneSided:
     kind: str  # "global" | "capability" | "parameter"
     name: str  # migration.send-section-footer, switchover-ack, multifd-channels
-    value: Any  # the value only one side has (for multifd-channels: see `more`)
+    value: Any  # the value only one side has (multifd-channels: any count differing from the other side's)
     source_only: Effect
     dest_only: Effect
     shared: Mapping[str, bool] = field(default_factory=dict)  # capabilities both sides need for it to matter
