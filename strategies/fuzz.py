@@ -61,6 +61,9 @@ class Seed:
     def __repr__(self) -> str:  # hypothesis prints inputs: not the whole stream
         return f"Seed({len(self.data)} bytes, {len(self.units)} records)"
 
+    def _repr_pretty_(self, p, cycle) -> None:  # hypothesis's printer: not every field
+        p.text(repr(self))
+
     def sections(self) -> list[tuple[int, int]]:
         """(first, last) unit index of each top-level section, header to footer."""
         return _sections(self.units)
@@ -441,6 +444,9 @@ class FuzzInput:
 
     def __repr__(self) -> str:
         return f"FuzzInput({self.edits!r})"
+
+    def _repr_pretty_(self, p, cycle) -> None:  # hypothesis's printer: not every field
+        p.text(repr(self))
 
     def data(self) -> bytes:
         ps = self.seed.page_size

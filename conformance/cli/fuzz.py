@@ -11,6 +11,9 @@ def add_fuzz_parser(sub) -> None:
     f.add_argument("--qemu", metavar="VERSION", help="destination version (its seed is captured from the same binary)")
     f.add_argument("--machine", default="pc", help="machine type of the seed and the destination (default: pc)")
     f.add_argument("--devices", default="virtio-net+virtio-blk", choices=DEVICE_SETS, help="device set of the seed")
+    f.add_argument("--channels", type=int, metavar="N",
+                   help="fuzz a multifd migration with N channels: the seed is a multifd capture, the destination "
+                        "has multifd on and N channels, fed over loopback (default: a lone main stream)")
     f.add_argument("--time", default="10m", help="how long to fuzz: 30s, 10m, 2h (default: 10m)")
     f.add_argument("--jobs", type=int, default=2, metavar="N", help="destinations kept started ahead of need (default: 2)")
     f.add_argument("--findings", metavar="DIR", help="where findings, the seed and the example database are kept")

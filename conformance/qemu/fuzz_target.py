@@ -15,6 +15,7 @@ import shlex
 import signal
 import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ def verdict_of(completed: bool, hung: bool, exit_code: int | None, stderr: str) 
 class RealTarget:
     """`with RealTarget(binary, machine=..., devices=...) as t: t.run(stream_bytes)`."""
 
+    capabilities: dict = {}
+    parameters: dict = {}
+
     def __init__(self, binary: QemuBinary, *, machine: str, devices: str = "none", mem_mb: int = 64,
                  timeout: float = 10.0, address_space_mb: int = 4096, warm: int = 2, trace: bool = True):
         self.binary, self.machine, self.devices, self.mem_mb = binary, machine, devices, mem_mb
@@ -123,6 +127,7 @@ class RealTarget:
                 extra += ["-trace", p]
             extra += ["-D", str(trace_path)]
         q = start_destination(self.binary, machine=self.machine, devices=self.devices, mem_mb=self.mem_mb,
+                              capabilities=self.capabilities, parameters=self.parameters,
                               extra_args=extra, cmd_timeout=self.timeout)
         try:  # guest RAM is mapped by now; a load may grow the address space only this much more
             _, hard = resource.prlimit(q.pid, resource.RLIMIT_AS)
@@ -155,25 +160,20 @@ class RealTarget:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     # --------------------------------------------------------------- one execution
-    def run(self, data: bytes) -> Execution:
+    def _next(self) -> tuple[QemuProcess, Path]:
+        """A started destination from the pool (and the next one set starting) and its trace log."""
         with self._lock:
             fut = self._ready.popleft() if self._ready else None
         if fut is None:
             raise QemuError("fuzz target closed")
         self._fill()  # the next destination starts while this one loads
-        trace_path: Path = fut.trace_path  # type: ignore[attr-defined]
         try:
             q = fut.result(timeout=self.timeout + 15)
         except QemuExited as e:  # the destination did not even start: nothing was fed yet
             raise QemuError(f"destination failed to start: {e}") from None
-        stream = self._dir / f"stream-{id(fut)}.bin"
-        stream.write_bytes(data)
-        try:
-            with q:
-                v = feed(q, stream, timeout=self.timeout)
-        finally:
-            stream.unlink(missing_ok=True)
-        verdict, first = verdict_of(v.completed, v.hung, v.exit_code, v.stderr)
+        return q, fut.trace_path  # type: ignore[attr-defined]
+
+    def _events(self, trace_path: Path) -> set:
         events: set = set()
         if self.trace:
             try:
@@ -181,7 +181,19 @@ class RealTarget:
             except OSError:
                 pass
             trace_path.unlink(missing_ok=True)
-        return Execution(verdict, first, v.stderr, v.exit_code, events, v.duration)
+        return events
+
+    def run(self, data: bytes) -> Execution:
+        q, trace_path = self._next()
+        stream = self._dir / f"stream-{id(q)}.bin"
+        stream.write_bytes(data)
+        try:
+            with q:
+                v = feed(q, stream, timeout=self.timeout)
+        finally:
+            stream.unlink(missing_ok=True)
+        verdict, first = verdict_of(v.completed, v.hung, v.exit_code, v.stderr)
+        return Execution(verdict, first, v.stderr, v.exit_code, self._events(trace_path), v.duration)
 
     def reproduce_command(self, stream: str) -> str:
         """The plain-QEMU command line that loads `stream` as this target does."""
@@ -189,6 +201,53 @@ class RealTarget:
                                 *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb),
                                 "-incoming", f"exec:cat {shlex.quote(stream)}")
         return shlex.join(args)
+
+
+class MultifdRealTarget(RealTarget):
+    """A destination with the multifd capability and `channels` channels, fed a capture over
+    loopback the way `migconform replay` feeds one (tcp_migration.replay_into: the main
+    channel first, then the channels in id order): `run({"main.bin": …, "multifd0.bin": …})`."""
+
+    def __init__(self, binary: QemuBinary, *, channels: int, **kw):
+        self.channels = channels
+        self.capabilities = {"multifd": True}
+        self.parameters = {"multifd-channels": channels}
+        super().__init__(binary, **kw)
+
+    def run(self, files: dict[str, bytes]) -> Execution:  # type: ignore[override]
+        from conformance.qemu.tcp_migration import replay_into
+
+        chans = {int(k[len("multifd"):-len(".bin")]): v for k, v in files.items()
+                 if k.startswith("multifd") and k.endswith(".bin")}
+        q, trace_path = self._next()
+        t0 = time.monotonic()
+        with q:
+            try:
+                v = replay_into(q, files["main.bin"], chans, mem_mb=self.mem_mb, timeout=self.timeout, digest=False)
+                completed, hung, code = v.completed, v.hung, v.exit_code
+            except QemuError:  # it died under a QMP command: its exit is the verdict
+                q.wait_exit(2.0)
+                completed, hung, code = False, False, q.returncode
+            if hung:
+                q.terminate()  # its stderr is whole once it is dead
+            stderr = q.stderr
+        verdict, first = verdict_of(completed, hung, code, stderr)
+        return Execution(verdict, first, stderr, code, self._events(trace_path), time.monotonic() - t0)
+
+    def reproduce_command(self, stream: str) -> str:
+        """Plain QEMU and a shell: the destination waits on QMP; the capture directory `stream`
+        is sent with nc, the main channel first (as `migconform replay DIR` does)."""
+        qemu = shlex.join(self.binary.argv("-nodefaults", "-display", "none",
+                                           *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb),
+                                           "-incoming", "defer", "-qmp", "unix:qmp.sock,server=on,wait=off"))
+        qmp = ('{"execute":"qmp_capabilities"}'
+               '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":true}]}}'
+               f'{{"execute":"migrate-set-parameters","arguments":{{"multifd-channels":{self.channels}}}}}'
+               '{"execute":"migrate-incoming","arguments":{"uri":"tcp:127.0.0.1:4444"}}')
+        d = shlex.quote(stream)
+        sends = "; ".join(f"(nc -q 1 127.0.0.1 4444 < {d}/multifd{k}.bin &)" for k in range(self.channels))
+        return (f"{qemu} & sleep 1; echo {shlex.quote(qmp)} | nc -q 1 -U qmp.sock; "
+                f"(nc -q 1 127.0.0.1 4444 < {d}/main.bin &); sleep 0.1; {sends}; wait")
 
 
 def _vm_size(pid: int) -> int:

@@ -191,11 +191,7 @@ def replay(dst: QemuBinary, main: bytes | Path | str, channels: Mapping[int, byt
     Verdicts: completed; failed (the destination said "failed" or exited: `reason` is its
     error); hung (nothing within `timeout`, or QMP stopped answering); not started
     (`started` False: the destination refused its command line)."""
-    schedule = schedule or Schedule()
-    port = free_port()
     t0 = time.monotonic()
-    stop = threading.Event()
-    threads, socks = [], []
     try:
         d = start_destination(dst, machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
                               capabilities=capabilities, parameters=parameters, globals_=globals_,
@@ -204,61 +200,76 @@ def replay(dst: QemuBinary, main: bytes | Path | str, channels: Mapping[int, byt
         return ReplayVerdict(False, False, None, error_lines(e.stderr), None, time.monotonic() - t0,
                              exit_code=e.returncode, started=False)
     with d:
-        try:
-            d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-            order: Sequence[tuple[str, bytes | Path | str]] = \
-                [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
-            for name, data in order:
-                try:
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
-                except OSError:
-                    break  # the destination stopped listening (it failed): its verdict says why
-                socks.append(sock)
-                t = threading.Thread(target=_sender, args=(sock, data, schedule.chunk.get(name, 0),
-                                                           schedule.pause.get(name, 0.0), schedule.start_delay.get(name, 0.0),
-                                                           stop), daemon=True)
-                t.start()
-                threads.append(t)
-                if name == "main":
-                    time.sleep(0.05)  # let the destination take it as the main channel
-            status, hung = None, False
-            deadline = t0 + timeout
-            while d.alive():
-                try:
-                    status = d.cmd("query-migrate", timeout=max(0.5, min(5.0, deadline - time.monotonic()))
-                                   ).get("status", status)
-                except QemuTimeout:
-                    hung = True  # QMP no longer answers: the loader blocks the main loop
-                    break
-                except QemuError:
-                    break  # the connection dropped: it is exiting; its exit is the verdict
-                if status == "completed":
-                    break
-                if status == "failed":
-                    d.wait_exit(min(5.0, max(0.5, deadline - time.monotonic())))  # its error text follows
-                    break
-                if time.monotonic() > deadline:
-                    hung = True
-                    break
-                time.sleep(0.05)
-            if not hung and status != "completed":
-                d.wait_exit(2.0)  # exiting: let it finish writing its error
-            digest = None
+        return replay_into(d, main, channels, mem_mb=mem_mb, schedule=schedule, timeout=timeout,
+                           ram_dump=ram_dump, t0=t0)
+
+
+def replay_into(d: QemuProcess, main: bytes | Path | str, channels: Mapping[int, bytes | Path | str], *,
+                mem_mb: int = 64, schedule: Schedule | None = None, timeout: float = 30.0,
+                ram_dump: Path | None = None, digest: bool = True, t0: float | None = None) -> ReplayVerdict:
+    """`replay` into a destination already started `-incoming defer` with its capabilities
+    and parameters set (e.g. one of a warm pool). The caller owns `d` (and kills it: a hung
+    one is left running). digest: pmemsave and hash the RAM of a completed load."""
+    schedule = schedule or Schedule()
+    port = free_port()
+    t0 = time.monotonic() if t0 is None else t0
+    stop = threading.Event()
+    threads, socks = [], []
+    try:
+        d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        order: Sequence[tuple[str, bytes | Path | str]] = \
+            [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
+        for name, data in order:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+            except OSError:
+                break  # the destination stopped listening (it failed): its verdict says why
+            socks.append(sock)
+            t = threading.Thread(target=_sender, args=(sock, data, schedule.chunk.get(name, 0),
+                                                       schedule.pause.get(name, 0.0), schedule.start_delay.get(name, 0.0),
+                                                       stop), daemon=True)
+            t.start()
+            threads.append(t)
+            if name == "main":
+                time.sleep(0.05)  # let the destination take it as the main channel
+        status, hung = None, False
+        deadline = t0 + timeout
+        while d.alive():
+            try:
+                status = d.cmd("query-migrate", timeout=max(0.5, min(5.0, deadline - time.monotonic()))
+                               ).get("status", status)
+            except QemuTimeout:
+                hung = True  # QMP no longer answers: the loader blocks the main loop
+                break
+            except QemuError:
+                break  # the connection dropped: it is exiting; its exit is the verdict
             if status == "completed":
-                if ram_dump is not None:
-                    d.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(ram_dump))
-                    digest = ram_digest_file(ram_dump)
-                else:
-                    digest = pmem_digest(d, mem_mb)
-            exit_code = None if hung else d.returncode
-            return ReplayVerdict(status == "completed", hung, status, d.error_lines, digest,
-                                 time.monotonic() - t0, exit_code=exit_code)
-        finally:
-            stop.set()
-            for s in socks:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-            for t in threads:
-                t.join(2.0)
+                break
+            if status == "failed":
+                d.wait_exit(min(5.0, max(0.5, deadline - time.monotonic())))  # its error text follows
+                break
+            if time.monotonic() > deadline:
+                hung = True
+                break
+            time.sleep(0.05)
+        if not hung and status != "completed":
+            d.wait_exit(2.0)  # exiting: let it finish writing its error
+        ram = None
+        if status == "completed" and digest:
+            if ram_dump is not None:
+                d.cmd("pmemsave", val=0, size=mem_mb << 20, filename=str(ram_dump))
+                ram = ram_digest_file(ram_dump)
+            else:
+                ram = pmem_digest(d, mem_mb)
+        exit_code = None if hung else d.returncode
+        return ReplayVerdict(status == "completed", hung, status, d.error_lines, ram,
+                             time.monotonic() - t0, exit_code=exit_code)
+    finally:
+        stop.set()
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        for t in threads:
+            t.join(2.0)

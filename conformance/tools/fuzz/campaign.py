@@ -112,6 +112,9 @@ class Campaign:
     max_edits: int = 3
     key: str = ""  # names this campaign in the example database
     corpus_only: bool = False  # run only the inputs the example database holds (no new ones)
+    channels: int | None = None  # multifd channels of the seed capture (None: a lone main stream)
+    inputs: Callable | None = None  # the strategy of inputs (seed, max_edits=); default fuzz_inputs
+    extra_files: dict = field(default_factory=dict)  # added to a saved capture directory (its manifest)
     progress: Callable[[Stats], None] | None = None
     progress_every: float = 5.0
     stats: Stats = field(default_factory=Stats)
@@ -126,6 +129,8 @@ class Campaign:
         meta: dict = {"version": self.version, "machine": self.machine, "devices": self.devices,
                       "resolved_machine": getattr(self.loader, "machine", None),
                       "seed": self.seed_name, "mutation": fi.edits, "diff_from_seed": fi.changed()}
+        if self.channels:
+            meta["channels"] = self.channels
         sig = None
         lv = lerr = None
         # the real destination loads (a wait on QEMU) while the loader judges in this thread
@@ -148,7 +153,12 @@ class Campaign:
                 target(float(len(new)), label="new trace events")
             meta["real"] = {"verdict": ex.verdict, "first_error": ex.first_error, "exit_code": ex.exit_code,
                             "stderr": ex.stderr[-4000:], "events": len(ex.events), "seconds": round(ex.seconds, 3)}
-            if ex.verdict in REAL_BAD:
+            if ex.verdict == "hung" and lv is not None:
+                # a hang is silent (no error text, often): which rule of the loader saw it
+                # coming (or none) tells hangs apart — a multifd destination hangs on any bad packet
+                other = (lerr or "").split(":")[0] if lv == "rejected" else f"loader {lv}"
+                sig = signature("hang", ex.verdict, None, ex.first_error, other)
+            elif ex.verdict in REAL_BAD:
                 sig = signature(REAL_BAD[ex.verdict], ex.verdict, ex.exit_code, ex.first_error)
             elif lv in ("accepted", "rejected") and ex.verdict in ("accepted", "rejected") and lv != ex.verdict:
                 code = (lerr or "").split(":")[0]
@@ -160,9 +170,12 @@ class Campaign:
 
     def _save(self, sig: str, fi: FuzzInput, meta: dict) -> Path:
         if self.real is not None:  # the exact command line to load it with plain QEMU
-            stream = self.store.path(sig).with_suffix(".bin").resolve()
+            stream = self.store.path(sig).with_suffix(".d" if isinstance(fi.data(), dict) else ".bin").resolve()
             meta = {**meta, "reproduce": self.real.reproduce_command(str(stream))}
-        path, _ = self.store.save(sig, fi.data(), meta)
+        data = fi.data()
+        if isinstance(data, dict):
+            data = {**data, **self.extra_files}
+        path, _ = self.store.save(sig, data, meta)
         if sig not in self.stats.findings:
             self.stats.new_findings += 1
         self.stats.findings[sig] = path
@@ -193,7 +206,7 @@ class Campaign:
                       suppress_health_check=list(HealthCheck), report_multiple_bugs=True,
                       phases=phases,
                       print_blob=False, verbosity=Verbosity.quiet)
-            @given(fuzz_inputs(self.seed, max_edits=self.max_edits))
+            @given((self.inputs or fuzz_inputs)(self.seed, max_edits=self.max_edits))
             def campaign(fi: FuzzInput) -> None:
                 if self.stop_requested or time.monotonic() >= deadline:
                     raise Stop

@@ -48,6 +48,54 @@ def _seed(binary, findings: Path, machine: str, devices: str) -> Path:
     return path
 
 
+def _multifd_seed(binary, findings: Path, machine: str, devices: str, channels: int) -> Path:
+    """A multifd campaign's seed: a capture directory (main stream, `channels` channels and a
+    manifest) of a migration from the binary to itself, captured once and then kept."""
+    from conformance.check import manifest as mf
+    from conformance.check.capture_dir import write_manifest
+    from conformance.qemu.tcp_migration import capture_channels
+    from conformance.tools.fuzz.store import write_directory_atomic
+
+    path = findings / "seeds" / f"seed-{binary.full_version}-{machine}-{devices}-multifd{channels}"
+    if not (path / mf.FILE).is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        caps, params = {"multifd": True}, {"multifd-channels": channels}
+        cap = capture_channels(binary, binary, machine=machine, devices=devices, capabilities=caps,
+                               parameters=params)
+        if len(cap.multifd) != channels:
+            raise UsageError(f"the seed migration opened {len(cap.multifd)} multifd channels, not {channels}")
+        files = {"main.bin": cap.main, **{f"multifd{i}.bin": cap.multifd[i] for i in sorted(cap.multifd)}}
+        names = tuple(f"multifd{i}.bin" for i in sorted(cap.multifd))
+        m = mf.Manifest(main="main.bin", channels=names, format=mf.FORMAT,
+                        source=mf.Side(binary.full_version, binary.version),
+                        destination=mf.Side(binary.full_version, binary.version, cap.destination_status),
+                        arguments=mf.Arguments(machine=machine, devices=devices, mem_mb=64, capabilities=caps,
+                                               parameters=params),
+                        channel_order=("main.bin", *names), bytes_={k: len(v) for k, v in files.items()})
+        write_directory_atomic(path, files)
+        write_manifest(path, mf.to_json(m))
+    return path
+
+
+def _load_multifd_seed(path: Path):
+    from conformance.check.capture_dir import capture_files
+    from strategies.fuzz_multifd import decode_multifd_seed
+
+    main, chans = capture_files(path)
+    return decode_multifd_seed(main.read_bytes(), [c.read_bytes() for c in chans])
+
+
+def _finding_manifest(seed_dir: Path) -> dict[str, bytes]:
+    """The seed's manifest, for every saved finding (its sizes dropped: the streams differ):
+    a finding directory is then a capture that `migconform replay` starts a destination for."""
+    from conformance.check import manifest as mf
+
+    doc = json.loads((seed_dir / mf.FILE).read_text())
+    doc["bytes"] = {}
+    doc["destination"] = None
+    return {mf.FILE: (json.dumps(doc, indent=2) + "\n").encode()}
+
+
 def seed_machine(seed) -> str | None:
     from wireformat.records import Configuration
 
@@ -91,7 +139,7 @@ def cmd_fuzz(args) -> int:
     if not args.qemu or not args.findings:
         raise UsageError("fuzz needs --qemu VERSION and --findings DIR (or --replay FINDING)")
     from conformance.qemu import require
-    from conformance.qemu.fuzz_target import RealTarget
+    from conformance.qemu.fuzz_target import MultifdRealTarget, RealTarget
     from conformance.tools.fuzz.campaign import Campaign
     from conformance.tools.fuzz.loader import LoaderTarget
     from conformance.tools.fuzz.store import FindingStore
@@ -102,21 +150,38 @@ def cmd_fuzz(args) -> int:
     findings = Path(args.findings)
     findings.mkdir(parents=True, exist_ok=True)
     binary = require(args.qemu)
-    seed_path = _seed(binary, findings, args.machine, args.devices)
-    seed = decode_seed(seed_path.read_bytes())
+    channels = args.channels
+    if channels is not None and not 1 <= channels <= 255:
+        raise UsageError("--channels N: 1 to 255 multifd channels")
+    inputs, extra_files = None, {}
+    if channels:
+        from strategies.fuzz_multifd import multifd_inputs
+
+        seed_path = _multifd_seed(binary, findings, args.machine, args.devices, channels)
+        try:
+            mseed = _load_multifd_seed(seed_path)
+        except ValueError as e:
+            raise UsageError(f"{seed_path}: the seed capture does not decode: {e}") from None
+        seed, main_seed, inputs, extra_files = mseed, mseed.main, multifd_inputs, _finding_manifest(seed_path)
+    else:
+        seed_path = _seed(binary, findings, args.machine, args.devices)
+        seed = main_seed = decode_seed(seed_path.read_bytes())
     real = loader = None
     old = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         if args.target in ("real", "both"):
-            real = RealTarget(binary, machine=args.machine, devices=args.devices, timeout=args.exec_timeout,
-                              warm=max(1, args.jobs), address_space_mb=args.memory_mb).__enter__()
+            kw = dict(machine=args.machine, devices=args.devices, timeout=args.exec_timeout,
+                      warm=max(1, args.jobs), address_space_mb=args.memory_mb)
+            real = (MultifdRealTarget(binary, channels=channels, **kw) if channels else RealTarget(binary, **kw)).__enter__()
         if args.target in ("loader", "both"):
             # the machine type as the destination resolved it ("pc" is an alias): the seed's own
-            loader = LoaderTarget(binary.version, machine=seed_machine(seed) or args.machine)
+            loader = LoaderTarget(binary.version, machine=seed_machine(main_seed) or args.machine, channels=channels)
         camp = Campaign(seed=seed, seed_name=seed_path.name, store=FindingStore(findings), version=binary.version,
                         machine=args.machine, devices=args.devices, real=real, loader=loader,
                         database=_database(args, findings), max_edits=args.max_edits,
-                        key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}",
+                        key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}"
+                            + (f"|multifd{channels}" if channels else ""),
+                        inputs=inputs, extra_files=extra_files, channels=channels,
                         progress=_progress_printer(), progress_every=args.progress_every,
                         corpus_only=args.corpus_only)
         for s in old:
@@ -144,14 +209,17 @@ def cmd_fuzz(args) -> int:
 def cmd_fuzz_replay(args) -> int:
     """Run a saved finding again on the target(s) it names; exit 1 when it still reproduces."""
     from conformance.qemu import require
-    from conformance.qemu.fuzz_target import RealTarget, verdict_of  # noqa: F401
+    from conformance.qemu.fuzz_target import MultifdRealTarget, RealTarget
     from conformance.tools.fuzz.loader import LoaderTarget
 
     jpath = Path(args.replay)
     try:
         meta = json.loads(jpath.read_text())
-        stream = (jpath.parent / meta["stream"]).read_bytes()
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        where = jpath.parent / meta["stream"]
+        channels = meta.get("channels")
+        stream = ({p.name: p.read_bytes() for p in where.iterdir() if p.name.endswith(".bin")}
+                  if channels else where.read_bytes())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"{jpath}: not a fuzz finding ({e})") from None
     print(f"finding: {meta['signature']}")
     for line in meta.get("mutation", []):
@@ -160,7 +228,8 @@ def cmd_fuzz_replay(args) -> int:
         print(f"  changed   {line}")
     same = True
     if "loader" in meta:
-        lt = LoaderTarget(meta["version"], machine=meta.get("resolved_machine") or meta.get("machine"))
+        lt = LoaderTarget(meta["version"], machine=meta.get("resolved_machine") or meta.get("machine"),
+                          channels=channels)
         try:
             lv, lerr = lt.run(stream)
         finally:
@@ -170,8 +239,8 @@ def cmd_fuzz_replay(args) -> int:
         same &= lv == meta["loader"]["verdict"]
     if "real" in meta:
         binary = require(meta["version"])
-        with RealTarget(binary, machine=meta["machine"], devices=meta["devices"], warm=1,
-                        timeout=args.exec_timeout, trace=False) as t:
+        kw = dict(machine=meta["machine"], devices=meta["devices"], warm=1, timeout=args.exec_timeout, trace=False)
+        with (MultifdRealTarget(binary, channels=channels, **kw) if channels else RealTarget(binary, **kw)) as t:
             ex = t.run(stream)
         print(f"QEMU {binary.full_version}: {ex.verdict}" + (f" ({ex.first_error})" if ex.first_error else "") +
               f"   [saved: {meta['real']['verdict']}]")
