@@ -140,7 +140,11 @@ def _packets(s: MState, kind: type = MultifdRamPacket, pages: bool | None = None
 
 
 def _replace(s: MState, c: int, i: int, **changes: Any) -> Any:
-    rec = dataclasses.replace(s.channels[c][i].record, **changes)
+    """The record with `changes`, rebuilt; None (and nothing edited) when they change nothing."""
+    old = s.channels[c][i].record
+    rec = dataclasses.replace(old, **changes)
+    if rec == old:
+        return None
     s.channels[c][i] = MUnit(rec, None)
     return rec
 
@@ -160,7 +164,8 @@ def packet_counts(draw, s: MState):
     cur = getattr(old, name)
     v = draw(st.sampled_from([cur + 1, max(0, cur - 1), 0, MULTIFD_PAGE_COUNT, MULTIFD_PAGE_COUNT + 1,
                               0xFFFFFFFF]) | st.integers(0, 2 * MULTIFD_PAGE_COUNT)) % 2**32
-    _replace(s, *at, **{name: v})
+    if _replace(s, *at, **{name: v}) is None:
+        return None
     return f"{_where(s, *at)} {name} {cur} -> {v} ({describe_packet(old)})"
 
 
@@ -179,7 +184,8 @@ def packet_offset(draw, s: MState):
     v = draw(st.sampled_from([size, size - page, size + page, offs[k] + 1, offs[k] + page // 2, 2**63, 2**64 - page,
                               2**64 - 1]) | st.integers(0, 2**64 - 1))
     was, offs[k] = offs[k], v
-    _replace(s, *at, **{which: offs})
+    if _replace(s, *at, **{which: offs}) is None:
+        return None
     return f"{_where(s, *at)} {which}[{k}] {was:#x} -> {v:#x} (block {old.ramblock!r} of {size:#x} bytes)"
 
 
@@ -191,12 +197,14 @@ def packet_size(draw, s: MState):
     old = s.channels[at[0]][at[1]].record
     if draw(st.booleans()) or not old.normal_pages:
         v = _u32(draw)
-        _replace(s, *at, next_packet_size=v)
+        if _replace(s, *at, next_packet_size=v) is None:
+            return None
         return f"{_where(s, *at)} next_packet_size {old.next_packet_size} -> {v}"
     data = bytes(old.data)
     delta = draw(st.sampled_from([-4096, -1, 1, 4096, -len(data)]))
     new = data[:len(data) + delta] if delta < 0 else data + bytes(delta)
-    _replace(s, *at, data=new)
+    if _replace(s, *at, data=new) is None:
+        return None
     return f"{_where(s, *at)} page data {len(data)} -> {len(new)} bytes"
 
 
@@ -208,7 +216,8 @@ def packet_num(draw, s: MState):
     others = [u.record.packet_num for c in s.channels for u in c if isinstance(u.record, MultifdRamPacket)]
     v = draw(st.sampled_from([_pick(draw, others), old.packet_num + 1, old.packet_num + 1000, max(0, old.packet_num - 1),
                               0, 2**64 - 1]))
-    _replace(s, *at, packet_num=v)
+    if _replace(s, *at, packet_num=v) is None:
+        return None
     return f"{_where(s, *at)} packet_num {old.packet_num} -> {v}"
 
 
@@ -220,7 +229,8 @@ def packet_flags(draw, s: MState):
     old = s.channels[at[0]][at[1]].record
     bit = draw(st.sampled_from(FLAG_CHOICES))
     v = old.flags ^ bit
-    _replace(s, *at, flags=v)
+    if _replace(s, *at, flags=v) is None:
+        return None
     return f"{_where(s, *at)} flags {old.flags:#x} -> {v:#x} ({'cleared' if old.flags & bit else 'set'} {bit:#x})"
 
 
@@ -231,10 +241,12 @@ def packet_magic(draw, s: MState):
     old = s.channels[at[0]][at[1]].record
     if draw(st.booleans()):
         v = draw(st.sampled_from([0, MULTIFD_MAGIC + 1, 0x44332211]) | st.integers(0, 2**32 - 1))
-        _replace(s, *at, magic=v)
+        if _replace(s, *at, magic=v) is None:
+            return None
         return f"{_where(s, *at)} magic -> {v:#x}"
     v = draw(st.sampled_from([0, 2, 0xFFFFFFFF]) | st.integers(0, 2**32 - 1))
-    _replace(s, *at, version=v)
+    if _replace(s, *at, version=v) is None:
+        return None
     return f"{_where(s, *at)} version {old.version} -> {v}"
 
 
@@ -246,7 +258,8 @@ def packet_block(draw, s: MState):
     name = draw(st.sampled_from([*s.seed.blocks, "nope", "", "pc.ram\x00x", "x" * 255]))
     head, _, tail = name.partition("\x00")
     tail_bytes = (b"\x00" + tail.encode()).ljust(256 - len(head), b"\x00") if _ else b""
-    _replace(s, *at, ramblock=head, ramblock_tail=tail_bytes)
+    if _replace(s, *at, ramblock=head, ramblock_tail=tail_bytes) is None:
+        return None
     return f"{_where(s, *at)} block {old.ramblock!r} -> {name!r}"
 
 
@@ -292,18 +305,22 @@ def init_packet(draw, s: MState):
     what = draw(st.sampled_from(["id", "uuid", "magic", "version"]))
     if what == "id":
         v = draw(st.sampled_from([(old.id + 1) % 256, len(s.channels), 255, 0]) | st.integers(0, 255))
-        _replace(s, c, 0, id=v)
+        if _replace(s, c, 0, id=v) is None:
+            return None
         return f"init of {old.channel}: id {old.id} -> {v}"
     if what == "uuid":
         v = draw(st.sampled_from([bytes(16), b"\xff" * 16]) | st.binary(min_size=16, max_size=16))
-        _replace(s, c, 0, uuid=v)
+        if _replace(s, c, 0, uuid=v) is None:
+            return None
         return f"init of {old.channel}: uuid -> {v.hex()}"
     if what == "magic":
         v = draw(st.sampled_from([0, MULTIFD_MAGIC ^ 1]) | st.integers(0, 2**32 - 1))
-        _replace(s, c, 0, magic=v)
+        if _replace(s, c, 0, magic=v) is None:
+            return None
         return f"init of {old.channel}: magic -> {v:#x}"
     v = draw(st.sampled_from([0, 2, 0xFFFFFFFF]))
-    _replace(s, c, 0, version=v)
+    if _replace(s, c, 0, version=v) is None:
+        return None
     return f"init of {old.channel}: version -> {v}"
 
 

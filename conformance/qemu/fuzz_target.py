@@ -235,19 +235,21 @@ class MultifdRealTarget(RealTarget):
         return Execution(verdict, first, stderr, code, self._events(trace_path), time.monotonic() - t0)
 
     def reproduce_command(self, stream: str) -> str:
-        """Plain QEMU and a shell: the destination waits on QMP; the capture directory `stream`
-        is sent with nc, the main channel first (as `migconform replay DIR` does)."""
+        """Plain QEMU and bash (its /dev/tcp): the destination is set up over QMP, then the
+        capture directory `stream` is sent, the main channel first (as `migconform replay DIR`
+        does); the last line is QEMU's exit status (139: SIGSEGV; none: it hangs)."""
         qemu = shlex.join(self.binary.argv("-nodefaults", "-display", "none",
                                            *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb),
-                                           "-incoming", "defer", "-qmp", "unix:qmp.sock,server=on,wait=off"))
+                                           "-incoming", "defer", "-qmp", "tcp:127.0.0.1:4445,server=on,wait=off"))
         qmp = ('{"execute":"qmp_capabilities"}'
                '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":true}]}}'
                f'{{"execute":"migrate-set-parameters","arguments":{{"multifd-channels":{self.channels}}}}}'
                '{"execute":"migrate-incoming","arguments":{"uri":"tcp:127.0.0.1:4444"}}')
         d = shlex.quote(stream)
-        sends = "; ".join(f"(nc -q 1 127.0.0.1 4444 < {d}/multifd{k}.bin &)" for k in range(self.channels))
-        return (f"{qemu} & sleep 1; echo {shlex.quote(qmp)} | nc -q 1 -U qmp.sock; "
-                f"(nc -q 1 127.0.0.1 4444 < {d}/main.bin &); sleep 0.1; {sends}; wait")
+        sends = " ".join(f"cat {d}/multifd{k}.bin > /dev/tcp/127.0.0.1/4444 &" for k in range(self.channels))
+        script = (f"{qemu} & q=$!; sleep 1; exec 3<>/dev/tcp/127.0.0.1/4445; echo {shlex.quote(qmp)} >&3; sleep 0.5; "
+                  f"cat {d}/main.bin > /dev/tcp/127.0.0.1/4444 & sleep 0.1; {sends} wait $q; echo exit $?")
+        return "bash -c " + shlex.quote(script)
 
 
 def _vm_size(pid: int) -> int:
