@@ -26,6 +26,7 @@ from strategies.fuzz import EDITS as MAIN_EDITS
 from strategies.fuzz import INTERESTING_U32, Seed, State, Unit, decode_seed, _describe, _pick, _Raw
 from wireformat.constants import MULTIFD_MAGIC, MULTIFD_VERSION
 from wireformat.multifd import (
+    LAYOUT_V72,
     MULTIFD_FLAG_DEVICE_STATE,
     MULTIFD_FLAG_SYNC,
     MULTIFD_FLAG_ZLIB,
@@ -36,7 +37,6 @@ from wireformat.multifd import (
     MultifdInit,
     MultifdRamPacket,
     build_record,
-    ram_packet_header_size,
 )
 from wireformat.records import RamRecord
 
@@ -327,7 +327,7 @@ def init_packet(draw, s: MState):
 def device_state_packet(draw, s: MState):
     """A device-state packet injected (10.0+ destinations read flag 0x40 as one): for a device
     of the stream, for RAM, or for no one."""
-    if s.seed.layout == "7.2":
+    if s.seed.layout == LAYOUT_V72:  # no device-state packets before 10.0 (9.0+ header)
         return None
     c = draw(st.integers(0, len(s.channels) - 1))
     j = draw(st.integers(1, max(1, len(s.channels[c]))))
@@ -460,4 +460,4 @@ def multifd_inputs(draw, seed: MultifdSeed, max_edits: int = 3, names: tuple[str
 
 
 __all__ = ["EDITS", "MULTIFD_EDITS", "MUnit", "MultifdFuzzInput", "MultifdSeed", "decode_multifd_seed",
-           "describe_packet", "multifd_inputs", "ram_packet_header_size"]
+           "describe_packet", "multifd_inputs"]
