@@ -250,3 +250,37 @@ def test_multifd_campaign_against_a_real_destination(version, qemu, tmp_path, ca
     for f in tmp_path.glob("finding-*.json"):  # every finding: a capture directory, the edits named
         meta = json.loads(f.read_text())
         assert meta["channels"] == 2 and meta["mutation"] and (tmp_path / meta["stream"] / "manifest.json").is_file()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_channel_without_its_first_sync_can_crash_a_10_0_destination(qemu, tmp_path):
+    """Found by a multifd campaign: without the SYNC packet a source sends first on every
+    channel, the channel's first zero-page packet is processed at once, racing the main
+    stream; when it wins, multifd_recv_zero_page_process reads the RAM block's receive bitmap
+    before ram_load_setup allocated it: SIGSEGV (gdb: ramblock_recv_bitmap_test_byte_offset
+    <- multifd_recv_zero_page_process, in a multifd receive thread). When it loses, the
+    destination waits for the missing SYNC for ever. It crashed in about a third of the loads here."""
+    import signal
+
+    from conformance.qemu.fuzz_target import MultifdRealTarget
+    from conformance.qemu.tcp_migration import capture_channels
+
+    binary = qemu("10.0")
+    cap = capture_channels(binary, binary, machine="pc", capabilities={"multifd": True},
+                           parameters={"multifd-channels": 2})
+    seed = decode_multifd_seed(cap.main, [cap.multifd[0], cap.multifd[1]])
+    first = seed.channels[0][1].record
+    assert isinstance(first, MultifdRamPacket) and first.is_sync and first.normal_pages == 0
+    assert any(u.record.zero_pages for u in seed.channels[0][2:] if isinstance(u.record, MultifdRamPacket))
+    channels = [list(seed.channels[0][:1]) + list(seed.channels[0][2:]), seed.channels[1]]
+    files = MultifdFuzzInput(seed, ["drop-packet: multifd0 #1"], seed.main.units, channels).data()
+    verdicts = []
+    with MultifdRealTarget(binary, channels=2, machine="pc", devices="none", warm=1, timeout=3, trace=False) as t:
+        for _ in range(12):
+            ex = t.run(files)
+            verdicts.append((ex.verdict, ex.exit_code))
+            if ex.verdict == "crashed":
+                break
+    assert set(verdicts) <= {("hung", None), ("crashed", -signal.SIGSEGV)}, verdicts
+    assert verdicts[-1] == ("crashed", -signal.SIGSEGV), verdicts
