@@ -4,7 +4,10 @@
 #   - QEMU 10.0 from bookworm-backports, unpacked beside it into the project's cache
 #     (it must not replace 7.2: both versions are needed for cross-version tests),
 #   - redis-server (tests share a fuzzing corpus through it on loopback),
-#   - a virtualenv (.venv) with migconform and its test dependencies.
+#   - a virtualenv (.venv) with migconform and its test dependencies,
+#   - the Linux guest (--guest linux): Debian's kernel package and busybox-static, unpacked
+#     under the cache's linux-guest/tree, and the initramfs built from them by
+#     conformance/qemu/linux_guest.py.
 # Downloads are cached under ${MIGCONFORM_CACHE:-~/.cache/migconform}.
 set -euo pipefail
 
@@ -65,4 +68,25 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$here/.venv/bin/pip" install -q -e "$here[dev]"
   touch "$stamp"
 fi
+lg="$cache/linux-guest"
+if [ ! -d "$lg/tree/lib/modules" ] || [ ! -x "$lg/tree/bin/busybox" ]; then
+  # the versioned package linux-image-amd64 depends on (linux-image-<abi>-amd64)
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [ -z "$kpkg" ]; then
+    log "apt-get update (for the Linux guest's kernel package)"
+    $sudo apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  fi
+  log "fetching $kpkg and busybox-static into $lg"
+  mkdir -p "$lg/debs"
+  rm -rf "$lg/tree.tmp"
+  (cd "$lg/debs" && for pkg in "$kpkg" busybox-static; do
+     ls "${pkg}_"*.deb >/dev/null 2>&1 || apt-get download -qq -o APT::Sandbox::User=root "$pkg"
+   done)
+  for deb in "$lg"/debs/"$kpkg"_*.deb "$lg"/debs/busybox-static_*.deb; do dpkg -x "$deb" "$lg/tree.tmp"; done
+  rm -rf "$lg/tree" "$lg/vmlinuz" "$lg/initrd.gz"
+  mv "$lg/tree.tmp" "$lg/tree"
+fi
+MIGCONFORM_CACHE="$cache" "$here/.venv/bin/python" -m conformance.qemu.linux_guest "$lg" >&2
+
 "$here/.venv/bin/migconform" qemu list >&2 || true

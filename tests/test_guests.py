@@ -46,7 +46,7 @@ def test_floppy_image_is_bootable(tmp_path):
     assert len(img) == 1474560 and img[510:512] == b"\x55\xaa" and img.startswith(DEVICES_BOOT_SECTOR)
     assert "if=floppy" in " ".join(g.args) and g.runs and g.heartbeat == (0x5000, 4)
     with pytest.raises(ValueError, match="unknown guest"):
-        guests.guest("linux", tmp_path)
+        guests.guest("no-such", tmp_path)
 
 
 # ---------------------------------------------------------------- one-sided settings
@@ -92,7 +92,7 @@ def test_grid_axes_and_shared_captures():
     plain = {c.capture_key for c in cells if c.sided == "none"}
     assert dst_only == plain
     with pytest.raises(MatrixError, match="unknown guest"):
-        build_grid(["7.2"], ["pc-i440fx-7.2"], ["none"], ["none"], ["linux"])
+        build_grid(["7.2"], ["pc-i440fx-7.2"], ["none"], ["none"], ["windows"])
 
 
 def test_one_sided_capabilities_are_not_modelled_and_globals_are():

@@ -77,7 +77,7 @@ def test_the_minimal_hand_written_form_is_enough_to_check():
     ("arguments.mem_mb", 1 << 30, "arguments.mem_mb: expected an integer from 1 to 16384"),
     ("arguments.mem_mb", True, "arguments.mem_mb: expected an integer"),
     ("arguments.ram_backend", "memory-backend-memfd", "arguments.ram_backend"),
-    ("arguments.guest", "linux", "arguments.guest"),
+    ("arguments.guest", "windows", "arguments.guest"),
     ("arguments.globals", ["virtio-net-pci.romfile=/etc/shadow"], "arguments.globals[0]"),
     ("arguments.globals", ["e1000.mac=1,id=x"], "arguments.globals[0]"),
     ("arguments.globals", ["-D"], "arguments.globals[0]"),

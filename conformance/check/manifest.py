@@ -37,8 +37,9 @@ MAX_MEM_MB = 16384  # guest RAM of a destination (pmemsave writes it all to a te
 MAX_GLOBALS = 64
 MAX_TEXT = 256  # any string
 
-# what conformance.qemu can start: -S, devices.DIRTIER_BOOT_SECTOR, guests.DEVICES_BOOT_SECTOR
-GUEST_PROGRAMS = ("paused", "dirtier", "devices")
+# what conformance.qemu can start: -S, devices.DIRTIER_BOOT_SECTOR, guests.DEVICES_BOOT_SECTOR,
+# linux_guest (the kernel and initramfs scripts/setup.sh caches)
+GUEST_PROGRAMS = ("paused", "dirtier", "devices", "linux")
 RAM_BACKENDS = ("default", "file")  # QEMU's own pc.ram, or memory-backend-file id=ram0 (share=off)
 MIGRATION_STATUSES = ("none", "setup", "cancelling", "cancelled", "active", "postcopy-active", "postcopy-paused",
                       "postcopy-recover-setup", "postcopy-recover", "completed", "failed", "colo",

@@ -15,7 +15,7 @@ def add_capture_parser(sub) -> None:
     c.add_argument("--qemu-path", action="append", metavar="VERSION=PATH", help="use this binary for VERSION")
     c.add_argument("--machine", default="pc-i440fx-7.2")
     c.add_argument("--devices", default="none", choices=DEVICE_SETS)
-    c.add_argument("--mem-mb", type=int, default=64)
+    c.add_argument("--mem-mb", type=int, default=64, help="guest RAM in MiB (default 64; the linux guest needs 128, its default)")
     c.add_argument("--ram", default="zero", metavar="zero|random|SEED|FILE",
                    help="guest RAM content: zero (a fresh guest), random (seeded), or a file of exactly --mem-mb MiB")
     c.add_argument("--cap", action="append", metavar="NAME[=on|off]", help="migration capability (repeatable)")
@@ -24,7 +24,9 @@ def add_capture_parser(sub) -> None:
     add_options(c)
     c.add_argument("--guest", default=None, choices=GUESTS,
                    help="paused (default), dirtier (what --dirty boots), or devices (a boot program of ours that "
-                   "programs PIC, PIT, RTC, serial, keyboard controller and DMA, dirties RAM and counts a heartbeat)")
+                   "programs PIC, PIT, RTC, serial, keyboard controller and DMA, dirties RAM and counts a heartbeat), "
+                   "or linux (Debian's kernel and an initramfs of ours loading every device's driver, with a "
+                   "heartbeat on its serial port; scripts/setup.sh fetches it)")
     c.add_argument("--channels", type=int, default=0, metavar="N",
                    help="migrate over TCP with multifd and N channels to a real destination, recording every channel")
     c.add_argument("--dest", default=None, metavar="VERSION", help="destination version for --channels (default: the source's)")

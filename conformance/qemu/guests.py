@@ -5,6 +5,9 @@
 * ``devices``: DEVICES_BOOT_SECTOR below, a boot sector that programs the devices QEMU
   migrates (PIC incl. ELCR level/edge, PIT, RTC/CMOS, 16550 serial, keyboard controller
   command byte, DMA), then dirties RAM for ever and counts a heartbeat.
+* ``linux``: Debian's kernel with an initramfs of ours (conformance.qemu.linux_guest): loads
+  the drivers of every device, brings NICs up, reads disks, dirties a buffer and prints a
+  heartbeat on its serial port, which the host reads (not RAM: a ringbuf chardev per process).
 
 The boot sector is built here from readable source: a table of port writes (data) and a few
 instructions, each encoded by a one-line helper with its mnemonic beside it. No HPET: its
@@ -24,9 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from conformance.qemu import linux_guest
 from conformance.qemu.devices import DIRTIER_BOOT_SECTOR, qemu_opt_value
 
-GUESTS: tuple[str, ...] = ("paused", "dirtier", "devices")
+GUESTS: tuple[str, ...] = ("paused", "dirtier", "devices", "linux")
 
 HEARTBEAT_ADDR = 0x5000  # guest-physical, a dword below the boot sector (0x7c00)
 DIRTY_FIRST, DIRTY_END, PAGE = 0x20000, 0x90000, 0x1000  # the pages both boot sectors dirty
@@ -199,11 +203,26 @@ class Guest:
     name: str
     args: tuple[str, ...]  # extra QEMU arguments, the same on both sides (put before the device set's)
     runs: bool  # the source runs before and during the migration
+    min_mem_mb: int = 16  # guest RAM it needs at least (cells and captures use at least this)
+    boot_seconds: float = 30.0  # how long it may take to start (firmware, a kernel under TCG)
 
     @property
     def heartbeat(self) -> tuple[int, int] | None:
-        """(guest-physical address, size in bytes) of the counter, None for a paused guest."""
+        """(guest-physical address, size in bytes) of the counter in RAM, None for a paused
+        guest and for one whose heartbeat is on its serial port (serial_heartbeat)."""
         return {"devices": (HEARTBEAT_ADDR, 4), "dirtier": (DIRTY_FIRST, 1)}.get(self.name)
+
+    @property
+    def serial_heartbeat(self) -> bool:
+        return self.name == "linux"
+
+    @property
+    def checked(self) -> bool:
+        """Has it a heartbeat to see advancing after a load?"""
+        return self.heartbeat is not None or self.serial_heartbeat
+
+    def mem_mb(self, asked: int) -> int:
+        return max(asked, self.min_mem_mb)
 
 
 FLOPPY_BYTES = 1474560  # a 1.44 MB floppy
@@ -226,6 +245,13 @@ def guest(name: str, workdir: Path | str) -> Guest:
         return Guest(name, (), False)
     if name not in GUESTS:
         raise ValueError(f"unknown guest {name!r} (known: {', '.join(GUESTS)})")
+    if name == "linux":  # built once in the project cache, not in workdir (see linux_guest.build)
+        try:
+            kernel, initrd = linux_guest.build()
+        except (linux_guest.LinuxGuestMissing, OSError) as e:
+            raise ValueError(f"the linux guest is not available: {e}") from None
+        # a kernel under TCG on a shared 2-core machine takes about 30-60 s to its heartbeat
+        return Guest(name, linux_guest.qemu_args(kernel, initrd), True, linux_guest.MIN_MEM_MB, 240.0)
     sector = DIRTIER_BOOT_SECTOR if name == "dirtier" else DEVICES_BOOT_SECTOR
     disk = boot_floppy(Path(workdir) / f"guest-{name}.img", sector)
     # snapshot=on: neither side ever writes the image
@@ -248,8 +274,27 @@ def read_counter(q, addr: int, size: int) -> int:
     return int(m[1], 16)
 
 
+def serial_heartbeat_advances(q, within: float = 30.0) -> bool:
+    """Does a running Linux guest print two successive heartbeats on its serial port within
+    `within` seconds (its output from now on: the ringbuf is the process's own)?"""
+    reader = linux_guest.SerialReader(q)
+    deadline = time.monotonic() + within
+    first = None
+    while time.monotonic() < deadline:
+        beat = reader.last_heartbeat()
+        if beat is not None:
+            if first is None:
+                first = beat
+            elif beat > first:
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def heartbeat_advances(q, g: Guest, *, samples: int = 4, interval: float = 0.15) -> bool:
     """Does the running guest's heartbeat change between successive reads?"""
+    if g.serial_heartbeat:
+        return serial_heartbeat_advances(q)
     hb = g.heartbeat
     if hb is None:
         return True
@@ -262,7 +307,18 @@ def heartbeat_advances(q, g: Guest, *, samples: int = 4, interval: float = 0.15)
 
 
 def wait_started(q, g: Guest, timeout: float = 30.0) -> None:
-    """Wait until a started guest's boot sector runs (its heartbeat moves): firmware time."""
+    """Wait until a started guest's boot sector runs (its heartbeat moves): firmware time; a
+    Linux guest until its /init says it is ready (drivers loaded, devices exercised)."""
+    if g.serial_heartbeat:
+        reader = linux_guest.SerialReader(q)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = reader.read()
+            if linux_guest.READY in text and len(linux_guest.HEARTBEAT.findall(bytes(text))) >= 2:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"the linux guest was not ready within {timeout:.0f} s "
+                           f"(serial ends {bytes(reader.text[-120:])!r})")
     if g.heartbeat is None:
         return
     deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from conformance.check import manifest as mf
 from conformance.errors import UsageError
 from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs, reaper
 from conformance.qemu import guests as guest_programs
+from conformance.qemu import linux_guest
 from conformance.qemu.devices import DEVICE_SETS, dirtier_args, make_dirtier_disk, make_ram_file
 from conformance.tools import sides as one_sided
 from conformance.versions import VERSIONS, version_key
@@ -88,6 +89,10 @@ def cmd_capture(args) -> int:
     guest = args.guest or ("dirtier" if args.dirty is not None else "paused")
     if args.dirty is not None and guest != "dirtier":
         raise UsageError(f"--dirty boots the dirtier guest, not --guest {guest}")
+    if guest == "linux" and args.mem_mb < linux_guest.MIN_MEM_MB:
+        if args.mem_mb != DEFAULT_MEM_MB:
+            raise UsageError(f"--guest linux needs --mem-mb {linux_guest.MIN_MEM_MB} at least")
+        args.mem_mb = linux_guest.MIN_MEM_MB  # the default is too small for it
     if args.dirty is not None and args.dirty < 0:
         raise UsageError("--dirty takes a number of seconds")
     if args.channels < 0:
@@ -149,10 +154,15 @@ def guest_extra_args(guest: str, scratch: Path) -> list[str]:
 
 def _started(a: mf.Arguments, timeout: float):
     """The wait for a booting guest of ours (None: a paused guest, or the dirtier's fixed wait)."""
-    if a.guest != "devices":
+    if a.guest not in ("devices", "linux"):
         return None
-    g = guest_programs.Guest("devices", (), True)
-    return lambda q: guest_programs.wait_started(q, g, timeout)
+    g = guest_programs.Guest(a.guest, (), True)
+    return lambda q: guest_programs.wait_started(q, g, max(timeout, BOOT_SECONDS.get(a.guest, 0.0)))
+
+
+# how long a guest may take to boot, beside --timeout (a Linux kernel under TCG on a busy machine)
+BOOT_SECONDS = {"linux": 240.0}
+DEFAULT_MEM_MB = 64
 
 
 def _capture_single(args, staging: Path, binary, a: mf.Arguments, ram_file, extra) -> tuple[mf.Manifest, str]:
@@ -161,8 +171,8 @@ def _capture_single(args, staging: Path, binary, a: mf.Arguments, ram_file, extr
         res = capture_stream(binary, staging / "main.bin", machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
                              ram_file=ram_file, capabilities={**a.capabilities, **a.source_capabilities},
                              parameters={**a.parameters, **a.source_parameters},
-                             globals_=(*a.globals_, *a.source_globals), extra_args=extra, timeout=args.timeout,
-                             running=a.guest != "paused", stop_after=args.dirty, started=_started(a, args.timeout))
+                             globals_=(*a.globals_, *a.source_globals), extra_args=extra,
+                             timeout=args.timeout + BOOT_SECONDS.get(a.guest, 0.0), running=a.guest != "paused", stop_after=args.dirty, started=_started(a, args.timeout))
     except (QemuError, TimeoutError) as e:
         raise UsageError(f"capture from QEMU {binary.full_version}: {e}") from None
     m = mf.Manifest(main="main.bin", format=mf.FORMAT, source=mf.Side(binary.full_version, binary.version),
@@ -186,7 +196,8 @@ def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments,
         cap = capture_channels(binary, dest, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
                                ram_file=ram_file, dst_ram_file=dst_ram, capabilities=a.capabilities,
                                parameters=a.parameters, globals_=a.globals_, extra_args=extra,
-                               running=a.guest != "paused", stop_after=args.dirty, timeout=args.timeout,
+                               running=a.guest != "paused", stop_after=args.dirty,
+                               timeout=args.timeout + BOOT_SECONDS.get(a.guest, 0.0),
                                src_globals=a.source_globals, dst_globals=a.dest_globals,
                                src_capabilities=a.source_capabilities, dst_capabilities=a.dest_capabilities,
                                src_parameters=a.source_parameters, dst_parameters=a.dest_parameters,

@@ -279,7 +279,7 @@ def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: flo
     sides = spec.sides
     g = store.guest(spec.guest)
     dev, extra = guest_args(spec.devices, caps, g.args)
-    return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=store.mem_mb,
+    return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=g.mem_mb(store.mem_mb),
                      caps=caps, globals_=(*store.globals_, *sides.dest_globals), extra_args=extra,
                      timeout=store.timeout if timeout is None else timeout,
                      capabilities=sides.dest_capabilities, parameters=sides.dest_parameters,
@@ -320,10 +320,14 @@ def after_load(q, out: Outcome, *, mem_mb: int, source_ram: str | None,
     if source_ram is not None and guest_ram_digest(q, mem_mb) != source_ram:
         return Outcome("ram-differs", "destination", "the destination's guest RAM differs from the source's "
                        "(silent loss)", out.error_lines, out.seconds)
-    if guest is not None and guest.heartbeat is not None:
+    if guest is not None and guest.checked:
         q.cmd("cont")
         if not guest_programs.heartbeat_advances(q, guest):
-            addr, size = guest.heartbeat
-            return Outcome("guest-dead", "destination", f"the resumed guest's heartbeat ({size} bytes at {addr:#x}) "
+            if guest.heartbeat is None:
+                where = "on its serial port"
+            else:
+                addr, size = guest.heartbeat
+                where = f"({size} bytes at {addr:#x})"
+            return Outcome("guest-dead", "destination", f"the resumed guest's heartbeat {where} "
                            "does not move", out.error_lines, out.seconds)
     return out

@@ -55,7 +55,7 @@ def add_matrix_parser(subparsers) -> None:
     m.add_argument("--global", dest="globals_", action="append", default=[], metavar="DRIVER.PROP=VALUE",
                    help="a -global for both ends of every cell (also given to the model)")
     m.add_argument("--guests", action="append", nargs="+", metavar="GUEST",
-                   help="guests, an axis: paused (default), dirtier, devices (boot programs of ours, running)")
+                   help="guests, an axis: paused (default), dirtier, devices (boot programs of ours, running), linux (Debian's kernel and our initramfs, at least 128 MiB)")
     m.add_argument("--one-sided", action="append", nargs="+", metavar="SET",
                    help="one-sided settings, an axis: none (default), a named set ("
                    + ", ".join(ONE_SIDED_SETS) + ") or KIND:SETTING joined by '+' (KIND: src-global, "

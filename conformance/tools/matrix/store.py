@@ -126,12 +126,13 @@ class CaptureStore:
         dev, extra = guest_args(devices, caps, g.args)
         t0 = time.monotonic()
         try:
-            r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=self.mem_mb,
+            r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=g.mem_mb(self.mem_mb),
                                capabilities={**{c: True for c in caps}, **sides.source_capabilities},
                                parameters=sides.source_parameters,
                                globals_=(*self.globals_, *sides.source_globals), extra_args=extra,
-                               timeout=self.timeout, running=g.runs,
-                               started=(lambda q: guest_programs.wait_started(q, g, self.timeout)) if g.runs else None,
+                               timeout=self.timeout + (g.boot_seconds if g.runs else 0.0), running=g.runs,
+                               started=(lambda q: guest_programs.wait_started(q, g, max(self.timeout, g.boot_seconds)))
+                               if g.runs else None,
                                compare_ram=True)
         except (QemuError, TimeoutError) as e:
             out.unlink(missing_ok=True)
