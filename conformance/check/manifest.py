@@ -106,6 +106,10 @@ class Arguments:
     dest_capabilities: dict[str, bool] = field(default_factory=dict)
     source_parameters: dict[str, int | bool | str] = field(default_factory=dict)
     dest_parameters: dict[str, int | bool | str] = field(default_factory=dict)
+    # the user's own devices, after the named set's (check_device_args), and the name of the
+    # user's set they came from (informational)
+    device_args: tuple[str, ...] = ()
+    device_set: str | None = None
 
     def destination_settings(self) -> tuple[dict[str, bool], dict[str, int | bool | str], tuple[str, ...]]:
         """(capabilities, parameters, globals) of the destination: shared, then its own."""
@@ -268,6 +272,34 @@ def check_global(v: Any, where: str = "global") -> str:
     return v
 
 
+# A user's own devices (--device, a set from --devices-file): QEMU options whose values name
+# no file (no '/') and need no host set-up: a backend is a hub port, the null block driver or
+# the null chardev. Unquoted QEMU syntax, so nothing here can add another option either.
+DEVICE_OPTIONS: dict[str, re.Pattern] = {
+    "-device": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(,[A-Za-z0-9_.-]+=[A-Za-z0-9_.:+-]*)*"),
+    "-netdev": re.compile(r"hubport(,[A-Za-z0-9_.-]+=[A-Za-z0-9_.:+-]*)*"),
+    "-blockdev": re.compile(r"driver=null-co(,[A-Za-z0-9_.-]+=[A-Za-z0-9_.:+-]*)*"),
+    "-chardev": re.compile(r"null(,[A-Za-z0-9_.-]+=[A-Za-z0-9_.:+-]*)*"),
+}
+MAX_DEVICE_ARGS = 128
+
+
+def check_device_args(v: Any, where: str = "device_args") -> tuple[str, ...]:
+    """A flat argument list of (option, value) pairs, each option in DEVICE_OPTIONS with a
+    value of its form."""
+    if not isinstance(v, (list, tuple)) or len(v) > MAX_DEVICE_ARGS or len(v) % 2:
+        raise _fail(where, f"a list of at most {MAX_DEVICE_ARGS // 2} OPTION, VALUE pairs", v)
+    for i in range(0, len(v), 2):
+        opt, val = v[i], v[i + 1]
+        if opt not in DEVICE_OPTIONS:
+            raise _fail(f"{where}[{i}]", f"one of {', '.join(DEVICE_OPTIONS)}", opt)
+        if not isinstance(val, str) or len(val) > MAX_TEXT or not DEVICE_OPTIONS[opt].fullmatch(val):
+            want = {"-device": "DRIVER[,PROP=VALUE...] without '/'", "-netdev": "hubport,...",
+                    "-blockdev": "driver=null-co,...", "-chardev": "null,..."}[opt]
+            raise _fail(f"{where}[{i + 1}]", f"{opt} {want}", val)
+    return tuple(v)
+
+
 def check_machine(v: Any, where: str = "machine") -> str:
     return _text(_NAME, "a machine type name", 64)(v, where)
 
@@ -304,6 +336,8 @@ def _argument_fields(device_sets: Collection[str] | None) -> dict[str, tuple[boo
         "dest_capabilities": (False, check_capabilities),
         "source_parameters": (False, _parameters),
         "dest_parameters": (False, _parameters),
+        "device_args": (False, check_device_args),
+        "device_set": (False, _nullable(_text(_NAME, "a device set name", 64))),
     }
 
 
@@ -361,6 +395,7 @@ def _arguments(d: dict[str, Any]) -> Arguments:
                      ram_backend=d.get("ram_backend", "default"), guest=d.get("guest", "paused"),
                      ram=d.get("ram", "zero"), capabilities=d.get("capabilities", {}),
                      parameters=d.get("parameters", {}), globals_=d.get("globals", ()),
+                     device_args=d.get("device_args", ()), device_set=d.get("device_set"),
                      **{k: d[k] for k in _ONE_SIDED if k in d})
 
 
@@ -406,6 +441,10 @@ def to_json(m: Manifest) -> dict[str, Any]:
         for k in _ONE_SIDED:  # written only when set: older readers keep reading plain captures
             if v := getattr(a, k):
                 out["arguments"][k] = list(v) if k.endswith("globals") else dict(v)
+        if a.device_args:
+            out["arguments"]["device_args"] = list(a.device_args)
+        if a.device_set:
+            out["arguments"]["device_set"] = a.device_set
     out["main"] = m.main
     if m.return_path is not None:
         out["return_path"] = m.return_path

@@ -14,7 +14,13 @@ def add_capture_parser(sub) -> None:
     c.add_argument("--qemu", default=None, metavar="VERSION", help="source version (default: newest found)")
     c.add_argument("--qemu-path", action="append", metavar="VERSION=PATH", help="use this binary for VERSION")
     c.add_argument("--machine", default="pc-i440fx-7.2")
-    c.add_argument("--devices", default="none", choices=DEVICE_SETS)
+    c.add_argument("--devices", default="none", metavar="SET",
+                   help=f"device set: {', '.join(DEVICE_SETS)}, or one of --devices-file (default none)")
+    c.add_argument("--devices-file", metavar="FILE",
+                   help="named device sets of your own, TOML or JSON (see conformance/tools/devsets.py)")
+    c.add_argument("--device", dest="device", action="append", default=[], metavar="DRIVER[,PROP=VALUE]",
+                   help="a -device of your own, after the set's (repeatable, QEMU syntax; no file names, no "
+                   "host backends)")
     c.add_argument("--mem-mb", type=int, default=64, help="guest RAM in MiB (default 64; the linux guest needs 128, its default)")
     c.add_argument("--ram", default="zero", metavar="zero|random|SEED|FILE",
                    help="guest RAM content: zero (a fresh guest), random (seeded), or a file of exactly --mem-mb MiB")

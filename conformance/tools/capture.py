@@ -21,6 +21,7 @@ from conformance.errors import UsageError
 from conformance.qemu import QemuError, QemuNotFound, capture_stream, discover, parse_pairs, reaper
 from conformance.qemu import guests as guest_programs
 from conformance.qemu import linux_guest
+from conformance.tools import devsets
 from conformance.qemu.devices import DEVICE_SETS, dirtier_args, make_dirtier_disk, make_ram_file
 from conformance.tools import sides as one_sided
 from conformance.versions import VERSIONS, version_key
@@ -89,6 +90,12 @@ def cmd_capture(args) -> int:
     guest = args.guest or ("dirtier" if args.dirty is not None else "paused")
     if args.dirty is not None and guest != "dirtier":
         raise UsageError(f"--dirty boots the dirtier guest, not --guest {guest}")
+    try:
+        user_sets = devsets.load_sets(args.devices_file, DEVICE_SETS) if args.devices_file else {}
+        devices, set_args = devsets.resolve(args.devices, DEVICE_SETS, user_sets)
+        device_args = (*set_args, *devsets.device_values(args.device))
+    except devsets.DeviceSetError as e:
+        raise UsageError(str(e)) from None
     if guest == "linux" and args.mem_mb < linux_guest.MIN_MEM_MB:
         if args.mem_mb != DEFAULT_MEM_MB:
             raise UsageError(f"--guest linux needs --mem-mb {linux_guest.MIN_MEM_MB} at least")
@@ -113,10 +120,12 @@ def cmd_capture(args) -> int:
             ram_file = make_ram_file(staging / "guest-ram.img", args.mem_mb, seed=seed)
             ram_kind = "random" if args.ram == "random" else f"seed:{seed}"
         with reaper.temporary_directory("migconform-guest-") as scratch:
-            extra = guest_extra_args(guest, scratch)
+            extra = guest_extra_args(guest, scratch) + list(device_args)
             if args.dirty is not None:
                 params = {**DIRTY_PARAMETERS, **params}
-            arguments = mf.Arguments(machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
+            arguments = mf.Arguments(machine=args.machine, devices=devices, mem_mb=args.mem_mb,
+                                     device_args=device_args,
+                                     device_set=args.devices if args.devices in user_sets else None,
                                      ram_backend="default" if ram_file is None else "file",
                                      guest=guest, ram=ram_kind,
                                      capabilities=caps, parameters=params, globals_=tuple(globals_),
@@ -178,7 +187,8 @@ def _capture_single(args, staging: Path, binary, a: mf.Arguments, ram_file, extr
     m = mf.Manifest(main="main.bin", format=mf.FORMAT, source=mf.Side(binary.full_version, binary.version),
                     arguments=a, bytes_={"main.bin": res.size}, seconds=round(time.monotonic() - t0, 3),
                     final_ram_sha256={"source": res.source_ram, "destination": None} if res.source_ram else None)
-    return m, f"captured {res.size} bytes from QEMU {binary.full_version} ({a.machine}, {a.devices})"
+    return m, f"captured {res.size} bytes from QEMU {binary.full_version} ({a.machine}, {a.device_set or a.devices}" \
+              + (f", {len(a.device_args) // 2} device arguments of yours" if a.device_args else "") + ")"
 
 
 def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments, ram_file, extra,
@@ -303,7 +313,7 @@ def cmd_replay(args) -> int:
     if applicable:
         with reaper.temporary_directory("migconform-replay-") as scratch:
             dst_ram = make_ram_file(scratch / "ram.img", a.mem_mb, content=b"") if a.ram_backend == "file" else None
-            extra = guest_extra_args(a.guest, scratch)
+            extra = guest_extra_args(a.guest, scratch) + list(a.device_args)
             v = replay(binary, main, channels, machine=a.machine, devices=a.devices, mem_mb=a.mem_mb,
                        ram_file=dst_ram, capabilities=dst_caps, parameters=dst_params, globals_=dst_globals,
                        schedule=schedule, timeout=args.timeout, extra_args=extra)

@@ -27,7 +27,7 @@ from conformance.qemu.capture import guest_ram_digest
 from conformance.rules import compat
 from conformance.rules.profile import PROFILES
 from conformance.tools.matrix.explain import explain_cell
-from conformance.tools.matrix.grid import CellSpec, guest_args
+from conformance.tools.matrix.grid import CellSpec
 
 if TYPE_CHECKING:
     from conformance.tools.matrix.store import CaptureStore
@@ -278,7 +278,7 @@ def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: flo
     caps = spec.capabilities
     sides = spec.sides
     g = store.guest(spec.guest)
-    dev, extra = guest_args(spec.devices, caps, g.args)
+    dev, extra = store.device_args(spec.devices, caps, g)
     return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=g.mem_mb(store.mem_mb),
                      caps=caps, globals_=(*store.globals_, *sides.dest_globals), extra_args=extra,
                      timeout=store.timeout if timeout is None else timeout,

@@ -10,6 +10,7 @@ from typing import Iterable
 from conformance.qemu import QemuBinary, QemuError, QemuNotFound, discover, parse_pairs
 from conformance.rules import compat
 from conformance.versions import version_key
+from conformance.tools import devsets
 from conformance.tools.matrix import report
 from conformance.tools.matrix.grid import (
     CAPABILITY_SETS,
@@ -49,6 +50,11 @@ def add_matrix_parser(subparsers) -> None:
                         "versions share, plus each version's newest)")
     m.add_argument("--devices", action="append", nargs="+", metavar="SET",
                    help=f"device sets (default: all of {', '.join(MATRIX_DEVICE_SETS)})")
+    m.add_argument("--devices-file", metavar="FILE",
+                   help="named device sets of your own, TOML or JSON (see conformance/tools/devsets.py); name them "
+                        "in --devices")
+    m.add_argument("--device", dest="device", action="append", default=[], metavar="DRIVER[,PROP=VALUE]",
+                   help="a -device of your own in every cell, after the set's (repeatable, QEMU syntax)")
     m.add_argument("--caps", action="append", nargs="+", metavar="SET",
                    help=f"capability sets: {caps_help}, or capabilities joined with '+' "
                         f"(default: {', '.join(DEFAULT_CAPS)})")
@@ -113,8 +119,13 @@ def cmd_matrix(args) -> int:
         sided = split_values(args.one_sided) or ["none"]
         if fixed:
             sided = [fixed if o == "none" else f"{ONE_SIDED_SETS.get(o, o)}+{fixed}" for o in sided]
+        try:
+            user_sets = devsets.load_sets(args.devices_file, MATRIX_DEVICE_SETS) if args.devices_file else {}
+            extra_devices = devsets.device_values(args.device)
+        except devsets.DeviceSetError as e:
+            raise MatrixError(str(e)) from None
         grid = build_grid(list(binaries), split_values(args.machines) or None, split_values(args.devices) or None,
-                          split_values(args.caps) or None, split_values(args.guests) or None, sided)
+                          split_values(args.caps) or None, split_values(args.guests) or None, sided, user_sets)
         for path in (args.json, args.html):
             if path and path != "-":
                 parent = Path(path).expanduser().resolve().parent
@@ -126,7 +137,8 @@ def cmd_matrix(args) -> int:
         bar = report.ProgressBar(len(cells), enabled=sys.stderr.isatty() and not args.no_progress)
         try:
             result = run_matrix(binaries, grid, workdir=args.keep, workers=args.workers, mem_mb=args.mem_mb,
-                                timeout=args.timeout, globals_=args.globals_, progress=bar.update)
+                                timeout=args.timeout, globals_=args.globals_, progress=bar.update,
+                                user_sets=user_sets, extra_devices=extra_devices)
         finally:
             bar.close()
         data = result.as_json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from conformance.qemu import DEVICE_SETS
 from conformance.qemu.guests import GUESTS
@@ -197,8 +197,10 @@ class Grid:
 
 def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[str] | None = None,
                devices: Sequence[str] | None = None, caps: Sequence[str] | None = None,
-               guests: Sequence[str] | None = None, sided: Sequence[str] | None = None) -> Grid:
-    """The grid, validated against the compat data (no QEMU needed). MatrixError on bad names."""
+               guests: Sequence[str] | None = None, sided: Sequence[str] | None = None,
+               user_sets: Mapping[str, Sequence[str]] | None = None) -> Grid:
+    """The grid, validated against the compat data (no QEMU needed). MatrixError on bad names.
+    `user_sets`: device sets of the user's (devsets.load_sets), named beside the built-in ones."""
     vs = []
     for v in versions:
         try:
@@ -214,8 +216,9 @@ def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[st
             raise MatrixError(f"machine type {m!r} exists in none of QEMU {', '.join(vs)}")
     ds = list(dict.fromkeys(devices)) if devices else list(DEFAULT_DEVICES)
     for d in ds:
-        if d not in MATRIX_DEVICE_SETS:
-            raise MatrixError(f"unknown device set {d!r} (known: {', '.join(MATRIX_DEVICE_SETS)})")
+        if d not in MATRIX_DEVICE_SETS and d not in (user_sets or {}):
+            raise MatrixError(f"unknown device set {d!r} (known: {', '.join([*MATRIX_DEVICE_SETS, *(user_sets or {})])}"
+                              "; sets of your own: --devices-file)")
     cs = list(dict.fromkeys(caps)) if caps else list(DEFAULT_CAPS)
     for c in cs:
         parse_caps(c)
@@ -232,15 +235,22 @@ def build_grid(versions: Sequence[str] = DEFAULT_VERSIONS, machines: Sequence[st
     return Grid(tuple(vs), tuple(ms), tuple(ds), tuple(cs), tuple(gs), tuple(os_))
 
 
-def guest_args(devices: str, caps: Iterable[str], guest_first: Sequence[str] = ()) -> tuple[str, list[str]]:
+def guest_args(devices: str, caps: Iterable[str], guest_first: Sequence[str] = (),
+               user_sets: Mapping[str, Sequence[str]] | None = None,
+               extra_devices: Sequence[str] = ()) -> tuple[str, list[str]]:
     """(adapter device-set name, extra_args) for a matrix device set and capability set;
-    `guest_first`: the guest's own arguments, put first (its UART must be COM1)."""
+    `guest_first`: the guest's own arguments, put first (its UART must be COM1); a set of
+    `user_sets` and `extra_devices` (--device) come after the guest's."""
     extra: list[str] = list(guest_first)
     if devices in EXTRA_DEVICE_SETS:
         name = "none"
         extra += EXTRA_DEVICE_SETS[devices]
+    elif user_sets and devices in user_sets and devices not in DEVICE_SETS:
+        name = "none"
+        extra += user_sets[devices]
     else:
         name = devices
+    extra += extra_devices
     if "validate-uuid" in caps:
         extra += ["-uuid", MATRIX_UUID]
     return name, extra

@@ -46,7 +46,8 @@ class MatrixResult:
 
 def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path | str | None = None,
                workers: int = 2, mem_mb: int = 64, timeout: float = 30.0, globals_: Sequence[str] = (),
-               progress: Callable[[CellResult, int, int], None] | None = None, explain: bool = True) -> MatrixResult:
+               progress: Callable[[CellResult, int, int], None] | None = None, explain: bool = True,
+               user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = ()) -> MatrixResult:
     """Run every cell of `grid` with `workers` threads; one task per capture (its cells run
     one after the other, so each capture is made once before its loads)."""
     missing = [v for v in grid.versions if v not in binaries]
@@ -61,7 +62,8 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     done = 0
     lock = threading.Lock()
     with reaper.temporary_directory("migconform-matrix-") as tmp:  # removed on every way out
-        store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_)
+        store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_,
+                             user_sets=user_sets, extra_devices=extra_devices)
 
         def run_group(specs: list[CellSpec]) -> list[CellResult]:
             nonlocal done
@@ -93,5 +95,7 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     return MatrixResult(grid, [results[c] for c in cells],
                         {v: binaries[v].full_version for v in grid.versions},
                         {"mem_mb": mem_mb, "timeout": timeout, "workers": workers, "globals": list(globals_),
+                         "device_sets": {k: list(v) for k, v in (user_sets or {}).items() if k in grid.devices},
+                         "device_args": list(extra_devices),
                          "transport": "fd: into a file, loaded with exec:cat FILE"},
                         time.monotonic() - t0)

@@ -58,13 +58,16 @@ class CaptureStore:
     per path) and `vmstates` (a destination's parsed -dump-vmstate, per binary and machine)."""
 
     def __init__(self, root: Path | str, binaries: Mapping[str, QemuBinary], *, mem_mb: int = 64,
-                 timeout: float = 30.0, globals_: Sequence[str] = ()):
+                 timeout: float = 30.0, globals_: Sequence[str] = (),
+                 user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = ()):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.binaries = dict(binaries)
         self.mem_mb = mem_mb
         self.timeout = timeout
         self.globals_ = tuple(globals_)
+        self.user_sets = {k: tuple(v) for k, v in (user_sets or {}).items()}  # device sets of the user's
+        self.extra_devices = tuple(extra_devices)  # --device arguments, in every cell
         self._captures: Memo[Capture] = Memo()
         self.verdicts: Memo[CheckerVerdict] = Memo()
         self.dumps: Memo[dict] = Memo()
@@ -79,9 +82,15 @@ class CaptureStore:
             return guest_programs.guest(name, d)
         return self._guests.get(name, make)
 
+    def device_args(self, devices: str, caps, g: guest_programs.Guest) -> tuple[str, list[str]]:
+        """grid.guest_args with the store's device sets of the user's and --device arguments."""
+        return guest_args(devices, caps, g.args, self.user_sets, self.extra_devices)
+
     def _stem(self, key: tuple) -> str:
         b = self.binaries[key[0]]
-        salt = hashlib.sha256(repr((str(b.path), b.full_version, self.mem_mb, self.globals_, key[5:])).encode()
+        # a user's set is salted with its arguments: a file may give a name other devices
+        salt = hashlib.sha256(repr((str(b.path), b.full_version, self.mem_mb, self.globals_, key[5:],
+                                    self.user_sets.get(key[2]), self.extra_devices)).encode()
                               ).hexdigest()[:10]
         return "_".join(safe_name(k) for k in key[:5]) + "_" + salt
 
@@ -123,7 +132,7 @@ class CaptureStore:
         binary = self.binaries[version]
         caps = parse_caps(caps_name)
         g = self.guest(guest_name)
-        dev, extra = guest_args(devices, caps, g.args)
+        dev, extra = self.device_args(devices, caps, g)
         t0 = time.monotonic()
         try:
             r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=g.mem_mb(self.mem_mb),
