@@ -37,6 +37,9 @@ class Modelled:
     cancel_in_postcopy: bool  # migrate_cancel is taken once postcopy started (10.0 refuses it)
     incoming_setup_state: bool  # the destination is `setup` from migrate-incoming on (7.2 only announces it)
 
+    # Faults of the binary itself, labelled where they show (the matrix), never hidden.
+    tcg_dirty_tracking_loses_writes: bool  # a RUNNING guest under TCG can lose writes in a migration from it (fixed in 9.0)
+
 
 MODELLED: tuple[Modelled, ...] = (
     Modelled(
@@ -53,6 +56,7 @@ MODELLED: tuple[Modelled, ...] = (
         recover_setup_state=False,
         cancel_in_postcopy=True,
         incoming_setup_state=False,
+        tcg_dirty_tracking_loses_writes=True,
     ),
     Modelled(
         version="10.0",
@@ -68,6 +72,7 @@ MODELLED: tuple[Modelled, ...] = (
         recover_setup_state=True,
         cancel_in_postcopy=False,
         incoming_setup_state=True,
+        tcg_dirty_tracking_loses_writes=False,
     ),
 )
 

@@ -189,10 +189,18 @@ class CellResult:
         return None if self.checker.ok is None else self.checker.ok == self.real.ok
 
     @property
+    def known_fault(self) -> bool:
+        """The real outcome is the known fault of the source binary the cell is labelled with
+        (CellSpec.known_fault): an expected failure, shown with its label, not a disagreement."""
+        return self.real.kind == "ram-differs" and self.spec.known_fault is not None
+
+    @property
     def verdict(self) -> str:
         """pass | expected-fail | disagree | error."""
         if self.real.kind == "error":
             return "error"
+        if self.known_fault:
+            return "expected-fail"
         if self.model_agrees is False or self.checker_agrees is False:
             return "disagree"
         return "pass" if self.real.ok else "expected-fail"
@@ -200,7 +208,7 @@ class CellResult:
     @property
     def disagreeing(self) -> list[str]:
         """Which predictions the real outcome contradicts (none for a cell without a verdict)."""
-        if self.real.kind == "error":
+        if self.real.kind == "error" or self.known_fault:
             return []
         out = []
         if self.model_agrees is False:
@@ -213,7 +221,8 @@ class CellResult:
         s = self.spec
         return {
             "id": s.id, "src": s.src, "dst": s.dst, "machine": s.machine, "devices": s.devices, "caps": s.caps,
-            "guest": s.guest, "one_sided": s.sided, "row": s.row,
+            "guest": s.guest, "one_sided": s.sided, "accel": s.accel, "mode": s.mode, "row": s.row,
+            "known_fault": s.known_fault, "known_fault_seen": self.known_fault,
             "capabilities": list(s.capabilities),
             "src_version": self.src_version, "dst_version": self.dst_version,
             "verdict": self.verdict, "disagreeing": self.disagreeing,
@@ -267,6 +276,9 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
             res.explanation = explain_cell(res, store, cap)
         except Exception as e:  # an explanation must never cost the verdict
             res.explanation = {"summary": f"(no explanation: {type(e).__name__}: {e})", "details": []}
+    if res.known_fault:  # the label first: this is the binary's fault, not the stream's
+        res.explanation = {**res.explanation, "summary": f"{spec.known_fault} [{res.real.said}]",
+                           "details": [res.explanation.get("summary", ""), *res.explanation.get("details", [])]}
     return res
 
 
@@ -278,7 +290,7 @@ def load_cell(spec: CellSpec, store: CaptureStore, stream: Path, *, timeout: flo
     caps = spec.capabilities
     sides = spec.sides
     g = store.guest(spec.guest)
-    dev, extra = store.device_args(spec.devices, caps, g)
+    dev, extra = store.device_args(spec.devices, caps, g, spec.accel)
     return load_into(store.binaries[spec.dst], stream, machine=spec.machine, devices=dev, mem_mb=g.mem_mb(store.mem_mb),
                      caps=caps, globals_=(*store.globals_, *sides.dest_globals), extra_args=extra,
                      timeout=store.timeout if timeout is None else timeout,

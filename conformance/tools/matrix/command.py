@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -62,6 +63,12 @@ def add_matrix_parser(subparsers) -> None:
                    help="a -global for both ends of every cell (also given to the model)")
     m.add_argument("--guests", action="append", nargs="+", metavar="GUEST",
                    help="guests, an axis: paused (default), dirtier, devices (boot programs of ours, running), linux (Debian's kernel and our initramfs, at least 128 MiB)")
+    m.add_argument("--accels", action="append", nargs="+", metavar="ACCEL",
+                   help="accelerators, an axis: kvm, tcg (default: kvm where a guest really runs under it, else tcg; "
+                        "QEMU 7.2 under TCG can lose a running guest's writes: such cells are labelled)")
+    m.add_argument("--modes", action="append", nargs="+", metavar="MODE",
+                   help="how a running guest is migrated, an axis: live (precopy while it runs, default), stopped "
+                        "(booted, then stopped before the migration)")
     m.add_argument("--one-sided", action="append", nargs="+", metavar="SET",
                    help="one-sided settings, an axis: none (default), a named set ("
                    + ", ".join(ONE_SIDED_SETS) + ") or KIND:SETTING joined by '+' (KIND: src-global, "
@@ -125,7 +132,11 @@ def cmd_matrix(args) -> int:
         except devsets.DeviceSetError as e:
             raise MatrixError(str(e)) from None
         grid = build_grid(list(binaries), split_values(args.machines) or None, split_values(args.devices) or None,
-                          split_values(args.caps) or None, split_values(args.guests) or None, sided, user_sets)
+                          split_values(args.caps) or None, split_values(args.guests) or None, sided, user_sets,
+                          split_values(args.accels) or None, split_values(args.modes) or None)
+        if not args.accels:  # the default: kvm where it runs guests (a probe), else tcg
+            from conformance.qemu.accel import default_accel
+            grid = dataclasses.replace(grid, accels=(default_accel(binaries.values()),))
         for path in (args.json, args.html):
             if path and path != "-":
                 parent = Path(path).expanduser().resolve().parent

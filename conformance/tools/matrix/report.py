@@ -202,9 +202,15 @@ def format_text(result: Any, *, color: bool = False) -> str:
     xf = Counter((c.get("explanation") or {}).get("summary") or short_real(c)
                  for c in data["cells"] if c["verdict"] == "expected-fail")
     if xf:
-        out.append("expected failures (real and predicted agree):")
+        out.append("expected failures (real and predicted agree, or a labelled known fault of the binary):")
         for why, n in xf.most_common():
             out.append(f"  {n:>4} x {why}")
+        out.append("")
+    labelled = [c for c in data["cells"] if c.get("known_fault")]
+    if labelled:
+        seen = sum(1 for c in labelled if c.get("known_fault_seen"))
+        out.append(f"caveat: {len(labelled)} cell{'s' if len(labelled) != 1 else ''} can meet a "
+                   f"{labelled[0]['known_fault']}; it showed in {seen}")
         out.append("")
     s = data["summary"]
     out.append(f"{s['cells']} cells: {s['pass']} pass, {s['expected-fail']} expected-fail, {s['disagree']} disagree, "
@@ -323,7 +329,8 @@ def render_html(result: Any, *, title: str = "migconform matrix") -> str:
            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{_e(title)}</h1>",
            f"<div class=meta>{versions} · {s['cells']} cells · {s['seconds']:.1f} s · "
-           f"{_e(settings.get('mem_mb', '?'))} MiB guest, stopped (-S)"
+           f"{_e(settings.get('mem_mb', '?'))} MiB guest (guests: {_e(', '.join(data['grid'].get('guests', ['paused'])))}; "
+           f"accelerators: {_e(', '.join(data['grid'].get('accels', ['tcg'])))})"
            + (f" · -global {_e(' '.join(settings['globals']))}" if settings.get("globals") else "") + "</div>",
            "<div class=chips>"
            f"<span style='background:var(--pass);border-color:var(--pass-b)'>{s['pass']} pass</span>"

@@ -41,7 +41,7 @@ class Memo(Generic[V]):
 
 @dataclass
 class Capture:
-    key: tuple  # CellSpec.capture_key: (version, machine, devices, caps, guest, source-side settings)
+    key: tuple  # CellSpec.capture_key: (version, machine, devices, caps, guest, source-side settings, accel, mode)
     path: Path | None  # None: the source did not produce a stream
     outcome: Outcome | None  # the source's failure, None when the capture worked
     size: int = 0
@@ -82,9 +82,10 @@ class CaptureStore:
             return guest_programs.guest(name, d)
         return self._guests.get(name, make)
 
-    def device_args(self, devices: str, caps, g: guest_programs.Guest) -> tuple[str, list[str]]:
-        """grid.guest_args with the store's device sets of the user's and --device arguments."""
-        return guest_args(devices, caps, g.args, self.user_sets, self.extra_devices)
+    def device_args(self, devices: str, caps, g: guest_programs.Guest, accel: str = "tcg") -> tuple[str, list[str]]:
+        """grid.guest_args with the store's device sets of the user's and --device arguments,
+        and the accelerator (the same on both ends)."""
+        return guest_args(devices, caps, ("-accel", accel, *g.args), self.user_sets, self.extra_devices)
 
     def _stem(self, key: tuple) -> str:
         b = self.binaries[key[0]]
@@ -97,8 +98,8 @@ class CaptureStore:
     def get(self, key: tuple, sides: Sides | None = None) -> Capture:
         """The capture for `key`; `sides`: the one-sided settings key[5] stands for."""
         key = tuple(key)
-        if len(key) == 4:  # (version, machine, devices, caps): a paused guest, no one-sided setting
-            key += ("paused", "")
+        # (version, machine, devices, caps) and longer: the defaults for what is left out
+        key += ("paused", "", "tcg", "live")[max(0, len(key) - 4):]
         return self._captures.get(key, lambda: self._locked(key, sides or Sides()))
 
     def _locked(self, key: tuple, sides: Sides) -> Capture:
@@ -129,10 +130,17 @@ class CaptureStore:
 
     def _capture(self, key, out: Path, sides: Sides) -> Capture:
         version, machine, devices, caps_name, guest_name = key[:5]
+        accel, mode = key[6], key[7]
         binary = self.binaries[version]
         caps = parse_caps(caps_name)
         g = self.guest(guest_name)
-        dev, extra = self.device_args(devices, caps, g)
+        dev, extra = self.device_args(devices, caps, g, accel)
+        started = None
+        if g.runs:
+            def started(q) -> None:
+                guest_programs.wait_started(q, g, max(self.timeout, g.boot_seconds))
+                if mode == "stopped":  # programmed devices, nothing dirtied while migrating
+                    q.cmd("stop")
         t0 = time.monotonic()
         try:
             r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=g.mem_mb(self.mem_mb),
@@ -140,8 +148,7 @@ class CaptureStore:
                                parameters=sides.source_parameters,
                                globals_=(*self.globals_, *sides.source_globals), extra_args=extra,
                                timeout=self.timeout + (g.boot_seconds if g.runs else 0.0), running=g.runs,
-                               started=(lambda q: guest_programs.wait_started(q, g, max(self.timeout, g.boot_seconds)))
-                               if g.runs else None,
+                               started=started,
                                compare_ram=True)
         except (QemuError, TimeoutError) as e:
             out.unlink(missing_ok=True)
