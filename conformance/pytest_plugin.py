@@ -28,7 +28,9 @@ them as class `migconform.captures`, test `<path>[<target>]`.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,6 +78,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     from conformance.cli.profile_options import add_pytest_options
 
     add_pytest_options(g)
+    g.addoption("--matrix-json", metavar="PATH",
+                help="write the matrix cells that ran as test items (one per cell, tests/test_matrix.py; also on "
+                "pytest-xdist workers and --tx ssh= hosts) as one `migconform matrix --json` report")
+    g.addoption("--matrix-html", metavar="PATH", help="the same report as self-contained HTML")
     g.addoption("--migconform-profile", choices=PROFILE_NAMES, default=None,
                 help="hypothesis profile: quick, ci or fuzz (also: environment variable HYPOTHESIS_PROFILE)")
 
@@ -86,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if name not in declared:  # a project that declares the marker itself keeps its text
             config.addinivalue_line("markers", f"{name}: {text}")
     _load_profile(config)
+    _matrix_report(config)
     targets = config.getoption("captures_target") or []
     bad = [t for t in targets if t not in VERSIONS]
     if bad:
@@ -93,6 +100,45 @@ def pytest_configure(config: pytest.Config) -> None:
     for d in config.getoption("captures") or []:
         if not Path(d).exists():
             raise pytest.UsageError(f"--captures {d}: no such file or directory")
+
+
+# ---------------------------------------------------------------- matrix cells as test items
+
+MATRIX_CELL_PROPERTY = "migconform_matrix_cell"  # a test item's user property: CellResult.as_json(), as JSON
+
+
+class MatrixCells:
+    """On the controller (the one process without xdist's workerinput): the cells test items
+    report through their user properties, which pytest-xdist ships from every worker, local
+    or remote; written as one matrix report at the end (JUnit XML is pytest's own --junitxml)."""
+
+    def __init__(self, json_path: str | None, html_path: str | None) -> None:
+        self.json_path, self.html_path = json_path, html_path
+        self.cells: dict[str, dict] = {}
+        self.t0 = time.monotonic()
+
+    def pytest_runtest_logreport(self, report) -> None:
+        for name, value in getattr(report, "user_properties", ()):
+            if name == MATRIX_CELL_PROPERTY:
+                self.cells[report.nodeid] = json.loads(value)
+
+    def pytest_sessionfinish(self, session) -> None:
+        from conformance.tools.matrix.report import render_html
+        from conformance.tools.matrix.run import merge_cells
+
+        data = merge_cells(list(self.cells.values()), seconds=time.monotonic() - self.t0,
+                           settings={"runner": "pytest", "workers": sorted({c.get("worker") or "main"
+                                                                           for c in self.cells.values()})})
+        if self.json_path:
+            Path(self.json_path).write_text(json.dumps(data, indent=2) + "\n")
+        if self.html_path:
+            Path(self.html_path).write_text(render_html(data))
+
+
+def _matrix_report(config: pytest.Config) -> None:
+    paths = config.getoption("matrix_json"), config.getoption("matrix_html")
+    if any(paths) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(MatrixCells(*paths), "migconform-matrix-cells")
 
 
 def _load_profile(config: pytest.Config) -> None:

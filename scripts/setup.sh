@@ -4,6 +4,8 @@
 #   - QEMU 10.0 from bookworm-backports, unpacked beside it into the project's cache
 #     (it must not replace 7.2: both versions are needed for cross-version tests),
 #   - redis-server (tests share a fuzzing corpus through it on loopback),
+#   - openssh-server (the 2-host pytest-xdist test starts an sshd of its own on loopback;
+#     the package's service itself is not used),
 #   - a virtualenv (.venv) with migconform and its test dependencies,
 #   - the Linux guest (--guest linux): Debian's kernel package and busybox-static, unpacked
 #     under the cache's linux-guest/tree, and the initramfs built from them by
@@ -20,7 +22,7 @@ sudo=""
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium redis-server; do
+for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium redis-server openssh-server; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 

@@ -47,6 +47,8 @@ from conformance.tools.matrix.report import ProgressBar, cell_text, format_text,
 from conformance.qemu import DEVICE_SETS, LoadVerdict, MigrationFailed, QemuExited, QemuTimeout, QmpCommandError
 
 
+from conformance.pytest_plugin import MATRIX_CELL_PROPERTY  # noqa: E402
+
 MATRIX = pytest.mark.matrix
 VERSIONS = ("7.2", "10.0")
 
@@ -393,8 +395,11 @@ def test_bounded_grid_size():
 @pytest.mark.qemu
 @MATRIX
 @pytest.mark.parametrize("spec", _params())
-def test_cell(spec: CellSpec, matrix_store: CaptureStore):
+def test_cell(spec: CellSpec, matrix_store: CaptureStore, record_property):
     res = run_cell(spec, matrix_store)
+    # for --matrix-json/--matrix-html: which worker ran it, and whether it came over ssh (a second host)
+    record_property(MATRIX_CELL_PROPERTY, json.dumps({**res.as_json(), "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+                                                      "over_ssh": bool(os.environ.get("SSH_CONNECTION"))}))
     account = cell_text(res.as_json())
     assert res.verdict in ("pass", "expected-fail"), account
     if res.verdict == "expected-fail":

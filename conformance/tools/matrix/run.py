@@ -12,8 +12,9 @@ from typing import Callable, Mapping, Sequence
 from conformance.qemu import QemuBinary, reaper
 from conformance.rules import compat
 from conformance.tools.matrix.cell import CellResult, CheckerVerdict, Outcome, run_cell
-from conformance.tools.matrix.grid import CellSpec, Grid, MatrixError
+from conformance.tools.matrix.grid import MATRIX_DEVICE_SETS, CellSpec, Grid, MatrixError, build_grid
 from conformance.tools.matrix.store import CaptureStore
+from conformance.versions import version_key
 
 EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE = 0, 1, 2
 SCHEMA = 1
@@ -99,3 +100,29 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
                          "device_args": list(extra_devices),
                          "transport": "fd: into a file, loaded with exec:cat FILE"},
                         time.monotonic() - t0)
+
+
+def merge_cells(cells: Sequence[Mapping], *, seconds: float = 0.0, settings: Mapping | None = None) -> dict:
+    """One report (the `--json` form, for format_text and render_html) from cells run
+    elsewhere: pytest items on xdist workers, possibly on other hosts (CellResult.as_json
+    each). The grid is the one the cells span; cells it has that did not run show as '-'."""
+    def values(key: str) -> list[str]:
+        return list(dict.fromkeys(c[key] for c in cells))
+
+    versions = sorted({v for c in cells for v in (c["src"], c["dst"])}, key=version_key)
+    devices = values("devices")
+    grid = build_grid(versions, values("machine"), devices, values("caps"), values("guest"), values("one_sided"),
+                      {d: () for d in devices if d not in MATRIX_DEVICE_SETS},
+                      [c.get("accel", "tcg") for c in cells], [c.get("mode", "live") for c in cells])
+    full = {}
+    for c in cells:
+        full.setdefault(c["src"], c.get("src_version") or c["src"])
+        full.setdefault(c["dst"], c.get("dst_version") or c["dst"])
+    order = {spec.id + spec.row: i for i, spec in enumerate(grid.cells())}
+    ordered = sorted(cells, key=lambda c: order.get(c["id"] + c["row"], len(order)))
+    counts = {k: 0 for k in ("pass", "expected-fail", "disagree", "error")}
+    for c in cells:
+        counts[c["verdict"]] += 1
+    return {"schema": SCHEMA, "tool": "migconform matrix (pytest items)", "versions": {v: full[v] for v in versions},
+            "grid": grid.as_json(), "settings": dict(settings or {}),
+            "summary": {"cells": len(cells), **counts, "seconds": round(seconds, 2)}, "cells": ordered}
