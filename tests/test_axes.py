@@ -93,3 +93,18 @@ def test_accel_reaches_qemu(store):
     out = load_into(store.binaries["10.0"], cap.path, machine="pc-q35-7.2", devices=dev, mem_mb=32, caps=(),
                     globals_=(), extra_args=["-accel", "no-such-accel"], timeout=30)
     assert out.kind == "refused" and "no-such-accel" in out.message, out
+
+
+def test_cells_run_elsewhere_merge_into_one_report():
+    from conformance.tools.matrix.run import merge_cells
+
+    a = _result(CellSpec("7.2", "10.0", "pc-q35-7.2", "none", "none", "linux", accel="tcg"), "completed").as_json()
+    b = _result(CellSpec("10.0", "7.2", "pc-q35-7.2", "none", "none", "linux", accel="tcg"), "ram-differs").as_json()
+    data = merge_cells([b, a], seconds=3.0)
+    assert data["summary"] == {"cells": 2, "pass": 1, "expected-fail": 0, "disagree": 1, "error": 0, "seconds": 3.0}
+    assert [c["id"] for c in data["cells"]] == [a["id"], b["id"]]  # the grid's order, not arrival
+    assert data["grid"]["guests"] == ["linux"] and data["grid"]["directions"] == [
+        "7.2->7.2", "7.2->10.0", "10.0->7.2", "10.0->10.0"]
+    text = format_text(data)
+    row = next(ln for ln in text.splitlines() if "guest=linux" in ln)
+    assert row.split()[-4:] == ["-", "pass", "DIFF", "-"]  # cells that did not run are '-'
