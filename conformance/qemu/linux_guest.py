@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from conformance.qemu.binaries import cache_dir
+from conformance.qemu.devices import qemu_opt_value
 
 # Driver modules of every device the device sets (ours and a user's usual ones) can hold.
 # Missing modules are skipped with a note: the list names what to load, not what must exist.
@@ -157,7 +158,7 @@ def build_initramfs(tree: Path, out: Path) -> tuple[int, list[str]]:
         ino += 1
     _cpio_entry(raw, "modules/order", stat.S_IFREG | 0o644, "".join(f"{p.name}\n" for p in order).encode(), ino)
     _cpio_entry(raw, "TRAILER!!!", 0)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # processes building at once each write their own
     with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as z:
         z.write(raw.getvalue())
     tmp.replace(out)
@@ -177,7 +178,9 @@ def build(root: Path | None = None) -> tuple[Path, Path]:
         found = sorted((tree / "boot").glob("vmlinuz-*"))
         if not found:
             raise LinuxGuestMissing(f"{tree}/boot: no vmlinuz")
-        shutil.copyfile(found[-1], kernel)
+        tmp = kernel.with_name(f".vmlinuz.{os.getpid()}.tmp")
+        shutil.copyfile(found[-1], tmp)
+        tmp.replace(kernel)
     if not initrd.is_file() or initrd.stat().st_mtime < me:
         build_initramfs(tree, initrd)
     return kernel, initrd
@@ -185,7 +188,6 @@ def build(root: Path | None = None) -> tuple[Path, Path]:
 
 def qemu_args(kernel: Path, initrd: Path) -> tuple[str, ...]:
     """Boot arguments, the same on both ends; the serial port goes to a ringbuf of the process."""
-    from conformance.qemu.devices import qemu_opt_value
     return ("-chardev", f"ringbuf,id={SERIAL_ID},size={RINGBUF_BYTES}",
             "-device", f"isa-serial,chardev={SERIAL_ID},iobase=0x3f8,irq=4",
             "-kernel", qemu_opt_value(str(kernel)), "-initrd", qemu_opt_value(str(initrd)),
