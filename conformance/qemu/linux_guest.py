@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import sys
+import threading
 from pathlib import Path
 
 from conformance.qemu.binaries import cache_dir
@@ -158,7 +159,8 @@ def build_initramfs(tree: Path, out: Path) -> tuple[int, list[str]]:
         ino += 1
     _cpio_entry(raw, "modules/order", stat.S_IFREG | 0o644, "".join(f"{p.name}\n" for p in order).encode(), ino)
     _cpio_entry(raw, "TRAILER!!!", 0)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # processes building at once each write their own
+    # processes and threads building at once each write a file of their own
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as z:
         z.write(raw.getvalue())
     tmp.replace(out)
@@ -178,7 +180,7 @@ def build(root: Path | None = None) -> tuple[Path, Path]:
         found = sorted((tree / "boot").glob("vmlinuz-*"))
         if not found:
             raise LinuxGuestMissing(f"{tree}/boot: no vmlinuz")
-        tmp = kernel.with_name(f".vmlinuz.{os.getpid()}.tmp")
+        tmp = kernel.with_name(f".vmlinuz.{os.getpid()}.{threading.get_ident()}.tmp")
         shutil.copyfile(found[-1], tmp)
         tmp.replace(kernel)
     if not initrd.is_file() or initrd.stat().st_mtime < me:
