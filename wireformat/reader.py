@@ -469,9 +469,10 @@ class StreamReader:
                 raise self._err(f"Unknown combination of migration flags: {flags:#x}", offset=b.base + pos, cls=UnknownRamFlags)
             if kind == PAGE:  # named page (first of a block)
                 b.need(9)
-                n = buf[pos + 8]
+                n = b.buf[b.pos + 8]
                 total = 9 + n + page_size
                 b.need(total)
+                pos = b.pos  # the window may have moved: pos is still the record's start
                 block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
                 b.pos = pos + total
                 yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags, block=block,
@@ -479,8 +480,9 @@ class StreamReader:
                 continue
             if kind == ZERO:
                 b.need(9)
-                n = buf[pos + 8]
+                n = b.buf[b.pos + 8]
                 b.need(10 + n)
+                pos, buf = b.pos, b.buf  # the window may have moved
                 block = bytes(b.mv[pos + 9 : pos + 9 + n]).decode("latin-1")
                 b.pos = pos + 10 + n
                 yield RamRecord(offset=b.base + pos, channel=ch, depth=depth, addr=word & amask, flags=flags, block=block,
@@ -511,8 +513,8 @@ class StreamReader:
             if bad >= 0:
                 n = max(bad, 1)
         stop = pos + n * stride
-        if stride % 8 == 0:
-            words = array("Q", b.mv[pos:stop].cast("Q")[:: stride // 8])
+        if stride % 8 == 0:  # the words at a fixed stride, gathered in C
+            words = array("Q", b.mv[pos:stop].cast("Q")[:: stride // 8].tobytes())
         else:
             words = array("Q", b"".join(buf[i : i + 8] for i in range(pos, stop, stride)))
         if _LITTLE:
@@ -528,14 +530,15 @@ class StreamReader:
         (word,) = _U64.unpack_from(b.buf, pos)
         kind = word & (self.ram_params["page_size"] - 1) & ~CONT
         if kind == F.RAM_SAVE_FLAG_COMPRESS_PAGE:
-            named = 0 if word & CONT else 1 + b.buf[pos + 8] if b.fill(9) else 0
+            named = 0 if word & CONT else 1 + b.buf[b.pos + 8] if b.fill(9) else 0
             b.need(8 + named + 4)
-            (n,) = _U32.unpack_from(b.buf, pos + 8 + named)
+            (n,) = _U32.unpack_from(b.buf, b.pos + 8 + named)
             if n > MAX_COMPRESSED_PAGE:
                 raise self._err(f"compressed page length {n} is out of range", offset=off, cls=HostileLength)
         want = 4096 + 512
         while True:
             have = b.fill(want)
+            pos = b.pos  # the record's start, wherever the window now is
             try:
                 c = ramcodec.RamRecordStruct.parse(b.mv[pos : min(b.end, pos + want)], **self.ram_params)
             except ConstructError as e:

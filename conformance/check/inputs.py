@@ -3,15 +3,10 @@ magic bytes, not its name), or standard input for `-`. Errors are one line."""
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import os
 import sys
 from typing import BinaryIO
-
-import zstandard
 
 _MAGICS = {
     b"\x1f\x8b": "gzip",
@@ -74,9 +69,19 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
         name = path
     head = raw.read(6) or b""
     kind = _detect(head)
+    if kind is None and path != "-" and raw.seekable():
+        raw.seek(0)  # a plain file as it is: the reader maps it instead of copying it in
+        return raw, name
     src = Prepended(raw, head)
     if kind is None:
         return src, name
+    # the decompressors are imported only for a stream that needs one (start-up time)
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
     try:
         if kind == "gzip":
             return gzip.GzipFile(fileobj=io.BufferedReader(src, 1 << 20)), f"{name} (gzip)"

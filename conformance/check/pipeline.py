@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import io
-import lzma
+import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
-
-import zstandard
 
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.errors import DecodeError
@@ -96,7 +93,7 @@ def check_stream(
                 progress(reader.b.offset())
     except DecodeError as e:
         loader.fail(code_of(e), e.channel, e.offset, e.message, e.section)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
+    except _read_errors() as e:
         raise StreamReadError(f"{name}: read error at byte {reader.b.offset()}: {e}") from None
     loader.bytes_seen = max(loader.bytes_seen, reader.b.offset())
     if return_path is not None:
@@ -169,7 +166,7 @@ def check_capture(
                 checker.feed(rec)
         except DecodeError as e:
             checker.sink.emit(code_of(e), e.channel, e.offset, f"{e.message}: the destination hangs waiting for this channel")
-        except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
+        except _read_errors() as e:
             raise StreamReadError(f"{label}: read error: {e}") from None
     checker.close()
     if kw.get("source") is not None:  # after the channels: what they showed is not said twice
@@ -187,6 +184,18 @@ def check_capture(
     }
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a stream raises: I/O errors, and the errors of the decompressors —
+    only of those imported, as only an opened compressed stream (conformance.check.inputs
+    imports its decompressor then) can raise them; start-up does not import the others."""
+    errors: list[type[BaseException]] = [OSError, EOFError]
+    for module, name in (("lzma", "LZMAError"), ("zlib", "error"), ("bz2", None), ("zstandard", "ZstdError")):
+        m = sys.modules.get(module)
+        if m is not None and name is not None:
+            errors.append(getattr(m, name))
+    return tuple(errors)
 
 
 def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> tuple[list[Violation], dict]:

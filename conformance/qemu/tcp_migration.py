@@ -54,14 +54,15 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
                      src_capabilities: Mapping[str, bool] | None = None,
                      dst_capabilities: Mapping[str, bool] | None = None,
                      src_parameters: Mapping[str, Any] | None = None, dst_parameters: Mapping[str, Any] | None = None,
-                     started: Any = None) -> ChannelCapture:
+                     started: Any = None, record_limit: int = 256 << 20) -> ChannelCapture:
     """A real source migrating to a real destination through a recording proxy. With
     `running` the source guest runs (e.g. the dirtying boot sector of devices.dirtier_args)
     and the final guest RAM of both sides is compared by digest; `stop_after` seconds into
     the migration the source guest is stopped, so that a migration kept from converging
     (a tiny downtime-limit) iterates over several dirty-sync rounds and then ends.
     src_*/dst_*: settings of one side alone, beside the shared ones; `started(q)`: called on
-    the running source after `cont` instead of a fixed wait."""
+    the running source after `cont` instead of a fixed wait. record_limit: bytes kept per
+    connection (the recorder holds them in memory; a longer channel is cut there)."""
     caps = dict(capabilities or {})
     params = dict(parameters or {})
     t0 = time.monotonic()
@@ -74,7 +75,7 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
                            parameters={**params, **(dst_parameters or {})},
                            globals_=(*globals_, *dst_globals), extra_args=extra_args) as d:
         d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
-        with TcpRecorder(("127.0.0.1", port)) as rec, \
+        with TcpRecorder(("127.0.0.1", port), limit=record_limit) as rec, \
                 QemuProcess(src, vm_args(machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
                                          globals_=(*globals_, *src_globals), extra_args=extra_args),
                             name=f"src-{src.version}") as s:

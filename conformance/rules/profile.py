@@ -13,6 +13,7 @@ destination was not given is the version's default (rules/settings.py compares t
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -31,8 +32,11 @@ class DestinationProfile:
     validated_capabilities: frozenset[str]
     multifd_zero_pages_understood: bool
 
-    # versioned x86 machine types the version offers (compat data, checked against -machine help)
-    machine_types: frozenset[str] = frozenset()
+    @functools.cached_property
+    def machine_types(self) -> frozenset[str]:
+        """Versioned x86 machine types the version offers (compat data, checked against
+        -machine help); read on first use, not at import."""
+        return _machines(self.version)
 
     # how this destination was started (configure); empty: the version's defaults
     machine: str | None = None  # resolved machine type
@@ -90,7 +94,6 @@ def _profile(m: Modelled) -> DestinationProfile:
         compress_page_known=m.compress_page_known,
         validated_capabilities=m.validated_capabilities,
         multifd_zero_pages_understood=m.multifd_zero_pages_understood,
-        machine_types=_machines(m.version),
     )
 
 

@@ -47,7 +47,9 @@ pages of one multifd RAM packet, normal and zero), ChannelSync. `main_events` an
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
 
@@ -128,6 +130,129 @@ def is_sync_point(ev: Event, mode: str) -> bool:
     return t is Flush or (t is Eos and mode == "per-section")
 
 
+
+# --- page state, compactly -------------------------------------------------------------------------
+
+PAGE = 4096  # page granule of the compact store (other offsets go to its overflow dict)
+MAX_PAGES = 1 << 26  # pages per block held in arrays (256 GiB of guest RAM); beyond: the overflow dict
+_UNWRITTEN, _ZERO, _DATA = 0, 1, 2
+DIGEST = 16
+
+
+class _Block:
+    """One RAMBlock's pages as parallel arrays indexed by page number: kind (unwritten, zero,
+    data), round, lane, and the content digest (hash mode) — 23 bytes a page instead of a
+    dict entry and three Python objects, so a 4 GiB guest costs ~25 MB."""
+
+    __slots__ = ("kind", "rounds", "lanes", "digests", "contents")
+
+    def __init__(self, hashed: bool):
+        self.kind = bytearray()
+        self.rounds = array("I")
+        self.lanes = array("h")
+        self.digests = bytearray() if hashed else None
+        self.contents: dict[int, bytes] | None = None if hashed else {}  # page -> bytes (plain mode)
+
+    def grow(self, n: int) -> None:
+        have = len(self.kind)
+        if n <= have:
+            return
+        n = max(n, min(MAX_PAGES, have * 2), 256)  # amortised doubling
+        more = n - have
+        self.kind.extend(bytes(more))
+        self.rounds.extend(array("I", bytes(4 * more)))
+        self.lanes.extend(array("h", bytes(2 * more)))
+        if self.digests is not None:
+            self.digests.extend(bytes(DIGEST * more))
+
+
+class PageStore(Mapping):
+    """PageKey -> (round, lane, content) for every page written: `RamModel.ram`. Pages at
+    page-aligned offsets live in per-block arrays; anything else (odd offsets, beyond
+    MAX_PAGES, rounds that do not fit 32 bits) in a plain dict."""
+
+    def __init__(self, hashed: bool):
+        self.hashed = hashed
+        self.blocks: dict[str, _Block] = {}
+        self.other: dict[PageKey, tuple[int, int, Content]] = {}
+        self.count = 0
+
+    def _slot(self, key: PageKey, grow: bool) -> tuple[_Block, int] | None:
+        block, offset = key
+        i, rest = divmod(offset, PAGE)
+        if rest or not 0 <= i < MAX_PAGES:
+            return None
+        blk = self.blocks.get(block)
+        if blk is None:
+            if not grow:
+                return None
+            blk = self.blocks[block] = _Block(self.hashed)
+        if i >= len(blk.kind):
+            if not grow:
+                return None
+            blk.grow(i + 1)
+        return blk, i
+
+    def get(self, key: PageKey, default=None):
+        slot = self._slot(key, False)
+        if slot is None:
+            return self.other.get(key, default)
+        blk, i = slot
+        k = blk.kind[i]
+        if k == _UNWRITTEN:
+            return default
+        if k == _ZERO:
+            content = None
+        elif blk.digests is not None:
+            content = bytes(blk.digests[i * DIGEST : (i + 1) * DIGEST])
+        else:
+            content = blk.contents[i]
+        return blk.rounds[i], blk.lanes[i], content
+
+    def __getitem__(self, key: PageKey):
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def put(self, key: PageKey, r: int, lane: int, content: Content) -> None:
+        slot = self._slot(key, True) if 0 <= r < 1 << 32 else None
+        if slot is None:
+            if key not in self.other and self.get(key) is None:
+                self.count += 1
+            self.other[key] = (r, lane, content)
+            return
+        blk, i = slot
+        if blk.kind[i] == _UNWRITTEN:
+            self.count += 1
+        blk.rounds[i] = r
+        blk.lanes[i] = lane
+        if content is None:
+            blk.kind[i] = _ZERO
+            if blk.contents is not None:
+                blk.contents.pop(i, None)
+        else:
+            blk.kind[i] = _DATA
+            if blk.digests is not None:
+                blk.digests[i * DIGEST : (i + 1) * DIGEST] = content
+            else:
+                blk.contents[i] = content
+
+    def __iter__(self) -> Iterator[PageKey]:
+        for name, blk in self.blocks.items():
+            for i, k in enumerate(blk.kind):
+                if k != _UNWRITTEN:
+                    yield (name, i * PAGE)
+        yield from self.other
+
+    def __len__(self) -> int:
+        return self.count
+
+    def nbytes(self) -> int:
+        """Bytes the arrays hold (what the model's state costs, beside the overflow dict)."""
+        return sum(len(b.kind) * (1 + 4 + 2 + (DIGEST if b.digests is not None else 0)) for b in self.blocks.values())
+
+
 # --- the model ----------------------------------------------------------------------------------
 
 
@@ -135,7 +260,9 @@ class RamModel:
     """Guest RAM of a destination with `channels` multifd channels in sync `mode`.
 
     `ram` maps a page to (round, lane, content); content is the page bytes (or their
-    BLAKE2b digest with `hash_pages=True`), None for a zero page.
+    BLAKE2b digest with `hash_pages=True`), None for a zero page. It is a PageStore: arrays
+    per RAMBlock, not Python objects per page, so memory is ~23 bytes a page of guest RAM
+    with `hash_pages` (the digests) and grows with the highest page written.
     """
 
     __slots__ = ("channels", "mode", "barrier", "hash_pages", "sink", "ram", "violations",
@@ -152,7 +279,7 @@ class RamModel:
         self.barrier = barrier
         self.hash_pages = hash_pages
         self.sink = ViolationSink(cap=max_violations)
-        self.ram: dict[PageKey, tuple[int, int, Content]] = {}
+        self.ram = PageStore(hash_pages)
         self.violations: list[Violation] = self.sink.violations
         self.main_epoch = 0  # sync points the main stream has passed
         self.syncs = [0] * channels  # SYNCs each channel has processed
@@ -230,7 +357,7 @@ class RamModel:
         """How the model stores page bytes (to compare with `image()` under hash_pages)."""
         if data is None or not self.hash_pages:
             return data
-        return hashlib.blake2b(data, digest_size=16).digest()
+        return hashlib.blake2b(data, digest_size=DIGEST).digest()
 
     @property
     def codes(self) -> list[str]:
@@ -282,7 +409,7 @@ class RamModel:
 
     def _write(self, key: PageKey, r: int, lane: int, data: Content, at: int) -> None:
         if data is not None and self.hash_pages:
-            data = hashlib.blake2b(data, digest_size=16).digest()
+            data = hashlib.blake2b(data, digest_size=DIGEST).digest()
         ram = self.ram
         prev = ram.get(key)
         if prev is not None:
@@ -295,7 +422,7 @@ class RamModel:
                 self._v(Code.PAGE_RACE, lane, at,
                         f"page {key[0]}@{key[1]:#x} sent in round {r} by {lane_name(pl)} and {lane_name(lane)} with "
                         "different contents: nothing orders the two writes")
-        ram[key] = (r, lane, data)
+        ram.put(key, r, lane, data)
 
 
 # --- records → events ------------------------------------------------------------------------------
