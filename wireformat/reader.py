@@ -253,7 +253,7 @@ class StreamReader:
                 yield VmDescription(offset=off, channel=self.channel, json=b"".join(parts), announced=n if left else None)
         if b.fill(1):
             off = b.offset()
-            head = bytes(b.mv[b.pos : b.pos + 16])
+            head = bytes(b.mv[b.pos : min(b.end, b.pos + 16)])  # not the stale buffer beyond the end
             total = 0
             while b.fill(1):
                 total += b.avail()
@@ -615,11 +615,16 @@ def iter_records(src: BinaryIO, channel: str = MAIN, **kw) -> Iterator[Record]:
     return iter(StreamReader(src, channel, **kw))
 
 
-def vmdescription_body_sizer(devices: list) -> BodySizer:
+def vmdescription_body_sizer(devices: list, framed: dict | None = None) -> BodySizer:
     """A BodySizer from the stream's own VMDESCRIPTION devices (in FULL-section order):
     each FULL body is as long as its description decodes. Streams of machine types
     without footers can only be framed this way; with footers it is exact where footer
-    scanning has to guess. A body the description does not fit falls back to scanning."""
+    scanning has to guess. A body the description does not fit falls back to scanning.
+    `framed`, given, collects (name, instance_id) -> [(description, BLAKE2b of the body)]
+    for every body a description decoded, so a later check of the same body against the
+    same description need not decode it again."""
+    import hashlib
+
     from . import vmstate
 
     queues: dict[tuple, list] = {}
@@ -633,8 +638,12 @@ def vmdescription_body_sizer(devices: list) -> BodySizer:
             return None
         dev = queue.pop(0)
         try:
-            return vmstate.decode_body(dev, window).consumed
+            n = vmstate.decode_body(dev, window).consumed
         except (vmstate.VmstateDecodeError, KeyError, TypeError, ValueError):
             return None
+        if framed is not None:
+            framed.setdefault((info.idstr, info.instance_id), []).append(
+                (dev, hashlib.blake2b(window[:n], digest_size=16).digest()))
+        return n
 
     return size
