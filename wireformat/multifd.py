@@ -246,9 +246,13 @@ def _join_name(name: str, tail: bytes, size: int) -> bytes:
 def _split_offsets(arr, normal: int, zero: int | None) -> tuple[list[int], list[int], list[int]]:
     n = min(normal, len(arr))
     z = 0 if zero is None else min(zero, len(arr) - n)
-    rest = list(arr[n + z :])
-    while rest and not rest[-1]:
-        rest.pop()
+    if isinstance(arr, array):  # the reader's: trailing zero entries found in C
+        used = len(arr[n + z :].tobytes().rstrip(b"\0"))
+        rest = list(arr[n + z : n + z + (used + arr.itemsize - 1) // arr.itemsize])
+    else:
+        rest = list(arr[n + z :])
+        while rest and not rest[-1]:
+            rest.pop()
     return list(arr[:n]), list(arr[n : n + z]), rest
 
 

@@ -163,7 +163,11 @@ def check_capture(
         if chan in used:  # two files claim one id: keep them apart to say so
             chan = f"{chan} ({label})"
         used.add(chan)
-        reader = MultifdChannelReader(Prepended(src, head), chan)
+        if isinstance(src, io.FileIO) and src.seekable():
+            src.seek(-len(head), io.SEEK_CUR)  # a plain file is read (mapped) as it is
+        else:
+            src = Prepended(src, head)
+        reader = MultifdChannelReader(src, chan)
         try:
             for rec in reader:
                 checker.feed(rec)

@@ -141,11 +141,12 @@ class MultifdChecker:
         if length is None:
             self._v(Code.MULTIFD_PACKET, ch_name, off, f"multifd: unknown ram block {p.ramblock}: the destination hangs")
             return
-        for o in (*p.normal_offsets, *p.zero_offsets):
-            if o > length - self.page_size:
-                self._v(Code.MULTIFD_PACKET, ch_name, off,
-                        f"multifd: offset too long {o} (max {length - self.page_size:x}): the destination hangs")
-                return
+        limit = length - self.page_size
+        if max(p.normal_offsets, default=0) > limit or max(p.zero_offsets, default=0) > limit:
+            o = next(o for o in (*p.normal_offsets, *p.zero_offsets) if o > limit)  # the first, for the message
+            self._v(Code.MULTIFD_PACKET, ch_name, off,
+                    f"multifd: offset too long {o} (max {limit:x}): the destination hangs")
+            return
         if p.normal_pages and p.next_packet_size != p.normal_pages * self.page_size:
             self._v(Code.MULTIFD_PACKET_SIZE, ch_name, off,
                     f"next_packet_size {p.next_packet_size} for {p.normal_pages} pages (the destination reads the pages)")
