@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conformance.qemu import capture_stream, discover  # noqa: E402
 from conformance.qemu.binaries import cache_dir  # noqa: E402
 from conformance.qemu.devices import make_ram_file  # noqa: E402
+from conformance.versions import version_key  # noqa: E402
 
 MACHINE = "pc-i440fx-7.2"  # every modelled version has it
 
@@ -29,7 +30,7 @@ def binary(version: str | None):
     found = discover()
     if not found:
         sys.exit("bench: no QEMU found (run scripts/setup.sh)")
-    version = version or max(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+    version = version or max(found, key=version_key)
     if version not in found:
         sys.exit(f"bench: no QEMU {version} found")
     return found[version]

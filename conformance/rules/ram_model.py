@@ -200,7 +200,7 @@ class PageStore(Mapping):
         blk, i = slot
         k = blk.kind[i]
         if k == _UNWRITTEN:
-            return default
+            return self.other.get(key, default) if self.other else default
         if k == _ZERO:
             content = None
         elif blk.digests is not None:
@@ -216,12 +216,21 @@ class PageStore(Mapping):
         return v
 
     def put(self, key: PageKey, r: int, lane: int, content: Content) -> None:
-        slot = self._slot(key, True) if 0 <= r < 1 << 32 else None
+        fits = 0 <= r < 1 << 32
+        slot = self._slot(key, fits)
+        if slot is not None and not fits:  # a round too large for the array: the page moves out
+            blk, i = slot
+            if blk.kind[i] != _UNWRITTEN:
+                blk.kind[i] = _UNWRITTEN
+                self.count -= 1
+            slot = None
         if slot is None:
-            if key not in self.other and self.get(key) is None:
+            if key not in self.other:
                 self.count += 1
             self.other[key] = (r, lane, content)
             return
+        if self.other and self.other.pop(key, None) is not None:
+            self.count -= 1  # back into the array from the overflow dict
         blk, i = slot
         if blk.kind[i] == _UNWRITTEN:
             self.count += 1
