@@ -58,3 +58,36 @@ def test_bench_check(benchmark, random_stream):
     rep = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert [v.code for v in rep.violations] == ["missing-vmdescription"]
     assert rep.stats["ram_blocks"]["pc.ram"]["page"] == PAGES
+
+
+def test_bench_check_streaming_window(benchmark, random_stream, monkeypatch):
+    """The same check through the streaming window (what a pipe gets): the mapped reading's
+    gain is the difference to test_bench_check."""
+    from wireformat import window
+
+    monkeypatch.setattr(window, "MAP_FILES", False)
+
+    def run():
+        with open(random_stream, "rb", buffering=0) as f:
+            return check_stream(f)
+
+    rep = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    assert rep.stats["ram_blocks"]["pc.ram"]["page"] == PAGES
+
+
+def _run(*argv):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, *argv], check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def test_bench_startup_baseline_python(benchmark):
+    benchmark.pedantic(_run, args=("-c", "pass"), rounds=10, warmup_rounds=1)
+
+
+def test_bench_startup_help(benchmark):
+    """`migconform --help`; the baseline is test_bench_startup_baseline_python."""
+    benchmark.pedantic(_run, args=("-m", "conformance.cli", "--help"), rounds=10, warmup_rounds=1)
