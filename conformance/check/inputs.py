@@ -46,6 +46,23 @@ class Prepended(io.RawIOBase):
         return self.raw.readinto(b)
 
 
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size for an unprivileged process
+
+
+def _widen_pipe(f) -> None:
+    """Ask for a 1 MiB pipe buffer on a pipe we read (64 KiB by default): the writer and the
+    checker then trade 16x fewer wake-ups, which on a busy machine is most of the cost."""
+    try:
+        import fcntl
+        import stat
+
+        fd = f.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (OSError, ValueError, AttributeError, ImportError):
+        pass  # not a pipe we may widen: read it as it is
+
+
 def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, str]:
     """(binary file object, description) for a path, '-' (stdin) or tcp:HOST:PORT (wait
     for a migration source to connect, as a destination does)."""
@@ -59,6 +76,7 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
     if path == "-":
         raw = sys.stdin.buffer
         name = "<stdin>"
+        _widen_pipe(raw)
     else:
         if os.path.isdir(path):
             raise InputError(f"{path}: is a directory (capture directories need the multifd reader)")
