@@ -5,7 +5,18 @@ from __future__ import annotations
 from conformance.qemu.devices import DEVICE_SETS
 from conformance.qemu.guests import GUESTS
 from conformance.tools.sides import add_options
-from conformance.tools.capture import cmd_capture, cmd_replay
+
+
+def cmd_capture(args) -> int:
+    from conformance.tools.capture import cmd_capture as run  # the QEMU machinery: only when it runs
+
+    return run(args)
+
+
+def cmd_replay(args) -> int:
+    from conformance.tools.capture import cmd_replay as run
+
+    return run(args)
 
 
 def add_capture_parser(sub) -> None:

@@ -1,25 +1,35 @@
-"""The only room of migconform that starts processes, speaks QMP or opens sockets."""
+"""The only room of migconform that starts processes, speaks QMP or opens sockets.
 
-from conformance.qemu.binaries import (
-    QemuBinary,
-    QemuError,
-    QemuNotFound,
-    cache_dir,
-    discover,
-    dump_vmstate,
-    machine_types,
-    parse_pairs,
-    require,
-)
-from conformance.qemu.capsession import CapSession, HostFacts
-from conformance.qemu.capture import CaptureResult, capture_stream, vm_args
-from conformance.qemu.destination import LoadVerdict, feed, load_stream, start_destination
-from conformance.qemu.devices import DEVICE_SETS, device_args, make_ram_file, ram_args
-from conformance.qemu.process import MigrationFailed, QemuExited, QemuProcess, QemuTimeout, QmpCommandError, error_lines
+The names below are loaded on first use (PEP 562), not when the package is: importing
+`conformance.qemu.devices` for its device-set names (a command's parser) must not start
+asyncio and qemu.qmp, which the QMP modules pull in.
+"""
 
-__all__ = [
-    "CapSession", "CaptureResult", "DEVICE_SETS", "HostFacts", "LoadVerdict", "MigrationFailed", "QemuBinary", "QemuError", "QemuExited",
-    "QemuNotFound", "QemuProcess", "QemuTimeout", "QmpCommandError", "cache_dir", "capture_stream",
-    "device_args", "discover", "dump_vmstate", "error_lines", "feed", "load_stream", "machine_types",
-    "make_ram_file", "parse_pairs", "ram_args", "require", "start_destination", "vm_args",
-]
+import importlib
+
+_WHERE = {
+    "conformance.qemu.binaries": ("QemuBinary", "QemuError", "QemuNotFound", "cache_dir", "discover", "dump_vmstate",
+                                  "machine_types", "parse_pairs", "require"),
+    "conformance.qemu.capsession": ("CapSession", "HostFacts"),
+    "conformance.qemu.capture": ("CaptureResult", "capture_stream", "vm_args"),
+    "conformance.qemu.destination": ("LoadVerdict", "feed", "load_stream", "start_destination"),
+    "conformance.qemu.devices": ("DEVICE_SETS", "device_args", "make_ram_file", "ram_args"),
+    "conformance.qemu.process": ("MigrationFailed", "QemuExited", "QemuProcess", "QemuTimeout", "QmpCommandError",
+                                 "error_lines"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
