@@ -218,18 +218,20 @@ class StreamReader:
         want = 4096
         while True:
             b.fill(want)
-            window = bytes(b.mv[b.pos + 1 : b.end])
+            # `want` bytes, not the whole read window (which may be a large map)
+            window = bytes(b.mv[b.pos + 1 : min(b.end, b.pos + want)])
+            last = b.eof and b.pos + want >= b.end  # the window holds the rest of the stream
             try:
                 c = ConfigurationStruct.parse(window)
                 used = len(ConfigurationStruct.build(c))
             except ExplicitError:  # a subsection the configuration does not have
                 raise self._err("configuration record has an unknown subsection", cls=ConfigurationMalformed) from None
             except ConstructError:
-                if b.eof or want >= 1 << 20:
-                    raise self._err("configuration record does not decode", cls=Truncated if b.eof else ConfigurationMalformed)
+                if last or want >= 1 << 20:
+                    raise self._err("configuration record does not decode", cls=Truncated if last else ConfigurationMalformed)
                 want *= 4
                 continue
-            if used == len(window) and not b.eof and want < 1 << 20:
+            if used == len(window) and not last and want < 1 << 20:
                 want *= 4  # the subsection list may go on past the window
                 continue
             b.pos += 1 + used

@@ -123,13 +123,12 @@ class Window:
         if length <= 0:
             self.eof = True
             return False
+        self._release()
         m = mmap.mmap(self._fd, length, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ, offset=start)
         try:
             m.madvise(mmap.MADV_SEQUENTIAL)
         except (AttributeError, OSError):
             pass
-        # the previous map is dropped, not closed: records still holding views into it
-        # keep it alive, and it is unmapped when the last of them goes
         self.buf = m
         self.mv = memoryview(m)
         self.base = start - self._start
@@ -137,6 +136,20 @@ class Window:
         self.end = length
         self.eof = start + length >= self._file_size
         return self.end - self.pos >= n
+
+    def _release(self) -> None:
+        """Let go of the current map: its pages leave our resident set now (MADV_DONTNEED
+        on a read-only file map only drops our page-table entries: a record still holding
+        a view into it reads the same bytes, faulted in again from the page cache), and the
+        map itself is unmapped when the last such view goes."""
+        old = self.buf
+        self.buf = b""
+        self.mv = memoryview(self.buf)
+        if isinstance(old, mmap.mmap):
+            try:
+                old.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):
+                pass
 
     def _skip_mapped(self, n: int) -> None:
         if self.end - self.pos >= n:
@@ -148,8 +161,7 @@ class Window:
             if self._start + target > self._file_size:
                 raise Truncated()
         # jump without mapping (or touching) what lies between
-        self.buf = b""
-        self.mv = memoryview(self.buf)
+        self._release()
         self.base, self.pos, self.end = target, 0, 0
         self.eof = False
 
