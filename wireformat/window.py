@@ -40,7 +40,8 @@ def _regular_fd(src) -> tuple[int, int] | None:
         return None
     try:
         fd = src.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:  # empty: maybe a /proc file that reads
             return None
         return fd, src.tell()
     except (OSError, ValueError):

@@ -198,9 +198,9 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     only of those imported, as only an opened compressed stream (conformance.check.inputs
     imports its decompressor then) can raise them; start-up does not import the others."""
     errors: list[type[BaseException]] = [OSError, EOFError]
-    for module, name in (("lzma", "LZMAError"), ("zlib", "error"), ("bz2", None), ("zstandard", "ZstdError")):
+    for module, name in (("lzma", "LZMAError"), ("zlib", "error"), ("zstandard", "ZstdError")):  # bz2: OSError
         m = sys.modules.get(module)
-        if m is not None and name is not None:
+        if m is not None:
             errors.append(getattr(m, name))
     return tuple(errors)
 
