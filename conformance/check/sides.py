@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from conformance.check import manifest as mf
+
+
+def _mf():
+    # the manifest schema validates the settings; imported only when there are settings, so
+    # that a plain `check` does not pay for it at start-up (tests/test_startup.py)
+    from conformance.check import manifest
+
+    return manifest
 
 
 class SidesError(ValueError):
@@ -71,7 +78,7 @@ def _capability(item: str, where: str) -> tuple[str, bool]:
     on = True if not sep else parse_setting_value(value)
     if not isinstance(on, bool):
         raise SidesError(f"{where}: {item!r}: a capability takes on or off")
-    mf.check_capabilities({name: on}, where)
+    _mf().check_capabilities({name: on}, where)
     return name, on
 
 
@@ -80,7 +87,7 @@ def _parameter(item: str, where: str) -> tuple[str, int | bool | str]:
     if not name or not sep:
         raise SidesError(f"{where}: {item!r}: expected NAME=VALUE")
     v = parse_setting_value(value)
-    mf.check_parameter(name, v, where)
+    _mf().check_parameter(name, v, where)
     return name, v
 
 
@@ -88,6 +95,10 @@ def from_options(*, source_globals: Iterable[str] = (), dest_globals: Iterable[s
                  source_capabilities: Iterable[str] = (), dest_capabilities: Iterable[str] = (),
                  source_parameters: Iterable[str] = (), dest_parameters: Iterable[str] = ()) -> Sides:
     """Sides from command-line values, validated as a manifest validates them; SidesError."""
+    if not any((source_globals, dest_globals, source_capabilities, dest_capabilities, source_parameters,
+                dest_parameters)):
+        return Sides()
+    mf = _mf()
     try:
         return Sides(
             tuple(mf.check_global(g, "--source-global") for g in source_globals),
