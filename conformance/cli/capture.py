@@ -50,6 +50,9 @@ def add_capture_parser(sub) -> None:
     c.add_argument("--dirty", type=float, default=None, metavar="SECONDS",
                    help="boot a guest that keeps dirtying 112 pages, keep the migration from "
                    "converging (1 MiB/s, downtime-limit 1 ms) for SECONDS, then stop the guest: several dirty-sync rounds")
+    c.add_argument("--record-limit", type=int, default=256, metavar="MIB",
+                   help="with --channels: bytes recorded per connection, held in memory (default 256 MiB); "
+                   "a longer channel fails the capture instead of cutting it")
     c.add_argument("--timeout", type=float, default=120.0)
     c.set_defaults(func=cmd_capture)
 

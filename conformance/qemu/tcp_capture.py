@@ -143,6 +143,17 @@ class TcpRecorder:
             time.sleep(0.01)
         return True
 
+    def require_whole(self) -> None:
+        """Raise RecorderError when a connection carried more than was kept: a capture made
+        of its bytes would be cut short while the migration itself completed."""
+        for c in self.connections:
+            if c.truncated:
+                total = max(c.forward_total, c.backward_total)
+                raise RecorderError(
+                    f"connection {c.index} carried {total} bytes, more than the {self.limit >> 20} MiB a "
+                    f"connection may be recorded in memory: the capture would be cut short "
+                    f"(raise the recording limit, e.g. capture --record-limit MIB)")
+
     # ------------------------------------------------------------ threads
     def _accept_loop(self) -> None:
         while not self._stop.is_set():

@@ -20,7 +20,7 @@ from conformance.qemu.binaries import QemuBinary
 from conformance.qemu.capture import LOW_MEMORY, pmem_digest, ram_digest, ram_digest_file, vm_args  # noqa: F401 (re-exported)
 from conformance.qemu.destination import start_destination
 from conformance.qemu.process import QemuError, QemuExited, QemuProcess, QemuTimeout, error_lines
-from conformance.qemu.tcp_capture import TcpRecorder
+from conformance.qemu.tcp_capture import RecorderError, TcpRecorder
 
 MULTIFD_MAGIC = b"\x11\x22\x33\x44"
 
@@ -96,6 +96,10 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
             rec.wait_closed(5.0)
             if running:  # both guests are stopped now: their RAM must be equal
                 digests = [pmem_digest(q, mem_mb) for q in (s, d)]
+        try:
+            rec.require_whole()
+        except RecorderError as e:
+            raise QemuError(str(e)) from None
         conns = [bytes(c.forward) for c in rec.connections]
         if not conns:
             raise QemuError("the source opened no connection")

@@ -211,7 +211,7 @@ def _capture_channels(args, staging: Path, found: dict, binary, a: mf.Arguments,
                                src_globals=a.source_globals, dst_globals=a.dest_globals,
                                src_capabilities=a.source_capabilities, dst_capabilities=a.dest_capabilities,
                                src_parameters=a.source_parameters, dst_parameters=a.dest_parameters,
-                               started=_started(a, args.timeout))
+                               started=_started(a, args.timeout), record_limit=args.record_limit << 20)
     except (QemuError, TimeoutError) as e:
         raise UsageError(f"capture QEMU {binary.full_version} -> {dest.full_version}: {e}") from None
     files = {"main.bin": cap.main, "return-path.bin": cap.return_path}
