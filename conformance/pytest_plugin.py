@@ -126,6 +126,9 @@ class MatrixCells:
         from conformance.tools.matrix.report import render_html
         from conformance.tools.matrix.run import merge_cells
 
+        if not self.cells:  # no cell ran (deselected, or the session failed first): no report
+            session.config.get_terminal_writer().line("migconform: no matrix cell ran; no matrix report written")
+            return
         data = merge_cells(list(self.cells.values()), seconds=time.monotonic() - self.t0,
                            settings={"runner": "pytest", "workers": sorted({c.get("worker") or "main"
                                                                            for c in self.cells.values()})})

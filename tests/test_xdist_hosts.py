@@ -1,7 +1,7 @@
 """The matrix spread over two hosts by pytest-xdist: this one (popen) and a second "host"
 reached over ssh: a loopback sshd started by the test, with a key pair of its own made for
-it. No rsync (deprecated in xdist): the remote worker runs the project's copy found at
-//chdir= with //python=, as a real second host runs its own set-up. The cells both hosts ran
+it. The remote worker runs the installed project with //python=, as a real second host runs
+its own set-up; its //chdir= is a scratch folder (xdist copies pytest there) linking the tests. The cells both hosts ran
 come back as one --matrix-json/--matrix-html report, and as JUnit XML."""
 
 from __future__ import annotations
@@ -76,19 +76,26 @@ def test_matrix_cells_spread_over_two_hosts_merge_into_one_report(loopback_host,
     py = sys.executable
     out = tmp_path / "out"
     out.mkdir()
+    # xdist copies pytest itself (rsync) into a non-popen worker's folder: that folder must be
+    # a scratch one, never the project (a copied pytest there would shadow the installed one).
+    # The "host" sees the project's tests and settings there (links), its code is installed.
+    remote = tmp_path / "remote-host"
+    remote.mkdir()
+    for name in ("tests", "pyproject.toml"):
+        (remote / name).symlink_to(ROOT / name)
     # --pyargs: a module name, which each worker finds in its own copy (a path would have to
     # lie under an rsync root)
     argv = [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--pyargs", "tests.test_matrix",
             "-k", "test_cell and pc-q35-7.2/none/none",  # the 4 directions of one machine, device set, capability set
             "--dist", "load", "--tx", f"popen//python={py}",
-            "--tx", f"ssh=-F {loopback_host} migconform-loopback//python={py}//chdir={ROOT}",
+            "--tx", f"ssh=-F {loopback_host} migconform-loopback//python={py}//chdir={remote}",
             "--matrix-json", str(out / "m.json"), "--matrix-html", str(out / "m.html"),
             "--junitxml", str(out / "m.xml"), f"--basetemp={tmp_path / 'bt'}"]  # PATH, not a separate arg: xdist would want it under an rsync root
     t0 = time.monotonic()
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.monotonic() - t0
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[:3000]
     data = json.loads((out / "m.json").read_text())
     cells = data["cells"]
     assert data["summary"]["cells"] == 4 and data["summary"]["pass"] == 4, data["summary"]
@@ -97,5 +104,6 @@ def test_matrix_cells_spread_over_two_hosts_merge_into_one_report(loopback_host,
     assert {c["over_ssh"] for c in cells} == {True, False}, [(c["id"], c["worker"], c["over_ssh"]) for c in cells]
     assert data["grid"]["directions"] == ["7.2->7.2", "7.2->10.0", "10.0->7.2", "10.0->10.0"]
     assert "<table" in (out / "m.html").read_text()
+    assert not (ROOT / "_pytest").exists() and not (ROOT / "pytest").exists()
     assert len(re.findall(r"<testcase ", (out / "m.xml").read_text())) == 4
     print(f"2-host xdist run of 4 cells: {seconds:.1f} s")
