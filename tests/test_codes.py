@@ -7,13 +7,11 @@ import struct
 
 from conformance.check.pipeline import check_stream, vmstate_body_check
 from conformance.rules.catalogue import Code
-from conformance.rules.loader import Loader
 from conformance.rules.postcopy_multifd import ChannelPage, ChannelSync, Listen, PostcopyMultifdModel
 from conformance.rules.tables import DestinationTables, builtin_tables
 from tests.test_channels import judge, load, packets
 from tests.test_loader import ADVISE, EOS, HEADER, MEM, ZERO_NAMED, cfg, check, cmd, codes, footer, ram_stream, start, word
 from wireformat import ram
-from wireformat.reader import StreamReader
 from wireformat.records import RamBlockInfo, RamRecord
 from wireformat.returnpath import RpMessage, build_message, iter_messages
 
@@ -114,13 +112,8 @@ def test_device_bodies_against_the_streams_own_description():
 
 
 def judge_return_path(main: bytes, rp: bytes) -> list[tuple[str, str]]:
-    loader = Loader("10.0")
-    for rec in StreamReader(io.BytesIO(main)):
-        loader.feed(rec)
-    for m in iter_messages(io.BytesIO(rp)):
-        loader.feed(m)
-    loader.close()
-    return [(v.code, v.severity.value) for v in loader.violations if v.channel == "return-path"]
+    rep = check_stream(io.BytesIO(main), return_path=io.BytesIO(rp))
+    return [(v.code, v.severity.value) for v in rep.violations if v.channel == "return-path"]
 
 
 def test_return_path_messages_the_source_refuses():

@@ -18,8 +18,9 @@ from conformance.check.manifest import ENUM_PARAMETERS, INT_PARAMETERS
 from conformance.check.pipeline import check_capture, check_stream
 from conformance.rules import compat
 from conformance.rules.catalogue import CATALOGUE, Code, Severity
-from conformance.rules.channels import MainSyncInfo, MultifdChecker
-from conformance.rules.loader import Loader
+from conformance.rules.channels import MultifdChecker
+from conformance.rules.returnpath import ReturnPathModel
+from conformance.rules.sync import SyncSummary
 from conformance.rules.profile import UnknownTarget, configure, parse_spec, profile
 from conformance.rules.settings import FAILS, HANGS, LOADS, LOSES, ONE_SIDED, Side, judge_sides
 from tests.test_loader import EOS, HEADER, MEM, cfg, footer, start
@@ -168,7 +169,7 @@ def test_channels_per_destination():
     # 7.2's own packets list no zero pages
     assert Code.MULTIFD_ZERO_PAGES_IGNORED not in codes(check_capture(*_capture("qemu72-i440fx-7.2"), target=OLD))
     # the checker alone: one channel for a destination set for two
-    c = MultifdChecker(MainSyncInfo(0, 0, {}), destination_channels=2)
+    c = MultifdChecker(SyncSummary(0, 0, {}), destination_channels=2)
     c.close()
     assert [v.code for v in c.violations] == [Code.MULTIFD_CHANNELS_MISSING]
 
@@ -176,8 +177,8 @@ def test_channels_per_destination():
 def test_return_path_judged_by_the_source_version():
     ack = RpMessage(offset=0, type=7, data=b"")
     for version, bad in ((OLD, True), (NEW, False)):
-        loader = Loader(NEW, source_version=version)
-        got = [v.code for v in loader.feed(ack)]
+        model = ReturnPathModel(NEW, source_version=version)
+        got = [v.code for v in model.feed(ack)]
         assert got == ([Code.RP_MALFORMED] if bad else []), version
     rp = io.BytesIO(build_message(ack))
     rep = check_stream(io.BytesIO(stream()), target=NEW, source=Side(OLD), return_path=rp)

@@ -341,28 +341,24 @@ def test_builtin_tables_know_each_versions_sections(target):
 
 
 def test_return_path_is_judged_as_the_source_judges_it():
+    from conformance.rules.returnpath import ReturnPathModel
     from wireformat.returnpath import iter_messages
 
     main = ram_stream(ZERO_NAMED, extra_cmds=cmd(1) + cmd(2, b"\x00\x00\x00\x01") + cmd(2, b"\x00\x00\x00\x02"))
-    loader = Loader("10.0")
-    from wireformat.reader import StreamReader
-
-    for rec in StreamReader(io.BytesIO(main)):
-        loader.feed(rec)
     rp = bytes.fromhex("00020004 00000002  00020004 00000001  00030013 0000000000001000 00001000 06 70632e72616d"
                        "  0004000c 00000000000ff000 00001000  00010004 00000000")
-    for m in iter_messages(io.BytesIO(rp)):
-        loader.feed(m)
-    loader.close()
-    # PONGs out of order are fine; the second page request runs past pc.ram (0x10000 bytes)
-    assert [(v.code, v.channel) for v in loader.violations] == [
+    rep = check_stream(io.BytesIO(main), return_path=io.BytesIO(rp))
+    # PONGs out of order are fine; the second page request runs past pc.ram (0x10000 bytes).
+    # The return path is judged after the main stream's records, before its end is.
+    assert [(v.code, v.channel) for v in rep.violations] == [
         ("rp-bad-page-request", "return-path"), ("missing-vmdescription", "main")]
-    assert loader.stats()["return_path"]["MIG_RP_MSG_PONG"] == 2
+    assert rep.stats["return_path"]["MIG_RP_MSG_PONG"] == 2
+    assert check_stream(io.BytesIO(main)).stats["return_path"] is None
 
-    loader = Loader("10.0")
+    model = ReturnPathModel("10.0")
     for m in iter_messages(io.BytesIO(bytes.fromhex("00010004 00000005 00020004 00000009"))):
-        loader.feed(m)
-    assert [v.code for v in loader.violations] == ["rp-shut-error", "rp-after-shut", "rp-pong-unexpected"]
+        model.feed(m)
+    assert [v.code for v in model.violations] == ["rp-shut-error", "rp-after-shut", "rp-pong-unexpected"]
 
 
 def test_a_channel_lost_in_postcopy_pauses_rather_than_fails():

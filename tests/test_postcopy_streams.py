@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from conformance.check.pipeline import check_capture, check_stream
+from conformance.rules.decode_errors import code_of
 from conformance.rules.loader import Loader
+from conformance.rules.returnpath import ReturnPathModel
 from conformance.rules.migration_states import DESTINATION, SOURCE, predict_sequence
 from conformance.qemu import QemuProcess, QmpCommandError
 from conformance.rules.catalogue import Severity
@@ -57,20 +59,21 @@ def differing_pages(a: bytes, b: bytes, start: int, end: int) -> list[int]:
 
 
 def judge(version: str, main: bytes, rp: bytes, *, recovery: bool = False, previous: tuple | None = None):
-    """A Loader fed the main channel's records, then its return path's messages (the way the
-    source reads them), then closed. `previous`: (Loader, sections) of the channel resumed."""
+    """A Loader fed the main channel's records, then closed, and a ReturnPathModel fed its
+    return path's messages (the way the source reads them): (loader, reader, messages,
+    violations of both). `previous`: (Loader, sections) of the channel resumed."""
     loader = Loader(version, recovery=recovery, previous=previous[0] if previous else None)
     reader = StreamReader(io.BytesIO(main), headerless=recovery, known_sections=previous[1] if previous else None)
     try:
         for rec in reader:
             loader.feed(rec)
     except DecodeError as e:
-        loader.fail(e.code, e.channel, e.offset, e.message, e.section)
-    messages = list(iter_messages(io.BytesIO(rp)))
-    for m in messages:
-        loader.feed(m)
+        loader.fail(code_of(e), e.channel, e.offset, e.message, e.section)
     loader.close(reader.b.offset())
-    return loader, reader, messages
+    messages = list(iter_messages(io.BytesIO(rp)))
+    model = ReturnPathModel(version, pings=loader.pings, blocks=loader.blocks)
+    model.feed_all(messages)
+    return loader, reader, messages, loader.violations + model.violations
 
 
 def run_postcopy(qemu, version: str, ram_file: Path, kernel: Path, *, cut: bool) -> dict:
@@ -140,8 +143,8 @@ def test_postcopy_stream_conforms(captures, version, random_ram):  # noqa: F811
     assert commands["MIG_CMD_PING"] == 4
     assert bool(commands.get("MIG_CMD_SWITCHOVER_START")) == (version == "10.0")
 
-    loader, _, messages = judge(version, main, rp)
-    assert [v.one_line() for v in loader.violations] == []
+    _, _, messages, found = judge(version, main, rp)
+    assert [v.one_line() for v in found] == []
     names = [m.name for m in messages]
     assert sorted(m.args["value"] for m in messages if m.name == "MIG_RP_MSG_PONG") == [1, 2, 3, 4]
     assert "MIG_RP_MSG_REQ_PAGES_ID" in names and "MIG_RP_MSG_REQ_PAGES" in names  # the guest asked for pages
@@ -185,11 +188,11 @@ def test_postcopy_recovery_streams_conform(captures, version, random_ram):  # no
 
     # with the return paths: the old one ends at the cut (PONGs, page requests), the new one
     # carries a received-pages bitmap per block, RESUME_ACK 1, page requests, SHUT 0
-    old_loader, old_reader, old_msgs = judge(version, old, old_rp)
-    assert [v.code for v in old_loader.violations] in (["missing-eof"], ["truncated"])
+    old_loader, old_reader, old_msgs, found = judge(version, old, old_rp)
+    assert [v.code for v in found] in (["missing-eof"], ["truncated"])
     assert sorted(m.args["value"] for m in old_msgs if m.name == "MIG_RP_MSG_PONG") == [1, 2, 3, 4]
-    loader, _, msgs = judge(version, new, new_rp, recovery=True, previous=(old_loader, old_reader.sections))
-    assert [v.one_line() for v in loader.violations] == []
+    _, _, msgs, found = judge(version, new, new_rp, recovery=True, previous=(old_loader, old_reader.sections))
+    assert [v.one_line() for v in found] == []
     names = [m.name for m in msgs]
     blocks = [m.args["block"] for m in msgs if m.name == "MIG_RP_MSG_RECV_BITMAP"]
     assert sorted(blocks) == sorted(rep.stats["ram_blocks"])

@@ -172,10 +172,8 @@ class StreamReader:
                 self.configured = True
                 caps = conf.capabilities
                 self.ram_params["ignore_shared"] = "x-ignore-shared" in caps
-                self.ram_params["mapped_ram"] = "mapped-ram" in caps
-                bits = conf.subsection("configuration/target-page-bits")
-                if bits is not None and 9 <= bits.value <= 24:
-                    self.ram_params["page_size"] = 1 << bits.value
+                self.ram_params["mapped_ram"] = conf.mapped_ram
+                self.ram_params["page_size"] = conf.page_size
                 yield conf
         while True:
             if self._package_end and b.offset() >= self._package_end[-1]:

@@ -66,6 +66,18 @@ class Configuration(Record):
         sub = self.subsection("configuration/uuid")
         return sub.value if sub else None
 
+    @property
+    def page_size(self) -> int:
+        """The target page size the stream's RAM records use (4096 without the subsection,
+        or with a number of bits no target has)."""
+        bits = self.subsection("configuration/target-page-bits")
+        return 1 << bits.value if bits is not None and 9 <= bits.value <= 24 else 4096
+
+    @property
+    def mapped_ram(self) -> bool:
+        """RAM laid out at fixed file offsets (the mapped-ram capability): no page records."""
+        return "mapped-ram" in self.capabilities
+
     def summary(self) -> dict:
         uuid = self.uuid
         return {"machine_type": self.machine_type, "capabilities": self.capabilities,

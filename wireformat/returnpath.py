@@ -91,14 +91,23 @@ def iter_messages(src: BinaryIO) -> Iterator[RpMessage]:
     """Messages of a captured return path, in order. Lengths are bounded before reading."""
     off = 0
 
+    def read_up_to(n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:  # a pipe (or a sniffing wrapper) may give less per read
+            more = src.read(n - len(data))
+            if not more:
+                break
+            data += more
+        return bytes(data)
+
     def read(n: int) -> bytes:
-        data = src.read(n)
-        if data is None or len(data) != n:
+        data = read_up_to(n)
+        if len(data) != n:
             raise RpDecodeError(f"truncated: wanted {n} bytes", off)
         return data
 
     while True:
-        head = src.read(4)
+        head = read_up_to(4)
         if not head:
             return
         if len(head) < 4:

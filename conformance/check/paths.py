@@ -13,7 +13,6 @@ from conformance.check.pipeline import (
     Report,
     check_capture,
     check_stream,
-    ram_model_check,
     trailer_body_sizer,
     vmstate_body_check,
 )
@@ -55,12 +54,4 @@ def check_files(
 def _check_channels(main: str, paths: list[str], destination_channels: int | None, ram_model: bool, kw: dict) -> Report:
     src, name = open_stream(main)
     channels = [(os.path.basename(p), open_stream(p)[0]) for p in paths]
-    rep = check_capture(src, channels, name=name, destination_channels=destination_channels, **kw)
-    if ram_model:
-        ids = rep.stats["multifd"]["file_ids"]
-        ordered = sorted(paths, key=lambda p: ids.get(os.path.basename(p), 0))
-        found, stats = ram_model_check(open_stream(main)[0], [open_stream(p)[0] for p in ordered],
-                                       mode=rep.stats["multifd"]["sync_mode"])
-        rep.violations = rep.violations + found
-        rep.stats["ram_model"] = stats
-    return rep
+    return check_capture(src, channels, name=name, destination_channels=destination_channels, ram_model=ram_model, **kw)

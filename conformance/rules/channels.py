@@ -24,24 +24,7 @@ from wireformat.records import Record
 
 from conformance.rules.catalogue import Code, Violation
 from conformance.rules.sink import ViolationSink
-
-
-@dataclass
-class MainSyncInfo:
-    """What the main stream says about multifd: its sync points and RAM blocks."""
-
-    flushes: int  # RAM_SAVE_FLAG_MULTIFD_FLUSH records
-    ram_eos: int  # EOS records of the ram section (sync points in per-section mode)
-    blocks: dict[str, int]  # MEM_SIZE: name -> used_length
-
-    @property
-    def mode(self) -> str:
-        # 8.1+ defaults sync on FLUSH records; 7.2 and machine types <= 8.0 on every EOS
-        return "flush" if self.flushes else "per-section"
-
-    @property
-    def sync_points(self) -> int:
-        return self.flushes if self.flushes else self.ram_eos
+from conformance.rules.sync import SyncSummary
 
 
 @dataclass
@@ -56,7 +39,7 @@ class _Channel:
 
 @dataclass
 class MultifdChecker:
-    main: MainSyncInfo
+    main: SyncSummary  # what the main stream says: sync points, RAM blocks
     page_size: int = 4096
     page_count: int = MULTIFD_PAGE_COUNT
     destination_channels: int | None = None  # the destination's multifd-channels, when known
@@ -154,6 +137,12 @@ class MultifdChecker:
         if p.zero_pages and not self.zero_pages_understood:
             self.ignored_zero.update(packets=1, pages=p.zero_pages)
             self.ignored_zero_at = self.ignored_zero_at or (ch_name, off)
+
+    def order_channels(self, names: list[str]) -> None:
+        """Judge the channels at close() in this order (the others after them, as first fed):
+        the order of their files, when they were fed interleaved."""
+        first = {n: self.channels[n] for n in names if n in self.channels}
+        self.channels = {**first, **{n: c for n, c in self.channels.items() if n not in first}}
 
     def close(self) -> list[Violation]:
         """Judgements that need every channel: ids, uuids, SYNC counts, numbering."""

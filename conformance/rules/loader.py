@@ -4,6 +4,10 @@ In the manner of h11: explicit phases, a transitions table, records in, violatio
 no I/O. `feed(record)` returns the violations that record causes; `close()` those the end
 of the stream causes. The stream's framing comes from wireformat's reader; what is
 allowed, and what a destination of the target version does otherwise, is decided here.
+Three tables drive it: TRANSITIONS below (record order), the postcopy sub-states
+(conformance.rules.postcopy) and the destination's MigrationStatus
+(conformance.rules.migration_states). The return path, the other direction, is the
+source's to judge (conformance.rules.returnpath).
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ from typing import Callable
 
 from wireformat.constants import (
     MIG_CMD_FIXED_LEN,
-    MIG_RP_FIXED_LEN,
-    RAMBLOCK_RECV_BITMAP_ENDING,
-    MigRpMsg,
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
     QEMU_VM_FILE_VERSION_COMPAT,
@@ -32,7 +33,6 @@ from wireformat.constants import (
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
-from wireformat.returnpath import RpMessage
 from wireformat.vfio import parse_markers
 from wireformat.records import (
     Command,
@@ -54,11 +54,12 @@ from conformance.rules.tables import DestinationTables
 from conformance.rules.profile import DestinationProfile, profile
 from conformance.rules.catalogue import Code, Severity, Violation
 from conformance.rules.decode_errors import code_of
-from conformance.rules.dest_channels import rp_type_known
+from conformance.rules.migration_states import DESTINATION, Status
+from conformance.rules import postcopy as pc
+from conformance.rules.postcopy import PostcopyState
 from conformance.rules.sink import ViolationSink
 from conformance.rules.switchover import is_vfio_idstr
-
-RETURN_PATH = "return-path"
+from conformance.rules.sync import SyncSummary
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
@@ -83,16 +84,6 @@ class _Package:
     offset: int
     ended: bool = False
     trailing_reported: bool = False
-
-
-class PostcopyState(Enum):
-    """The destination's incoming postcopy sub-state (numbers appear in QEMU's errors)."""
-
-    NONE = 0
-    ADVISE = 1
-    DISCARD = 2
-    LISTENING = 3
-    RUNNING = 4
 
 
 # (phase, record type) -> next phase. Anything else is handled as a framing violation.
@@ -171,12 +162,14 @@ class Loader:
         self._framing_said = False  # a footer the destination does not expect (said once)
         self._no_configuration_at = 0
         self.return_path = False
-        self.postcopy = PostcopyState.NONE
+        self.pings: list[int] = []  # MIG_CMD_PING values sent on an open return path (for the ReturnPathModel)
+        # postcopy recovery: a new main channel with no header, destination in postcopy-recover
+        # (the old channel brought the header, configuration, MEM_SIZE and ADVISE..RUN)
+        self.postcopy = PostcopyState.RECOVER if recovery else PostcopyState.NONE
         self.packages: list[_Package] = []
-        # postcopy recovery: a new main channel with no header, destination in POSTCOPY_RECOVER
-        self.recovery = recovery
         self.recovery_channel = recovery  # stays set: this channel never carries MEM_SIZE
-        self.status = "postcopy-recover" if recovery else "active"  # the destination's MigrationStatus
+        # the destination's MigrationStatus from the connection on, moved along its table only
+        self.status = Status(DESTINATION, self.target.version, "postcopy-recover" if recovery else "active")
         self.blocks: dict[str, int] = {}
         self.blocks_announced = False
         self.last_block: dict[str, str] = {}  # per channel, survives section boundaries
@@ -191,13 +184,10 @@ class Loader:
         self.section_list: list[dict] = []
         self.mapped_ram_pages: dict[str, int] = {}
         self.bytes_seen = 0
-        # return path (destination -> source), when it is fed too
-        self.pings: list[int] = []  # PING values sent and not yet answered
-        self.rp_messages = Counter()
-        self.rp_shut: RpMessage | None = None
+        self.flushes = 0  # RAM_SAVE_FLAG_MULTIFD_FLUSH records: multifd sync points (SyncSummary)
+        self.ram_eos = 0  # EOS records of the RAM section
         if recovery:
-            # the old channel brought the header, configuration, MEM_SIZE and ADVISE..RUN
-            self.postcopy, self.return_path = PostcopyState.RUNNING, True
+            self.return_path = True
             if previous is not None:  # the destination remembers what the old channel said
                 self.sections = dict(previous.sections)
                 self.open_iterables = set(previous.open_iterables)
@@ -219,7 +209,6 @@ class Loader:
             Eof: self._eof,
             VmDescription: self._vmdescription,
             TrailingData: self._trailing,
-            RpMessage: self._rp,
         }
 
     # -- events in, violations out ------------------------------------------------------
@@ -234,9 +223,7 @@ class Loader:
                 self._v(Code.PACKAGE_TRAILING_DATA, rec.channel, rec.offset,
                         "records after the end of the packaged stream (POSTCOPY_RUN or EOF): the destination ignores them")
             return self.violations[start:]
-        if kind is RpMessage:
-            self._rp(rec)  # the other direction: no effect on the main stream's phase
-        elif kind is RamRun and self.phase is Phase.IN_SECTION:
+        if kind is RamRun and self.phase is Phase.IN_SECTION:
             self._ram_run(rec)  # hot path: skip the table lookup
         elif kind is RamRecord and self.phase is Phase.IN_SECTION:
             self._ram(rec)
@@ -261,15 +248,13 @@ class Loader:
         elif self.phase in (Phase.CONFIGURATION, Phase.RECORDS, Phase.IN_SECTION) and not self.saw_eof:
             where = f" inside section {self._describe(self.current)}" if self.phase is Phase.IN_SECTION else ""
             paused = " (in postcopy: the destination pauses, postcopy-paused, until a recovery)" \
-                if self.postcopy is PostcopyState.RUNNING else ""
+                if self.postcopy.qemu is PostcopyState.RUNNING else ""
             self._v(Code.MISSING_EOF, channel, off, f"the stream ends{where} without QEMU_VM_EOF{paused}")
         elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE and self.configuration is not None:
             # (machine types <= 2.2 suppress the trailer; they send no configuration either)
             self._v(Code.MISSING_VMDESCRIPTION, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
         self._load_device_state()
-        if self.rp_messages and self.pings:  # the return path was fed, and PINGs went unanswered
-            self._v(Code.RP_PING_UNANSWERED, RETURN_PATH, 0, f"no PONG for PING {', '.join(f'{p:#x}' for p in self.pings)}")
         return self.violations[start:]
 
     def fail(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
@@ -284,12 +269,21 @@ class Loader:
         self._v(code, channel, offset, message, section)
 
     def final_status(self) -> str:
-        """The destination's MigrationStatus after this stream. A channel that ends during
-        postcopy (after RUN) does not fail it: it pauses and waits for a recovery."""
+        """The destination's MigrationStatus after this stream, taken along its table: EOF
+        without a rejection completes it; a rejection fails it. A channel that ends during
+        postcopy (after RUN) does not fail it: it pauses and waits for a recovery (and so
+        does a recovery channel, which has no edge to failed)."""
         rejects = {v.code for v in self.violations if v.severity is Severity.REJECT}
-        if self.postcopy is PostcopyState.RUNNING and not self.saw_eof and rejects and rejects <= {Code.MISSING_EOF, Code.TRUNCATED}:
-            return "postcopy-paused"
-        return "failed" if rejects else self.status
+        if rejects:
+            cut = self.postcopy.qemu is PostcopyState.RUNNING and not self.saw_eof and rejects <= {Code.MISSING_EOF, Code.TRUNCATED}
+            out = self.status.outcome("postcopy-paused") if cut else self.status.outcome("failed", "postcopy-paused")
+        else:
+            out = self.status.outcome("completed") if self.saw_eof else None
+        return out or self.status.state
+
+    def sync_summary(self) -> SyncSummary:
+        """The multifd sync points of the stream read so far, and its RAM blocks."""
+        return SyncSummary(self.flushes, self.ram_eos, {b: n for b, n in self.blocks.items() if n})
 
     def rejected(self) -> bool:
         return any(v.severity is Severity.REJECT for v in self.violations)
@@ -378,7 +372,7 @@ class Loader:
         for cap in r.capabilities:
             if cap not in self.target.validated_capabilities:
                 self._v(Code.UNKNOWN_CAPABILITY, r.channel, r.offset, f"Received unknown capability {cap}")
-        self.mapped_ram = "mapped-ram" in r.capabilities
+        self.mapped_ram = r.mapped_ram
         # the destination compares only as many bytes as it received (a prefix passes)
         if self.machine is not None and not self.machine.startswith(r.machine_type):
             self._v(Code.MACHINE_TYPE_MISMATCH, r.channel, r.offset,
@@ -443,8 +437,8 @@ class Loader:
 
     def _device_state(self, d: DeviceState) -> None:
         sec = self.current
-        if sec is not None and is_vfio_idstr(self.sections.get(sec.section_id, sec).idstr):
-            self._vfio_body(d, self.sections.get(sec.section_id, sec).idstr)
+        if d.idstr is not None and is_vfio_idstr(d.idstr):  # the reader names the body's section
+            self._vfio_body(d, d.idstr)
         if sec is not None and sec.section_type == T.QEMU_VM_SECTION_FULL and self._kept + len(d.data) <= MAX_KEPT_BODIES:
             full = self.sections.get(sec.section_id, sec)
             self.device_bodies.append((full.idstr, full.instance_id or 0, d.data, d.offset))
@@ -505,6 +499,10 @@ class Loader:
         kind = r.flags & ~int(F.RAM_SAVE_FLAG_CONTINUE)
         ch, off = r.channel, r.offset
         self.stats_records[f"ram:{F(kind).name.removeprefix('RAM_SAVE_FLAG_')}"] += 1
+        if kind == F.RAM_SAVE_FLAG_EOS:
+            self.ram_eos += 1
+        elif kind == F.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+            self.flushes += 1
         if self.mapped_ram and kind in MAPPED_RAM_FORBIDDEN:
             self._v(Code.RAM_MAPPED_RAM_FLAGS, ch, off, f"Unexpected RAM flags: {kind}")
             return
@@ -611,57 +609,78 @@ class Loader:
                 self._v(Code.PING_WITHOUT_RETURN_PATH, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
             else:
                 self.pings.append(c.args["value"])
-        elif mc == MigCmd.MIG_CMD_POSTCOPY_ADVISE:
-            if n not in (0, 16):
-                self._v(Code.POSTCOPY_ADVISE_LENGTH, ch, off, f"CMD_POSTCOPY_ADVISE invalid length ({n})")
-            elif self.postcopy is not PostcopyState.NONE:
-                self._postcopy_state(c, "CMD_POSTCOPY_ADVISE")
-            else:
-                self.postcopy = PostcopyState.ADVISE
-        elif mc == MigCmd.MIG_CMD_POSTCOPY_RAM_DISCARD:
-            if self.postcopy not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
-                self._postcopy_state(c, "CMD_POSTCOPY_RAM_DISCARD")
-            elif c.args is None or n < 20 or c.args.get("version") != 0:
-                self._v(Code.COMMAND_MALFORMED, ch, off, f"CMD_POSTCOPY_RAM_DISCARD malformed payload (len {n})")
-            else:
-                self.postcopy = PostcopyState.DISCARD
-        elif mc == MigCmd.MIG_CMD_POSTCOPY_LISTEN:
-            if self.postcopy not in (PostcopyState.ADVISE, PostcopyState.DISCARD):
-                self._postcopy_state(c, "CMD_POSTCOPY_LISTEN")
-            else:
-                self.postcopy = PostcopyState.LISTENING
-                if not self.return_path:
-                    self._v(Code.POSTCOPY_WITHOUT_RETURN_PATH, ch, off,
-                            "POSTCOPY_LISTEN with no return path: the destination cannot ask for a page it lacks")
-        elif mc == MigCmd.MIG_CMD_POSTCOPY_RUN:
-            if self.postcopy is not PostcopyState.LISTENING:
-                self._postcopy_state(c, "CMD_POSTCOPY_RUN")
-            else:
-                self.postcopy = PostcopyState.RUNNING
-                self.status = "postcopy-active"
-                for pkg in self.packages:  # RUN quits every nested loader at once
-                    pkg.ended = True
-        elif mc == MigCmd.MIG_CMD_PACKAGED:
-            self.packages.append(_Package(offset=off))
-        elif mc == MigCmd.MIG_CMD_RECV_BITMAP:
-            if c.args is None or not c.args.get("block"):
-                what = "failed to read block name" if not n or not c.data[0] else f"invalid payload length ({n})"
-                self._v(Code.COMMAND_MALFORMED, ch, off, f"loadvm_handle_recv_bitmap: {what}")
-            elif self.blocks and c.args["block"] not in self.blocks:
-                self._v(Code.RAM_UNKNOWN_BLOCK, ch, off, f"loadvm_handle_recv_bitmap: block '{c.args['block']}' not found")
-            elif not self.recovery:
-                self._v(Code.RECOVERY_COMMAND_OUTSIDE_RECOVERY, ch, off,
-                        "RECV_BITMAP outside postcopy recovery (the destination answers it all the same)")
-        elif mc == MigCmd.MIG_CMD_POSTCOPY_RESUME:
-            if not self.recovery:
-                self._v(Code.RECOVERY_COMMAND_OUTSIDE_RECOVERY, ch, off,
-                        "loadvm_postcopy_handle_resume: illegal resume received (not fatal)")
-            else:
-                self.recovery = False  # RECOVER -> POSTCOPY_ACTIVE
-                self.status = "postcopy-active"
+        elif mc in pc.COMMANDS:
+            self._postcopy_command(c, mc)
 
-    def _postcopy_state(self, c: Command, label: str) -> None:
-        self._v(Code.POSTCOPY_WRONG_STATE, c.channel, c.offset, f"{label} in wrong postcopy state ({self.postcopy.value})")
+    # -- postcopy: the table of conformance.rules.postcopy, interpreted ---------------------
+    def _postcopy_command(self, c: Command, mc: MigCmd) -> None:
+        step = pc.TRANSITIONS[(self.postcopy, mc)]
+        check = self._POSTCOPY_PAYLOAD.get(mc)
+        if mc in pc.PAYLOAD_FIRST and check is not None and not check(self, c):
+            return
+        if step.refused is not None:
+            self._v(step.refused.code, c.channel, c.offset, pc.refusal_message(step.refused, self.postcopy))
+            return
+        if mc not in pc.PAYLOAD_FIRST and check is not None and not check(self, c):
+            return
+        self.postcopy = step.next
+        effect = self._POSTCOPY_EFFECT.get(mc)
+        if effect is not None:
+            effect(self, c)
+
+    # payload rules: False (after reporting) when the destination fails on the payload
+    def _advise_payload(self, c: Command) -> bool:
+        if len(c.data) not in (0, 16):
+            self._v(Code.POSTCOPY_ADVISE_LENGTH, c.channel, c.offset, f"CMD_POSTCOPY_ADVISE invalid length ({len(c.data)})")
+            return False
+        return True
+
+    def _discard_payload(self, c: Command) -> bool:
+        n = len(c.data)
+        if c.args is None or n < 20 or c.args.get("version") != 0:
+            self._v(Code.COMMAND_MALFORMED, c.channel, c.offset, f"CMD_POSTCOPY_RAM_DISCARD malformed payload (len {n})")
+            return False
+        return True
+
+    def _recv_bitmap_payload(self, c: Command) -> bool:
+        n = len(c.data)
+        if c.args is None or not c.args.get("block"):
+            what = "failed to read block name" if not n or not c.data[0] else f"invalid payload length ({n})"
+            self._v(Code.COMMAND_MALFORMED, c.channel, c.offset, f"loadvm_handle_recv_bitmap: {what}")
+            return False
+        if self.blocks and c.args["block"] not in self.blocks:
+            self._v(Code.RAM_UNKNOWN_BLOCK, c.channel, c.offset, f"loadvm_handle_recv_bitmap: block '{c.args['block']}' not found")
+            return False
+        return True
+
+    # what a taken command does besides the sub-state
+    def _listened(self, c: Command) -> None:
+        self.status.to("postcopy-active")  # the destination's status moves at LISTEN
+        if not self.return_path:
+            self._v(Code.POSTCOPY_WITHOUT_RETURN_PATH, c.channel, c.offset,
+                    "POSTCOPY_LISTEN with no return path: the destination cannot ask for a page it lacks")
+
+    def _ran(self, c: Command) -> None:
+        for pkg in self.packages:  # RUN quits every nested loader at once
+            pkg.ended = True
+
+    def _resumed(self, c: Command) -> None:
+        self.status.to("postcopy-active")  # postcopy-recover -> postcopy-active
+
+    def _packaged(self, c: Command) -> None:
+        self.packages.append(_Package(offset=c.offset))
+
+    _POSTCOPY_PAYLOAD = {
+        MigCmd.MIG_CMD_POSTCOPY_ADVISE: _advise_payload,
+        MigCmd.MIG_CMD_POSTCOPY_RAM_DISCARD: _discard_payload,
+        MigCmd.MIG_CMD_RECV_BITMAP: _recv_bitmap_payload,
+    }
+    _POSTCOPY_EFFECT = {
+        MigCmd.MIG_CMD_POSTCOPY_LISTEN: _listened,
+        MigCmd.MIG_CMD_POSTCOPY_RUN: _ran,
+        MigCmd.MIG_CMD_POSTCOPY_RESUME: _resumed,
+        MigCmd.MIG_CMD_PACKAGED: _packaged,
+    }
 
     def _package_end(self, p: PackageEnd) -> None:
         if not self.packages:
@@ -671,74 +690,13 @@ class Loader:
             self._v(Code.PACKAGE_INCOMPLETE, p.channel, pkg.offset,
                     "the packaged stream ends without POSTCOPY_RUN or EOF: the nested loader reads past its data and fails")
 
-    # -- return path ----------------------------------------------------------------------
-    def _rp(self, m: RpMessage) -> None:
-        """A message the destination sent back; judged as the source judges it."""
-        ch, off = RETURN_PATH, m.offset
-        self.rp_messages[m.name] += 1
-        if self.rp_shut is not None:
-            self._v(Code.RP_AFTER_SHUT, ch, off, f"{m.name} after MIG_RP_MSG_SHUT")
-        if not rp_type_known(self.source_version, m.type):
-            # a type the source's version does not have: it fails (VERIFIED: 7.2 source, 10.0 destination
-            # with switchover-ack, "RP: Received invalid message 0x0007 length 0x0000")
-            self._v(Code.RP_MALFORMED, ch, off, f"RP: Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x} "
-                    f"(a QEMU {self.source_version} source does not know message type {m.type})")
-            return
-        if m.type == 0 or m.type > max(MigRpMsg) or (m.type in MIG_RP_FIXED_LEN and len(m.data) != MIG_RP_FIXED_LEN[m.type]):
-            self._v(Code.RP_MALFORMED, ch, off, f"Received invalid message 0x{m.type:04x} length 0x{len(m.data):04x}")
-            return
-        t = MigRpMsg(m.type)
-        if t == MigRpMsg.MIG_RP_MSG_PONG:
-            value = m.args["value"]
-            if value in self.pings:
-                self.pings.remove(value)  # PONGs may come out of order (3 after 4)
-            else:
-                self._v(Code.RP_PONG_UNEXPECTED, ch, off, f"PONG {value:#x} answers no PING")
-        elif t == MigRpMsg.MIG_RP_MSG_SHUT:
-            self.rp_shut = m
-            if m.args["value"]:
-                self._v(Code.RP_SHUT_ERROR, ch, off, f"Sibling indicated error {m.args['value']}")
-        elif t in (MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID, MigRpMsg.MIG_RP_MSG_REQ_PAGES):
-            if t == MigRpMsg.MIG_RP_MSG_REQ_PAGES_ID:
-                if m.args is None:
-                    self._v(Code.RP_MALFORMED, ch, off, f"Req_Page_id with length {len(m.data)} expecting {13 + m.data[12:13][0] if len(m.data) > 12 else 13}")
-                    return
-                self.rp_block = m.args["block"]
-            block = getattr(self, "rp_block", None)
-            length = self.blocks.get(block) if block else None
-            if block is None or (self.blocks and length is None):
-                self._v(Code.RP_BAD_PAGE_REQUEST, ch, off, f"page request for unknown block {block!r}")
-            elif length is not None and m.args["start"] + m.args["length"] > length:
-                self._v(Code.RP_BAD_PAGE_REQUEST, ch, off,
-                        f"page request {m.args['start']:#x}+{m.args['length']:#x} beyond block {block} ({length:#x})")
-        elif t == MigRpMsg.MIG_RP_MSG_RECV_BITMAP:
-            name = (m.args or {}).get("block")
-            length = self.blocks.get(name)
-            if m.end_mark is not None and m.end_mark != RAMBLOCK_RECV_BITMAP_ENDING:
-                self._v(Code.RP_RECV_BITMAP, ch, off, f"ramblock '{name}' end mark incorrect: {m.end_mark:#x}")
-            if length is not None and m.bitmap is not None:
-                want = ((length // self.page_size + 63) // 64) * 8
-                if len(m.bitmap) != want:
-                    self._v(Code.RP_RECV_BITMAP, ch, off,
-                            f"ramblock '{name}' bitmap size mismatch ({len(m.bitmap):#x} != {want:#x})")
-        elif t == MigRpMsg.MIG_RP_MSG_RESUME_ACK:
-            if m.args["value"] != 1:
-                self._v(Code.RP_RESUME_ACK, ch, off, f"RESUME_ACK with value {m.args['value']} (must be 1)")
-
-    @property
-    def page_size(self) -> int:
-        sub = self.configuration.subsection("configuration/target-page-bits") if self.configuration else None
-        return 1 << sub.value if sub else 4096
-
     # -- end of stream --------------------------------------------------------------------
     def _eof(self, e: Eof) -> None:
         if e.depth:
             self.packages[-1].ended = True  # ends the nested loader only
             return
-        self.saw_eof = True
+        self.saw_eof = True  # final_status() takes the status to completed when nothing rejected
         self.bytes_seen = e.offset + 1
-        if not self.rejected():
-            self.status = "completed"
 
     def _vmdescription(self, v: VmDescription) -> None:
         self.bytes_seen = v.offset + 5 + len(v.json)
@@ -801,9 +759,8 @@ class Loader:
             "sections": len(self.section_list),
             "ram_blocks": {name: {"used_length": self.blocks.get(name), **dict(self.pages.get(name, {}))} for name in self.blocks},
             "mapped_ram_pages": self.mapped_ram_pages or None,
-            "postcopy": self.postcopy.name,
+            "postcopy": self.postcopy.qemu.name,
             "status": self.final_status(),
-            "return_path": dict(self.rp_messages) or None,
             "violations_dropped": self.dropped,
             **({"device_state": self.device_state} if getattr(self, "device_state", None) else {}),
         }

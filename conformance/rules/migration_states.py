@@ -351,3 +351,34 @@ def as_json() -> Mapping[str, object]:
         }
         for side in SIDES for v in VERSIONS
     }
+
+
+# ------------------------------------------------------------------ one side, as a model
+
+
+class Status:
+    """One side's MigrationStatus, moved only along the edges of its version's table (the
+    Loader holds the destination's). `to(new)` takes the edge state -> new when the table
+    has it and says whether it did; `outcome(*candidates)` is the first candidate the
+    table reaches from the current state, without moving (None when none is)."""
+
+    __slots__ = ("side", "version", "edges", "state")
+
+    def __init__(self, side: str, version: str, state: str):
+        self.side, self.version = _side(side), modelled_release(version)
+        self.edges = TABLES[(self.side, self.version)]
+        if state not in STATUSES:
+            raise ValueError(f"{state!r} is not a MigrationStatus value")
+        self.state = state
+
+    def can(self, new: str) -> bool:
+        return (self.state, new) in self.edges
+
+    def to(self, new: str) -> bool:
+        if (self.state, new) in self.edges:
+            self.state = new
+            return True
+        return False
+
+    def outcome(self, *candidates: str) -> str | None:
+        return next((c for c in candidates if (self.state, c) in self.edges), None)

@@ -66,6 +66,12 @@ PageKey = tuple[str, int]  # (RAMBlock name, byte offset of the page)
 Content = Union[bytes, None]  # None: a zero page
 
 
+class Digest(bytes):
+    """Page contents already reduced to the digest a RamModel with hash_pages keeps."""
+
+    __slots__ = ()
+
+
 # --- events -------------------------------------------------------------------------------------
 
 
@@ -417,7 +423,7 @@ class RamModel:
         # an EOS in mode "flush" is no sync point: nothing to do
 
     def _write(self, key: PageKey, r: int, lane: int, data: Content, at: int) -> None:
-        if data is not None and self.hash_pages:
+        if data is not None and self.hash_pages and type(data) is not Digest:
             data = hashlib.blake2b(data, digest_size=DIGEST).digest()
         ram = self.ram
         prev = ram.get(key)
@@ -442,16 +448,32 @@ def main_events(records: Iterable[Record], *, copy: bool = True) -> Iterator[Eve
     PAGE records (RamRun expanded), EOS and MULTIFD_FLUSH. A ZERO record with a non-zero
     fill byte (7.2 accepts it) becomes a page of that byte. Pages are copied to bytes unless
     `copy=False` (memoryviews are valid only until the reader moves on)."""
-    last: str | None = None
-    page_size = 4096
+    events = MainEvents(copy=copy)
     for rec in records:
+        yield from events(rec)
+
+
+class MainEvents:
+    """main_events one record at a time: `events(rec)` -> the RAM events of that record
+    (it remembers the block a CONTINUE record goes on in). With `digest`, page bytes become
+    `Digest`s, as a RamModel with hash_pages stores them: what a caller keeps a whole
+    stream's events in (conformance.check.pipeline holds the main stream's this way)."""
+
+    __slots__ = ("copy", "digest", "last", "page_size")
+
+    def __init__(self, *, copy: bool = True, digest: bool = False):
+        self.copy, self.digest = copy, digest
+        self.last: str | None = None
+        self.page_size = 4096
+
+    def __call__(self, rec: Record) -> Iterator[Event]:
         if isinstance(rec, RamRun):
-            page_size = rec.page_size
+            self.page_size = rec.page_size
             recs: Iterable[RamRecord] = rec.records()
         elif isinstance(rec, RamRecord):
             recs = (rec,)
         else:
-            continue
+            return
         for r in recs:
             kind = r.flags & ~0x20
             if kind == 0x10:
@@ -460,14 +482,16 @@ def main_events(records: Iterable[Record], *, copy: bool = True) -> Iterator[Eve
                 yield Flush(at=r.offset)
             elif kind in (0x2, 0x8):
                 if r.block is not None and not r.flags & 0x20:
-                    last = r.block
-                blk = r.block if r.block is not None else last
+                    self.last = r.block
+                blk = r.block if r.block is not None else self.last
                 if blk is None:
                     continue  # CONTINUE with no block: the Loader reports it; no page to place
                 if kind == 0x2:
-                    data = None if not r.fill else bytes([r.fill]) * page_size
+                    data = None if not r.fill else bytes([r.fill]) * self.page_size
                 else:
-                    data = bytes(r.data) if copy else r.data
+                    data = bytes(r.data) if self.copy or self.digest else r.data
+                if data is not None and self.digest:
+                    data = Digest(hashlib.blake2b(data, digest_size=DIGEST).digest())
                 yield MainPage(blk, r.addr, data, at=r.offset)
 
 
