@@ -64,6 +64,7 @@ class Code(StrEnum):
     DEVICE_LOAD_FAILED = "device-load-failed"
     DEVICE_SUBSECTION_UNKNOWN = "device-subsection-unknown"
     DEVICE_FIELD_EQUAL_MISMATCH = "device-field-equal-mismatch"
+    DEVICE_VALUE_CHECK = "device-value-check"
     DEVICE_STATE_NOT_JUDGED = "device-state-not-judged"
     UNKNOWN_COMMAND = "unknown-command"
     COMMAND_BAD_LENGTH = "command-bad-length"
@@ -272,6 +273,12 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
         _C(Code.DEVICE_FIELD_EQUAL_MISMATCH, Severity.REJECT,
            "a `... equal` field differs from the destination's own value, or an `int32 le` field exceeds it",
            "%x != %x / Invalid value %d expecting positive value <= %d; Failed to load %s:%s"),
+        _C(Code.DEVICE_VALUE_CHECK, Severity.REJECT,
+           "a device value the destination validates while or after loading (VMSTATE_VALIDATE, post_load) "
+           "fails its check: a count that must match the destination's configuration or lie in range, a vapic "
+           "state whose option ROM is not in guest RAM (rules/data/value-rules.json)",
+           "Input validation failed: %s/%s / error while loading state for instance 0x%x of device '%s'; "
+           "load of migration failed: Operation not permitted"),
         _C(Code.DEVICE_STATE_NOT_JUDGED, Severity.DEVIATION,
            "never a violation: a section the destination's layout cannot follow to its end "
            "(a custom-coded field, a count from a device property, an unresolved field_exists test), counted in "

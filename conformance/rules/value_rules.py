@@ -1,0 +1,270 @@
+"""Checks a destination makes while or after loading, as data (rules/data/value-rules.json).
+
+Three tables, per modelled version, each row with the QEMU source it was read from and
+whether an edited real capture was loaded by the real binary (`verified`):
+
+* sections QEMU registers outside device classes (not in -dump-vmstate): their version
+  bounds (savevm.c refuses a version above the entry's; vmstate_load_state one below the
+  VMSD's minimum; a live load function may accept one version only) and the instance ids
+  the destination registers for them;
+* instance ids of device sections a machine creates a fixed number of times (and every
+  idstr carrying a device path, which is unique: instance 0);
+* value rules on device bodies (VMSTATE_VALIDATE tests, post_load checks), read through
+  the stream's own VMDESCRIPTION.
+
+This module interprets the tables; it does no I/O beyond reading its own data file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from conformance.rules.catalogue import Code
+
+FORMAT = 1
+ROM_BLOCK = 512  # kvmvapic's ROM_BLOCK_SIZE: rom_state_paddr is rounded down to it
+# The loader keeps, for guest RAM below this address (where option ROMs live), the byte at
+# offset 2 of every ROM block: the ROM size byte vapic_post_load reads (bounded: 2 KiB).
+ROM_PROBE_LIMIT = 1 << 20
+
+
+class RomProbe:
+    """Byte 2 of each 512-byte block of the RAM block at guest address 0, below
+    ROM_PROBE_LIMIT, as the stream leaves it (an incoming destination starts from zeros)."""
+
+    def __init__(self, block: str = "pc.ram"):
+        self.block = block
+        self.bytes = bytearray(ROM_PROBE_LIMIT // ROM_BLOCK)
+
+    def page(self, addr: int, data=None, fill: int | None = None, page_size: int = 4096) -> None:
+        if addr >= ROM_PROBE_LIMIT:
+            return
+        for k in range(page_size // ROM_BLOCK):
+            i = (addr + k * ROM_BLOCK) // ROM_BLOCK
+            if i < len(self.bytes):
+                self.bytes[i] = fill if data is None else (data[k * ROM_BLOCK + 2] if len(data) > k * ROM_BLOCK + 2 else 0)
+
+    def size_byte(self, rom: int) -> int | None:
+        return self.bytes[rom // ROM_BLOCK] if rom < ROM_PROBE_LIMIT else None
+
+
+@dataclass(frozen=True)
+class SectionRow:
+    idstr: str
+    version_id: int | None
+    minimum_version_id: int | None
+    load: str  # "vmsd" (vmstate_load_state's bounds) or "equal" (a live load function takes version_id only)
+    instances: tuple[int, ...] | None
+    verified: bool
+    src: str
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    name: str
+    kind: str  # "range", "equals-destination", "vapic-rom"
+    section: str  # the VMSD name
+    fields: tuple[str, ...]  # the field's names (first found is read)
+    qemu: str  # the text the destination prints
+    versions: tuple[str, ...]
+    verified: bool
+    src: str
+    params: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: Code
+    message: str
+
+
+@functools.lru_cache(maxsize=1)
+def _data() -> dict:
+    from importlib import resources
+
+    data = json.loads((resources.files("conformance.rules") / "data" / "value-rules.json").read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"value-rules format {data.get('format')!r}, expected {FORMAT}")
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def sections(version: str) -> dict[str, SectionRow]:
+    """The sections `version` registers outside device classes ({} for a version without data)."""
+    rows = _data()["sections"].get(version, {})
+    return {name: SectionRow(name, r["v"], r["m"], r["load"], None if r["instances"] is None else tuple(r["instances"]),
+                             r["verified"], r["src"]) for name, r in rows.items()}
+
+
+def instances() -> dict[str, tuple[int, ...]]:
+    """Device idstr (or "/" for any idstr with a device path) -> the instance ids registered."""
+    return {k: tuple(v["ids"]) for k, v in _data()["instances"].items()}
+
+
+@functools.lru_cache(maxsize=8)
+def rules(version: str) -> tuple[ValueRule, ...]:
+    keys = {"name", "kind", "section", "fields", "qemu", "versions", "verified", "src"}
+    return tuple(ValueRule(r["name"], r["kind"], r["section"], tuple(r["fields"]), r["qemu"], tuple(r["versions"]),
+                           r["verified"], r["src"], {k: v for k, v in r.items() if k not in keys})
+                 for r in _data()["rules"] if version in r["versions"])
+
+
+def table() -> list[dict]:
+    """Every row of every table, flat (for the catalogue's documentation and the report)."""
+    out = []
+    for version, rows in _data()["sections"].items():
+        for name, r in rows.items():
+            out.append({"table": "section", "version": version, "section": name, **r})
+    for name, r in _data()["instances"].items():
+        out.append({"table": "instances", "section": name, **r})
+    for r in _data()["rules"]:
+        out.append({"table": "value", **r})
+    return out
+
+
+# --------------------------------------------------------------------------- section headers
+
+def _unknown(idstr: str, instance_id: int) -> Finding:
+    return Finding(Code.UNKNOWN_SECTION,
+                   f"Unknown savevm section or instance '{idstr}' {instance_id}. Make sure that your current VM setup "
+                   "matches your saved VM setup, including any hotplugged devices")
+
+
+def judge_instance(idstr: str, instance_id: int) -> Finding | None:
+    """A device section's instance id against the ones the destination registers (None: not known)."""
+    table = instances()
+    ids = table.get(idstr)
+    if ids is None and "/" in idstr:
+        ids = table.get("/")
+    if ids is not None and instance_id not in ids:
+        return _unknown(idstr, instance_id)
+    return None
+
+
+def judge_other_section(row: SectionRow, idstr: str, instance_id: int, version_id: int) -> Finding | None:
+    """A header of a section registered outside device classes, in the order savevm.c checks:
+    the entry (idstr, instance), then its version, then the load function's own check."""
+    if row.instances is not None and instance_id not in row.instances:
+        return _unknown(idstr, instance_id)
+    if row.instances is None and (f := judge_instance(idstr, instance_id)) is not None:
+        return f
+    if row.version_id is not None and version_id > row.version_id:
+        return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{row.version_id}")
+    if row.minimum_version_id is not None and version_id < row.minimum_version_id:
+        if row.load == "equal":
+            return Finding(Code.SECTION_VERSION_TOO_OLD,
+                           f"error while loading state for instance 0x{instance_id:x} of device '{idstr}' (its load "
+                           f"function takes version {row.minimum_version_id} only: -EINVAL)")
+        return Finding(Code.SECTION_VERSION_TOO_OLD,
+                       f"{row.idstr}: incoming version_id {version_id} is too old for local minimum version_id  "
+                       f"{row.minimum_version_id}")
+    return None
+
+
+# --------------------------------------------------------------------------- device bodies
+
+@dataclass
+class BodyJudgement:
+    findings: list[tuple[int, str, Finding]] = field(default_factory=list)  # (stream offset, section, finding)
+    checked: int = 0
+    not_judged: dict[str, int] = field(default_factory=dict)  # rule -> bodies it could not judge
+
+    def stats(self) -> dict:
+        return {"checked": self.checked, "not_judged": dict(sorted(self.not_judged.items()))}
+
+
+def _field_value(fields, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        for f in fields:
+            if f.name == name and isinstance(f.value, int):
+                return f.value
+    return None
+
+
+def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vmdescription: bytes | None,
+                 globals_: Mapping[str, str], ram_blocks: Mapping[str, int], probe: RomProbe | None = None) -> BodyJudgement:
+    """Each FULL body (idstr, instance, data, offset) a rule of `version` covers, decoded by
+    the stream's own VMDESCRIPTION (no description: not judged)."""
+    from wireformat import vmstate
+
+    out = BodyJudgement()
+    active = rules(version)
+    if not active:
+        return out
+    descs: dict = {}
+    if vmdescription is not None:
+        try:
+            for d in json.loads(vmdescription).get("devices", []):
+                if isinstance(d, dict):
+                    descs.setdefault((d.get("name"), d.get("instance_id", 0)), d)
+        except (ValueError, AttributeError, TypeError):
+            descs = {}
+    for idstr, inst, data, off in bodies:
+        desc = descs.get((idstr, inst))
+        name = desc.get("vmsd_name", idstr) if desc else idstr
+        mine = [r for r in active if r.section == name]
+        if not mine:
+            continue
+        try:
+            decoded = vmstate.decode_body(desc, bytes(data)) if desc is not None else None
+        except (ValueError, KeyError, TypeError, IndexError):
+            decoded = None
+        for rule in mine:
+            if decoded is None:
+                out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
+                continue
+            f = _judge(rule, decoded.fields, globals_, ram_blocks, probe)
+            if f == "not judged":
+                out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
+                continue
+            out.checked += 1
+            if f is not None:
+                out.findings.append((off, f"{idstr} instance {inst}", f))
+    return out
+
+
+def _judge(rule: ValueRule, fields, globals_: Mapping[str, str], ram_blocks: Mapping[str, int],
+           probe: RomProbe | None):
+    p = rule.params
+    value = _field_value(fields, rule.fields)
+    if rule.kind == "range":
+        if value is None:
+            return "not judged"
+        if not p["lo"] <= value <= p["hi"]:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} ({rule.fields[0]} {value}, allowed {p['lo']}..{p['hi']})")
+        return None
+    if rule.kind == "equals-destination":
+        if value is None:
+            return "not judged"
+        try:
+            local = int(str(globals_.get(p["global"], p["default"])), 0)
+        except (TypeError, ValueError):
+            return "not judged"
+        if value != local:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} ({rule.fields[0]} {value}, the destination's "
+                           f"{p['global']} is {local})")
+        return None
+    if rule.kind == "vapic-rom":
+        state = _field_value(fields, ("state",))
+        paddr = _field_value(fields, ("rom_state_paddr",))
+        if state is None or paddr is None:
+            return "not judged"
+        if state == 0 and paddr == 0:
+            return None  # VAPIC_INACTIVE without a ROM: post_load maps nothing
+        rom = paddr & ~(ROM_BLOCK - 1)
+        size = ram_blocks.get(p["ram_block"])
+        if size is not None and rom + 2 >= size:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} (state {state}, rom_state_paddr {paddr:#x}: the ROM "
+                           f"size byte at {rom + 2:#x} lies beyond {p['ram_block']}, {size:#x} bytes)")
+        # within RAM, the outcome depends on the ROM size byte the stream left there
+        got = probe.size_byte(rom) if probe is not None and probe.block == p["ram_block"] else None
+        if got is None:
+            return "not judged"
+        if got == 0:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} (state {state}, rom_state_paddr {paddr:#x}: guest RAM "
+                           f"holds no option ROM at {rom:#x}, its size byte is 0)")
+        return None
+    return "not judged"
