@@ -1,0 +1,158 @@
+"""Value rules as data (conformance/rules/value_rules.py, data/value-rules.json): each rule
+fires on a real capture edited to break it, and the real destination rejects the same
+stream with the text the rule mirrors (the differential, marked qemu and slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+from conformance.check.pipeline import check_stream
+from conformance.rules import value_rules
+from conformance.rules.catalogue import CATALOGUE, Code, Severity
+from conformance.rules.tables import builtin_tables
+from conformance.versions import NEWEST, VERSIONS
+from strategies.fuzz import FuzzInput, Unit, decode_seed
+from wireformat import vmstate
+from wireformat.records import DeviceState, SectionHeader
+
+DATA = Path(__file__).parent / "data" / "multifd"
+UNKNOWN = "Unknown savevm section or instance"
+
+
+def _seed(version: str):
+    """The main channel of a real capture a 10.0 source wrote for a `version` destination."""
+    return decode_seed(lzma.decompress((DATA / f"qemu100-i440fx-{version}.main.bin.xz").read_bytes()))
+
+
+def header_edit(seed, idstr: str, **changes) -> list[Unit]:
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, SectionHeader) and u.record.idstr == idstr)
+    units[i] = Unit(dataclasses.replace(units[i].record, **changes), None)
+    return units
+
+
+def field_edit(seed, idstr: str, names: tuple[str, ...], value: int) -> list[Unit]:
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, DeviceState) and u.record.idstr == idstr)
+    rec = units[i].record
+    desc = next(d for d in seed.devices if d["name"] == idstr)
+    body = vmstate.decode_body(desc, rec.data)
+    fields = tuple(dataclasses.replace(f, value=value) if f.name in names else f for f in body.fields)
+    data = vmstate.encode_body(desc, dataclasses.replace(body, fields=fields))
+    assert data != rec.data
+    units[i] = Unit(dataclasses.replace(rec, data=data), None)
+    return units
+
+
+# (name, edit, args, code, text of the real destination's first error line)
+HPET_FIELDS = ("num_timers", "num_timers_save")
+CASES = [
+    ("timer-too-old", header_edit, ("timer",), {"version_id": 0}, Code.SECTION_VERSION_TOO_OLD,
+     "timer: incoming version_id 0 is too old for local minimum version_id  1"),
+    ("cpu-too-old", header_edit, ("cpu",), {"version_id": 10}, Code.SECTION_VERSION_TOO_OLD,
+     "cpu: incoming version_id 10 is too old for local minimum version_id  11"),
+    ("apic-too-old", header_edit, ("apic",), {"version_id": 2}, Code.SECTION_VERSION_TOO_OLD,
+     "apic: incoming version_id 2 is too old for local minimum version_id  3"),
+    ("globalstate-too-old", header_edit, ("globalstate",), {"version_id": 0}, Code.SECTION_VERSION_TOO_OLD,
+     "globalstate: incoming version_id 0 is too old for local minimum version_id  1"),
+    ("hpet-too-old", header_edit, ("hpet",), {"version_id": 0}, Code.SECTION_VERSION_TOO_OLD,
+     "hpet: incoming version_id 0 is too old for local minimum version_id  1"),
+    ("ram-instance", header_edit, ("ram",), {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'ram' 1"),
+    ("timer-instance", header_edit, ("timer",), {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'timer' 1"),
+    ("fw_cfg-instance", header_edit, ("fw_cfg",), {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'fw_cfg' 1"),
+    ("i8259-instance", header_edit, ("i8259",), {"instance_id": 2}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'i8259' 2"),
+    ("path-instance", header_edit, ("0000:00:00.0/I440FX",), {"instance_id": 1}, Code.UNKNOWN_SECTION,
+     f"{UNKNOWN} '0000:00:00.0/I440FX' 1"),
+    ("hpet-timers-2", field_edit, ("hpet", HPET_FIELDS, 2), None, Code.DEVICE_VALUE_CHECK, "Input validation failed: hpet/"),
+    ("hpet-timers-33", field_edit, ("hpet", HPET_FIELDS, 33), None, Code.DEVICE_VALUE_CHECK, "Input validation failed: hpet/"),
+    ("vapic-state", field_edit, ("kvm-tpr-opt", ("state",), 1), None, Code.DEVICE_VALUE_CHECK,
+     "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
+    ("vapic-rom", field_edit, ("kvm-tpr-opt", ("rom_state_paddr",), 0xF0000), None, Code.DEVICE_VALUE_CHECK,
+     "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
+]
+
+
+def _units(seed, case):
+    _, edit, args, kw, _, _ = case
+    return edit(seed, *args, **kw) if kw else edit(seed, *args)
+
+
+def _model(data: bytes, version, **kw) -> list:
+    """`version`: a version string or a destination profile."""
+    tables = builtin_tables(getattr(version, "version", version))
+    report = check_stream(io.BytesIO(data), target=version, tables=tables, **kw)
+    return [v for v in report.violations if v.severity is Severity.REJECT]
+
+
+def test_the_tables_name_their_sources_and_versions():
+    rows = value_rules.table()
+    assert rows and all(isinstance(r["verified"], bool) and r["src"] for r in rows)
+    for version in VERSIONS:
+        assert value_rules.sections(version)["timer"].minimum_version_id == 1
+    assert {v for r in value_rules.table() if r["table"] == "value" for v in r["versions"]} <= set(VERSIONS)
+    assert CATALOGUE[Code.DEVICE_VALUE_CHECK].severity_on(NEWEST) is Severity.REJECT
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_capture_itself_breaks_no_value_rule(version):
+    seed = _seed(version)
+    bad = [v for v in _model(seed.data, version) if v.code in {c[4] for c in CASES}]
+    assert bad == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_rule_fires_on_an_edited_capture(version, case):
+    seed = _seed(version)
+    got = _model(FuzzInput(seed, [case[0]], _units(seed, case)).data(), version)
+    assert case[4] in {v.code for v in got}, got
+
+
+def test_hpet_timers_follow_the_destination_profile():
+    from conformance.rules.profile import configure
+
+    version = VERSIONS[-1]
+    seed = _seed(version)
+    data = FuzzInput(seed, ["hpet 4"], field_edit(seed, "hpet", HPET_FIELDS, 4)).data()
+    rule = next(r for r in value_rules.rules(version) if r.section == "hpet")
+    if rule.kind != "equals-destination":
+        pytest.skip("the newest version checks a range, not the destination's own count")
+    assert Code.DEVICE_VALUE_CHECK in {v.code for v in _model(data, version)}
+    dest = configure(version, globals={rule.params["global"]: "4"})
+    assert Code.DEVICE_VALUE_CHECK not in {v.code for v in _model(data, dest)}
+
+
+def test_ram_instance_of_a_live_section_and_its_version():
+    row = value_rules.sections(NEWEST)["ram"]
+    f = value_rules.judge_other_section(row, "ram", 1, 4)
+    assert f.code is Code.UNKNOWN_SECTION and f"{UNKNOWN} 'ram' 1" in f.message
+    assert value_rules.judge_other_section(row, "ram", 0, 4) is None
+
+
+# ------------------------------------------------------------------ the real destinations
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("version", VERSIONS)
+def test_differential_real_destination_rejects_what_each_rule_rejects(version, qemu, capture):
+    """Each edit, on a fresh capture of the destination's own version: the model's code and
+    the real destination's first error line (the text the rule mirrors)."""
+    from conformance.qemu.fuzz_target import RealTarget
+
+    seed = decode_seed(capture(version, "pc", "none").path.read_bytes())
+    agree, rows = 0, []
+    with RealTarget(qemu(version), machine="pc", devices="none", warm=2, trace=False) as real:
+        for case in CASES:
+            data = FuzzInput(seed, [case[0]], _units(seed, case)).data()
+            codes = {v.code for v in _model(data, version)}
+            ex = real.run(data)
+            ok = ex.verdict == "rejected" and case[5] in ex.stderr and case[4] in codes
+            agree += ok
+            rows.append((case[0], ex.verdict, ex.first_error, sorted(codes)))
+    assert agree == len(CASES), json.dumps(rows, indent=1)
