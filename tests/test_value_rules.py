@@ -19,7 +19,7 @@ from conformance.rules.tables import builtin_tables
 from conformance.versions import NEWEST, VERSIONS
 from strategies.fuzz import FuzzInput, Unit, decode_seed
 from wireformat import vmstate
-from wireformat.records import DeviceState, SectionHeader
+from wireformat.records import DeviceState, RamRecord, SectionHeader
 
 DATA = Path(__file__).parent / "data" / "multifd"
 UNKNOWN = "Unknown savevm section or instance"
@@ -50,6 +50,16 @@ def field_edit(seed, idstr: str, names: tuple[str, ...], value: int) -> list[Uni
     return units
 
 
+def mem_size_edit(seed, name: str, length: int) -> list[Unit]:
+    """MEM_SIZE announcing `length` for block `name` (and the total to match)."""
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, RamRecord) and u.record.blocks)
+    r = units[i].record
+    blocks = [dataclasses.replace(b, used_length=length) if b.name == name else b for b in r.blocks]
+    units[i] = Unit(dataclasses.replace(r, blocks=blocks, addr=sum(b.used_length for b in blocks)), None)
+    return units
+
+
 # (name, edit, args, code, text of the real destination's first error line)
 HPET_FIELDS = ("num_timers", "num_timers_save")
 CASES = [
@@ -73,6 +83,12 @@ CASES = [
     ("hpet-timers-33", field_edit, ("hpet", HPET_FIELDS, 33), None, Code.DEVICE_VALUE_CHECK, "Input validation failed: hpet/"),
     ("vapic-state", field_edit, ("kvm-tpr-opt", ("state",), 1), None, Code.DEVICE_VALUE_CHECK,
      "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
+    ("acpi-tables-too-large", mem_size_edit, ("/rom@etc/acpi/tables", 0x400000), None, Code.RAM_BLOCK_SIZE_MISMATCH,
+     "Size too large: /rom@etc/acpi/tables: 0x400000 > 0x200000: Invalid argument"),
+    ("rsdp-too-large", mem_size_edit, ("/rom@etc/acpi/rsdp", 0x2000), None, Code.RAM_BLOCK_SIZE_MISMATCH,
+     "Size too large: /rom@etc/acpi/rsdp: 0x2000 > 0x1000: Invalid argument"),
+    ("pc.rom-length", mem_size_edit, ("pc.rom", 0x21000), None, Code.RAM_BLOCK_SIZE_MISMATCH,
+     "Size mismatch: pc.rom: 0x21000 != 0x20000: Invalid argument"),
     ("vapic-rom", field_edit, ("kvm-tpr-opt", ("rom_state_paddr",), 0xF0000), None, Code.DEVICE_VALUE_CHECK,
      "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
 ]
@@ -128,6 +144,13 @@ def test_hpet_timers_follow_the_destination_profile():
     assert Code.DEVICE_VALUE_CHECK not in {v.code for v in _model(data, dest)}
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_resizeable_block_may_grow_up_to_its_maximum(version):
+    seed = _seed(version)
+    data = FuzzInput(seed, ["grow"], mem_size_edit(seed, "/rom@etc/acpi/tables", 0x200000)).data()
+    assert Code.RAM_BLOCK_SIZE_MISMATCH not in {v.code for v in _model(data, version)}  # a real destination loads it
+
+
 def test_ram_instance_of_a_live_section_and_its_version():
     row = value_rules.sections(NEWEST)["ram"]
     f = value_rules.judge_other_section(row, "ram", 1, 4)
@@ -155,4 +178,9 @@ def test_differential_real_destination_rejects_what_each_rule_rejects(version, q
             ok = ex.verdict == "rejected" and case[5] in ex.stderr and case[4] in codes
             agree += ok
             rows.append((case[0], ex.verdict, ex.first_error, sorted(codes)))
-    assert agree == len(CASES), json.dumps(rows, indent=1)
+        # and one that loads: a resizeable block grown to its max_length
+        data = FuzzInput(seed, ["grow"], mem_size_edit(seed, "/rom@etc/acpi/tables", 0x200000)).data()
+        ex = real.run(data)
+        rows.append(("grow", ex.verdict, ex.first_error, sorted(v.code for v in _model(data, version))))
+        agree += ex.verdict == "accepted" and not rows[-1][3]
+    assert agree == len(CASES) + 1, json.dumps(rows, indent=1)

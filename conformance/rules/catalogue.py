@@ -348,8 +348,9 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "MEM_SIZE announces a RAMBlock the destination does not have (needs --reference)",
            "Unknown ramblock \"%s\", cannot accept migration"),
         _C(Code.RAM_BLOCK_SIZE_MISMATCH, Severity.REJECT,
-           "MEM_SIZE length differs from the destination's block, which is not resizable",
-           "Size mismatch: %s: 0x%x != 0x%x: Invalid argument"),
+           "MEM_SIZE length (page-aligned) differs from the destination's block, which is not resizable, or "
+           "exceeds a resizeable block's max_length",
+           "Size mismatch: %s: 0x%x != 0x%x: Invalid argument / Size too large: %s: 0x%x > 0x%x: Invalid argument"),
         _C(Code.RAM_MEM_SIZE_DUPLICATE, Severity.DEVIATION, "a MEM_SIZE list announces a block twice",
            "the second announcement overwrites the first"),
         _C(Code.RAM_XBZRLE, Severity.REJECT, "XBZRLE record that does not decode",

@@ -56,15 +56,20 @@ class DestinationTables:
         return cls(entries, dump, blocks)
 
     def judge_block(self, name: str, used_length: int) -> Finding | None:
-        """A MEM_SIZE entry against the destination's RAMBlocks."""
+        """A MEM_SIZE entry against the destination's RAMBlocks (its own, from a reference
+        stream; else the blocks every destination has: rules.value_rules)."""
+        from conformance.rules import value_rules
+
         if not self.ram_blocks:
-            return None
+            f = value_rules.judge_ram_block(name, used_length)
+            return Finding(f.code, f.message) if f is not None else None
         local = self.ram_blocks.get(name)
         if local is None:
             return Finding(Code.RAM_BLOCK_UNKNOWN, f'Unknown ramblock "{name}", cannot accept migration')
-        if local != used_length and not name.startswith(RESIZABLE_PREFIX):
-            return Finding(Code.RAM_BLOCK_SIZE_MISMATCH, f"Size mismatch: {name}: 0x{used_length:x} != 0x{local:x}: Invalid argument")
-        return None
+        if name.startswith(RESIZABLE_PREFIX) and name not in value_rules.ram_blocks():
+            return None  # resizeable, its max_length not known
+        f = value_rules.judge_ram_block(name, used_length, local)
+        return Finding(f.code, f.message) if f is not None else None
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
         if self.entries:

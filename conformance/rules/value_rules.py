@@ -112,6 +112,34 @@ def rules(version: str) -> tuple[ValueRule, ...]:
                  for r in _data()["rules"] if version in r["versions"])
 
 
+def ram_blocks() -> dict[str, dict]:
+    """RAMBlocks every destination of the modelled versions has: fixed ones with their
+    length, resizeable ones with their max_length."""
+    return dict(_data()["ram_blocks"])
+
+
+def _page_align(n: int, page: int = 4096) -> int:
+    return (n + page - 1) & -page
+
+
+def judge_ram_block(name: str, length: int, local: int | None = None) -> Finding | None:
+    """A MEM_SIZE entry as qemu_ram_resize judges it: lengths compare page-aligned; a fixed
+    block must keep its length, a resizeable one may take any length up to its max_length.
+    `local`: the destination's own used_length (from its reference stream), else the table's."""
+    row = ram_blocks().get(name)
+    want = _page_align(length)
+    if row is not None and row["resizeable"]:
+        if want > row["max"]:
+            return Finding(Code.RAM_BLOCK_SIZE_MISMATCH,
+                           f"Size too large: {name}: 0x{want:x} > 0x{row['max']:x}: Invalid argument")
+        return None
+    if local is None and row is not None:
+        local = row["length"]
+    if local is not None and want != _page_align(local):
+        return Finding(Code.RAM_BLOCK_SIZE_MISMATCH, f"Size mismatch: {name}: 0x{want:x} != 0x{local:x}: Invalid argument")
+    return None
+
+
 def table() -> list[dict]:
     """Every row of every table, flat (for the catalogue's documentation and the report)."""
     out = []
@@ -120,6 +148,8 @@ def table() -> list[dict]:
             out.append({"table": "section", "version": version, "section": name, **r})
     for name, r in _data()["instances"].items():
         out.append({"table": "instances", "section": name, **r})
+    for name, r in _data()["ram_blocks"].items():
+        out.append({"table": "ram_blocks", "section": name, **r})
     for r in _data()["rules"]:
         out.append({"table": "value", **r})
     return out
