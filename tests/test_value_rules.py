@@ -60,6 +60,22 @@ def mem_size_edit(seed, name: str, length: int) -> list[Unit]:
     return units
 
 
+def config_edit(seed, idstr: str, offset: int, xor: int) -> list[Unit]:
+    """A PCI device body with byte `offset` of its config space flipped by `xor`."""
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, DeviceState) and u.record.idstr == idstr)
+    rec = units[i].record
+    desc = next(d for d in seed.devices if d["name"] == idstr)
+    body = vmstate.decode_body(desc, rec.data)
+    first = body.fields[0]
+    inner = tuple(dataclasses.replace(f, value=bytes(b ^ xor if k == offset else b for k, b in enumerate(f.value)))
+                  if f.name.startswith("config[") else f for f in first.value.fields)
+    fields = (dataclasses.replace(first, value=dataclasses.replace(first.value, fields=inner)), *body.fields[1:])
+    units[i] = Unit(dataclasses.replace(rec, data=vmstate.encode_body(desc, dataclasses.replace(body, fields=fields))),
+                    None)
+    return units
+
+
 # (name, edit, args, code, text of the real destination's first error line)
 HPET_FIELDS = ("num_timers", "num_timers_save")
 CASES = [
@@ -89,6 +105,10 @@ CASES = [
      "Size too large: /rom@etc/acpi/rsdp: 0x2000 > 0x1000: Invalid argument"),
     ("pc.rom-length", mem_size_edit, ("pc.rom", 0x21000), None, Code.RAM_BLOCK_SIZE_MISMATCH,
      "Size mismatch: pc.rom: 0x21000 != 0x20000: Invalid argument"),
+    ("pci-device-id", config_edit, ("0000:00:00.0/I440FX", 2, 1), None, Code.PCI_CONFIG_READ_ONLY,
+     "get_pci_config_device: Bad config data: i=0x2 read: 36 device: 37 cmask: ff wmask: 0 w1cmask:0"),
+    ("pci-class-prog", config_edit, ("0000:00:01.1/ide", 9, 1), None, Code.PCI_CONFIG_READ_ONLY,
+     "get_pci_config_device: Bad config data: i=0x9 read: 81 device: 80 cmask: ff wmask: 0 w1cmask:0"),
     ("vapic-rom", field_edit, ("kvm-tpr-opt", ("rom_state_paddr",), 0xF0000), None, Code.DEVICE_VALUE_CHECK,
      "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
 ]
@@ -149,6 +169,13 @@ def test_a_resizeable_block_may_grow_up_to_its_maximum(version):
     seed = _seed(version)
     data = FuzzInput(seed, ["grow"], mem_size_edit(seed, "/rom@etc/acpi/tables", 0x200000)).data()
     assert Code.RAM_BLOCK_SIZE_MISMATCH not in {v.code for v in _model(data, version)}  # a real destination loads it
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_writable_pci_config_byte_is_no_violation(version):
+    seed = _seed(version)
+    data = FuzzInput(seed, ["command"], config_edit(seed, "0000:00:00.0/I440FX", 4, 4)).data()  # PCI_COMMAND
+    assert Code.PCI_CONFIG_READ_ONLY not in {v.code for v in _model(data, version)}
 
 
 def test_ram_instance_of_a_live_section_and_its_version():

@@ -65,6 +65,7 @@ class Code(StrEnum):
     DEVICE_SUBSECTION_UNKNOWN = "device-subsection-unknown"
     DEVICE_FIELD_EQUAL_MISMATCH = "device-field-equal-mismatch"
     DEVICE_VALUE_CHECK = "device-value-check"
+    PCI_CONFIG_READ_ONLY = "pci-config-read-only"
     DEVICE_STATE_NOT_JUDGED = "device-state-not-judged"
     UNKNOWN_COMMAND = "unknown-command"
     COMMAND_BAD_LENGTH = "command-bad-length"
@@ -279,6 +280,10 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "state whose option ROM is not in guest RAM (rules/data/value-rules.json)",
            "Input validation failed: %s/%s / error while loading state for instance 0x%x of device '%s'; "
            "load of migration failed: Operation not permitted"),
+        _C(Code.PCI_CONFIG_READ_ONLY, Severity.REJECT,
+           "a PCI device's config space differs from the destination's device in a bit the destination keeps "
+           "read-only (cmask and not wmask/w1cmask: IDs, revision, class, header type, capability pointer)",
+           "get_pci_config_device: Bad config data: i=0x%x read: %x device: %x cmask: %x wmask: %x w1cmask:%x"),
         _C(Code.DEVICE_STATE_NOT_JUDGED, Severity.DEVIATION,
            "never a violation: a section the destination's layout cannot follow to its end "
            "(a custom-coded field, a count from a device property, an unresolved field_exists test), counted in "

@@ -140,6 +140,38 @@ def judge_ram_block(name: str, length: int, local: int | None = None) -> Finding
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def pci_config(version: str) -> dict[str, dict[int, int]]:
+    """VMSD name -> {offset: the destination's byte under cmask} (scripts/gen_pci_config.py)."""
+    rows = _data().get("pci_config", {}).get("versions", {}).get(version, {})
+    return {vmsd: {int(o, 0): b for o, b in bytes_.items()} for vmsd, bytes_ in rows.items()}
+
+
+def pci_cmask() -> dict[int, int]:
+    return {int(o, 0): m for o, m in _data().get("pci_config", {}).get("cmask", {}).items()}
+
+
+def _config_space(decoded) -> bytes | None:
+    """A PCI device body's config space: its first field is the PCIDevice struct."""
+    first = decoded.fields[0].value if decoded.fields else None
+    for f in getattr(first, "fields", ()):
+        if f.name.startswith("config[") and isinstance(f.value, (bytes, bytearray)):
+            return bytes(f.value)
+    return None
+
+
+def judge_pci_config(vmsd: str, config: bytes, own: Mapping[int, int]) -> Finding | None:
+    """get_pci_config_device: the first byte whose read-only bits (cmask, not writable) differ."""
+    cmask = pci_cmask()
+    for off in sorted(own):
+        if off < len(config) and (config[off] ^ own[off]) & cmask[off]:
+            return Finding(Code.PCI_CONFIG_READ_ONLY,
+                           f"get_pci_config_device: Bad config data: i=0x{off:x} read: {config[off]:x} device: "
+                           f"{own[off]:x} cmask: {cmask[off]:x} wmask: 0 w1cmask:0 ({vmsd}: the destination keeps "
+                           "this byte read-only)")
+    return None
+
+
 def table() -> list[dict]:
     """Every row of every table, flat (for the catalogue's documentation and the report)."""
     out = []
@@ -222,7 +254,8 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
 
     out = BodyJudgement()
     active = rules(version)
-    if not active:
+    pci = pci_config(version)
+    if not active and not pci:
         return out
     descs: dict = {}
     if vmdescription is not None:
@@ -236,12 +269,21 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
         desc = descs.get((idstr, inst))
         name = desc.get("vmsd_name", idstr) if desc else idstr
         mine = [r for r in active if r.section == name]
-        if not mine:
+        own = pci.get(name) if "/" in idstr else None
+        if not mine and own is None:
             continue
         try:
             decoded = vmstate.decode_body(desc, bytes(data)) if desc is not None else None
         except (ValueError, KeyError, TypeError, IndexError):
             decoded = None
+        if own is not None:
+            config = _config_space(decoded) if decoded is not None else None
+            if config is None:
+                out.not_judged["pci-config"] = out.not_judged.get("pci-config", 0) + 1
+            else:
+                out.checked += 1
+                if (f := judge_pci_config(name, config, own)) is not None:
+                    out.findings.append((off, f"{idstr} instance {inst}", f))
         for rule in mine:
             if decoded is None:
                 out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
