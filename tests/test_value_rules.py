@@ -146,7 +146,16 @@ def test_the_capture_itself_breaks_no_value_rule(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_each_rule_fires_on_an_edited_capture(version, case):
     seed = _seed(version)
-    got = _model(FuzzInput(seed, [case[0]], _units(seed, case)).data(), version)
+    data = FuzzInput(seed, [case[0]], _units(seed, case)).data()
+    got = _model(data, version)
+    if case[0].startswith("vapic"):
+        # this capture's guest RAM went over multifd channels: the ROM bytes vapic_post_load
+        # reads are not in the main stream, so the rule is not judged (the differential below
+        # loads single-channel captures, where it is)
+        report = check_stream(io.BytesIO(data), target=version, tables=builtin_tables(version))
+        assert case[4] not in {v.code for v in got}
+        assert report.stats["value_rules"]["not_judged"].get("kvm-tpr-opt-rom") == 1
+        return
     assert case[4] in {v.code for v in got}, got
 
 

@@ -33,11 +33,13 @@ ROM_PROBE_LIMIT = 1 << 20
 
 class RomProbe:
     """Byte 2 of each 512-byte block of the RAM block at guest address 0, below
-    ROM_PROBE_LIMIT, as the stream leaves it (an incoming destination starts from zeros)."""
+    ROM_PROBE_LIMIT, as the main stream leaves it; a block whose page the main stream did not
+    carry (sent on a multifd channel, or never) is not known."""
 
     def __init__(self, block: str = "pc.ram"):
         self.block = block
         self.bytes = bytearray(ROM_PROBE_LIMIT // ROM_BLOCK)
+        self.seen = bytearray(ROM_PROBE_LIMIT // ROM_BLOCK)
 
     def page(self, addr: int, data=None, fill: int | None = None, page_size: int = 4096) -> None:
         if addr >= ROM_PROBE_LIMIT:
@@ -46,9 +48,11 @@ class RomProbe:
             i = (addr + k * ROM_BLOCK) // ROM_BLOCK
             if i < len(self.bytes):
                 self.bytes[i] = fill if data is None else (data[k * ROM_BLOCK + 2] if len(data) > k * ROM_BLOCK + 2 else 0)
+                self.seen[i] = 1
 
     def size_byte(self, rom: int) -> int | None:
-        return self.bytes[rom // ROM_BLOCK] if rom < ROM_PROBE_LIMIT else None
+        i = rom // ROM_BLOCK
+        return self.bytes[i] if rom < ROM_PROBE_LIMIT and self.seen[i] else None
 
 
 @dataclass(frozen=True)
