@@ -288,6 +288,15 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
                 out.checked += 1
                 if (f := judge_pci_config(name, config, own)) is not None:
                     out.findings.append((off, f"{idstr} instance {inst}", f))
+        for rule in [r for r in mine if r.kind == "virtio-features"]:
+            f = _virtio_features(rule, bytes(data))
+            if f == "not judged":
+                out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
+                continue
+            out.checked += 1
+            if f is not None:
+                out.findings.append((off, f"{idstr} instance {inst}", f))
+        mine = [r for r in mine if r.kind != "virtio-features"]
         for rule in mine:
             if decoded is None:
                 out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
@@ -300,6 +309,33 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
             if f is not None:
                 out.findings.append((off, f"{idstr} instance {inst}", f))
     return out
+
+
+PCI_DEVICE_SAVE = 4 + 256 + 16  # vmstate_pci_device: version_id, config space, irq_state
+MSIX_CAP_ID, MSIX_ENTRY = 0x11, 16
+
+
+def _virtio_features(rule: ValueRule, body: bytes):
+    """The guest features virtio_load checks against the device's host features, read from a
+    virtio-pci device body: PCI state, MSI-X table and PBA (their size from the MSI-X capability
+    in the config space) and the config vector, then status, isr, queue_sel, features."""
+    if len(body) < PCI_DEVICE_SAVE:
+        return "not judged"
+    cfg = body[4:4 + 256]
+    cap, n, hops = cfg[0x34], 0, 0
+    while cap and cap + 4 <= len(cfg) and hops < 48:
+        if cfg[cap] == MSIX_CAP_ID:
+            n = (int.from_bytes(cfg[cap + 2:cap + 4], "little") & 0x7FF) + 1
+            break
+        cap, hops = cfg[cap + 1], hops + 1
+    at = PCI_DEVICE_SAVE + (n * MSIX_ENTRY + (n + 7) // 8 + 2 if n else 0) + 4
+    if at + 4 > len(body):
+        return "not judged"
+    features = int.from_bytes(body[at:at + 4], "big")
+    allowed = rule.params["allowed"]
+    if features & ~allowed:
+        return Finding(Code.DEVICE_VALUE_CHECK, f"Features 0x{features:x} unsupported. Allowed features: 0x{allowed:x}")
+    return None
 
 
 def _judge(rule: ValueRule, fields, globals_: Mapping[str, str], ram_blocks: Mapping[str, int],
@@ -323,6 +359,8 @@ def _judge(rule: ValueRule, fields, globals_: Mapping[str, str], ram_blocks: Map
             return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} ({rule.fields[0]} {value}, the destination's "
                            f"{p['global']} is {local})")
         return None
+    if rule.kind == "virtio-features":
+        return "not judged"  # read from the raw body (judge_bodies)
     if rule.kind == "vapic-rom":
         state = _field_value(fields, ("state",))
         paddr = _field_value(fields, ("rom_state_paddr",))
