@@ -50,6 +50,13 @@ def field_edit(seed, idstr: str, names: tuple[str, ...], value: int) -> list[Uni
     return units
 
 
+def runstate_edit(seed, text: bytes) -> list[Unit]:
+    """globalstate's runstate buffer holding `text` (NUL-padded to the buffer the source wrote)."""
+    desc = next(d for d in seed.devices if d["name"] == "globalstate")
+    size = next(f["size"] for f in desc["fields"] if f["name"] == "runstate")
+    return field_edit(seed, "globalstate", ("runstate",), text.ljust(size, b"\0"))
+
+
 def mem_size_edit(seed, name: str, length: int) -> list[Unit]:
     """MEM_SIZE announcing `length` for block `name` (and the total to match)."""
     units = list(seed.units)
@@ -109,6 +116,7 @@ CASES = [
      "get_pci_config_device: Bad config data: i=0x2 read: 36 device: 37 cmask: ff wmask: 0 w1cmask:0"),
     ("pci-class-prog", config_edit, ("0000:00:01.1/ide", 9, 1), None, Code.PCI_CONFIG_READ_ONLY,
      "get_pci_config_device: Bad config data: i=0x9 read: 81 device: 80 cmask: ff wmask: 0 w1cmask:0"),
+    ("runstate-unknown", runstate_edit, (b"bogus",), None, Code.DEVICE_VALUE_CHECK, "invalid parameter value: bogus"),
     ("vapic-rom", field_edit, ("kvm-tpr-opt", ("rom_state_paddr",), 0xF0000), None, Code.DEVICE_VALUE_CHECK,
      "error while loading state for instance 0x0 of device 'kvm-tpr-opt'"),
 ]

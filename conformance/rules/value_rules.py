@@ -361,6 +361,16 @@ def _judge(rule: ValueRule, fields, globals_: Mapping[str, str], ram_blocks: Map
         return None
     if rule.kind == "virtio-features":
         return "not judged"  # read from the raw body (judge_bodies)
+    if rule.kind == "enum":
+        raw = next((f.value for f in fields if f.name in rule.fields and isinstance(f.value, (bytes, bytearray))), None)
+        if raw is None:
+            return "not judged"
+        text = bytes(raw[:len(raw) - 1] if len(raw) and 0 not in raw else raw).split(b"\0", 1)[0]
+        name = text.decode("utf-8", "replace")
+        if name not in p["members"]:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"invalid parameter value: {name} ({rule.section}/{rule.fields[0]} "
+                           f"must name one of {len(p['members'])} members; post_load: -EINVAL)")
+        return None
     if rule.kind == "vapic-rom":
         state = _field_value(fields, ("state",))
         paddr = _field_value(fields, ("rom_state_paddr",))
