@@ -87,7 +87,8 @@ def test_section_ids_reused_or_not_open():
 def test_a_section_version_below_the_vmsd_minimum():
     finding = builtin_tables("10.0").judge("0000:00:01.0/PIIX3", 0, 1)
     assert finding.code is Code.SECTION_VERSION_TOO_OLD
-    assert finding.message == "0000:00:01.0/PIIX3: incoming version_id 1 is too old for local minimum version_id 2"
+    # QEMU names the VMSD, not the idstr, and prints two spaces before the number (seen on 7.2 and 10.0)
+    assert finding.message == "PIIX3: incoming version_id 1 is too old for local minimum version_id  2"
 
 
 def test_a_trailer_cut_short():

@@ -64,6 +64,8 @@ class Code(StrEnum):
     DEVICE_LOAD_FAILED = "device-load-failed"
     DEVICE_SUBSECTION_UNKNOWN = "device-subsection-unknown"
     DEVICE_FIELD_EQUAL_MISMATCH = "device-field-equal-mismatch"
+    DEVICE_VALUE_CHECK = "device-value-check"
+    PCI_CONFIG_READ_ONLY = "pci-config-read-only"
     DEVICE_STATE_NOT_JUDGED = "device-state-not-judged"
     UNKNOWN_COMMAND = "unknown-command"
     COMMAND_BAD_LENGTH = "command-bad-length"
@@ -272,6 +274,16 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
         _C(Code.DEVICE_FIELD_EQUAL_MISMATCH, Severity.REJECT,
            "a `... equal` field differs from the destination's own value, or an `int32 le` field exceeds it",
            "%x != %x / Invalid value %d expecting positive value <= %d; Failed to load %s:%s"),
+        _C(Code.DEVICE_VALUE_CHECK, Severity.REJECT,
+           "a device value the destination validates while or after loading (VMSTATE_VALIDATE, post_load) "
+           "fails its check: a count that must match the destination's configuration or lie in range, a vapic "
+           "state whose option ROM is not in guest RAM (rules/data/value-rules.json)",
+           "Input validation failed: %s/%s / error while loading state for instance 0x%x of device '%s'; "
+           "load of migration failed: Operation not permitted"),
+        _C(Code.PCI_CONFIG_READ_ONLY, Severity.REJECT,
+           "a PCI device's config space differs from the destination's device in a bit the destination keeps "
+           "read-only (cmask and not wmask/w1cmask: IDs, revision, class, header type, capability pointer)",
+           "get_pci_config_device: Bad config data: i=0x%x read: %x device: %x cmask: %x wmask: %x w1cmask:%x"),
         _C(Code.DEVICE_STATE_NOT_JUDGED, Severity.DEVIATION,
            "never a violation: a section the destination's layout cannot follow to its end "
            "(a custom-coded field, a count from a device property, an unresolved field_exists test), counted in "
@@ -341,8 +353,9 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "MEM_SIZE announces a RAMBlock the destination does not have (needs --reference)",
            "Unknown ramblock \"%s\", cannot accept migration"),
         _C(Code.RAM_BLOCK_SIZE_MISMATCH, Severity.REJECT,
-           "MEM_SIZE length differs from the destination's block, which is not resizable",
-           "Size mismatch: %s: 0x%x != 0x%x: Invalid argument"),
+           "MEM_SIZE length (page-aligned) differs from the destination's block, which is not resizable, or "
+           "exceeds a resizeable block's max_length",
+           "Size mismatch: %s: 0x%x != 0x%x: Invalid argument / Size too large: %s: 0x%x > 0x%x: Invalid argument"),
         _C(Code.RAM_MEM_SIZE_DUPLICATE, Severity.DEVIATION, "a MEM_SIZE list announces a block twice",
            "the second announcement overwrites the first"),
         _C(Code.RAM_XBZRLE, Severity.REJECT, "XBZRLE record that does not decode",

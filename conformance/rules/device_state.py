@@ -339,6 +339,20 @@ class _Load:
             self.subsections(name, dict(subs), None, path, complete=False, outside=subs)
 
 
+def _desc_size(fields: list) -> int | None:
+    """The bytes a VMDESCRIPTION field list says the source wrote (None: not said)."""
+    total = 0
+    for f in fields:
+        if not isinstance(f, dict) or not isinstance(f.get("size"), int):
+            return None
+        total += f["size"] * (f["array_len"] if isinstance(f.get("array_len"), int) else 1)
+    return total
+
+
+def _observed_size(fields: list) -> int:
+    return sum(f["c"] * (_observed_size(f["d"].get("f") or []) if "d" in f else f["e"]) for f in fields)
+
+
 def _vmsd_candidates(idstr: str) -> list[str]:
     parts = idstr.split("/")
     return ["/".join(parts[i:]) for i in range(len(parts))]
@@ -372,6 +386,13 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
                 if not shapes or any(s != shapes[0] for s in shapes):
                     return Finding(Code.DEVICE_STATE_NOT_JUDGED, "layout differs by machine family, machine not known", name)
                 shape = shapes[0]
+            said = _desc_size(desc.get("fields", [])) if desc is not None and shape.get("f") is not None else None
+            if said is not None and said != _observed_size(shape["f"]):
+                # an observed layout has only the fields the destination's own (paused) streams
+                # carried: a field they lacked (a VMSTATE_*_TEST one the guest has set, e.g. ide's
+                # identify_data) is one the layout cannot place
+                return Finding(Code.DEVICE_STATE_NOT_JUDGED, f"fields other than the destination's own streams ({name})",
+                               name)
             load.observed({**shape, "names": out["names"], "n": name}, version_id, "", name)
     except _Stop as e:
         return e.finding

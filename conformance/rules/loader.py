@@ -60,6 +60,7 @@ from conformance.rules.postcopy import PostcopyState
 from conformance.rules.sink import ViolationSink
 from conformance.rules.switchover import is_vfio_idstr
 from conformance.rules.sync import SyncSummary
+from conformance.rules.value_rules import ROM_PROBE_LIMIT, RomProbe
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
@@ -174,6 +175,7 @@ class Loader:
         self.blocks_announced = False
         self.last_block: dict[str, str] = {}  # per channel, survives section boundaries
         self.device_bodies: list[tuple[str | None, int, bytes, int]] = []  # (idstr, instance, body, offset)
+        self.rom_probe = RomProbe()  # the option-ROM bytes a value rule (kvm-tpr-opt) reads from guest RAM
         self._kept = 0
         self.vmdescription: bytes | None = None
         self.saw_eof = False
@@ -255,6 +257,7 @@ class Loader:
             self._v(Code.MISSING_VMDESCRIPTION, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
         self._check_device_bodies()
         self._load_device_state()
+        self._value_rules()
         return self.violations[start:]
 
     def fail(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
@@ -355,6 +358,10 @@ class Loader:
             self._v(Code.OBSOLETE_VERSION, r.channel, 4, "SaveVM v2 format is obsolete and don't work anymore")
         elif r.version != QEMU_VM_FILE_VERSION:
             self._v(Code.UNSUPPORTED_VERSION, r.channel, 4, f"Unsupported migration stream version {r.version}")
+
+    def _target_page_size(self) -> int:
+        # the stream says it in CONFIGURATION (the reader framed RAM records by it too)
+        return self.configuration.page_size if self.configuration is not None else 4096
 
     def _configuration(self, r: Configuration) -> None:
         self.configuration = r
@@ -468,6 +475,8 @@ class Loader:
                 self._bad_offset(r, name, length)
             if flags == ZERO_CONT and r.fill:
                 self._zero_fill(r)
+            if r.addr < ROM_PROBE_LIMIT and name == self.rom_probe.block:
+                self.rom_probe.page(r.addr, r.data if flags == PAGE_CONT else None, r.fill or 0, self._target_page_size())
             self.pages[name]["page" if flags == PAGE_CONT else "zero"] += 1
             return
         self._ram_slow(r)
@@ -481,8 +490,8 @@ class Loader:
             self._v(Code.RAM_CONTINUE_WITHOUT_BLOCK, run.channel, run.offset, "Ack, bad migration stream! (CONTINUE with no block named before)")
             return
         length = self.blocks.get(name)
-        if length is None or run.max_addr() >= length:
-            for r in run.records():  # rare: find the records at fault
+        if length is None or run.max_addr() >= length or (name == self.rom_probe.block and min(run.words) < ROM_PROBE_LIMIT):
+            for r in run.records():  # rare: find the records at fault, or keep the ROM bytes
                 self._ram(r)
             return
         if run.flags == ZERO_CONT:
@@ -538,6 +547,8 @@ class Loader:
             length = self.blocks.get(name)
             if length is None or r.addr >= length:
                 self._bad_offset(r, name, length)
+            if r.addr < ROM_PROBE_LIMIT and name == self.rom_probe.block and kind in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE):
+                self.rom_probe.page(r.addr, r.data if kind == F.RAM_SAVE_FLAG_PAGE else None, r.fill or 0, self._target_page_size())
             if kind == F.RAM_SAVE_FLAG_ZERO:
                 if r.fill:
                     self._zero_fill(r)
@@ -745,6 +756,17 @@ class Loader:
             self._v(f.code, "main", off, f.message, section)
         self.device_state = j.stats()
 
+    def _value_rules(self) -> None:
+        """The checks the destination's VMSDs and post_load make on values (rules.value_rules)."""
+        from conformance.rules.value_rules import judge_bodies
+
+        j = judge_bodies(self.target.version, self.device_bodies, self.vmdescription, self.target.globals, self.blocks,
+                         self.rom_probe)
+        for off, section, f in j.findings:
+            self._v(f.code, "main", off, f.message, section)
+        if j.checked or j.not_judged:
+            self.value_rules = j.stats()
+
     # -- report ---------------------------------------------------------------------------
     def stats(self) -> dict:
         conf = self.configuration
@@ -763,4 +785,5 @@ class Loader:
             "status": self.final_status(),
             "violations_dropped": self.dropped,
             **({"device_state": self.device_state} if getattr(self, "device_state", None) else {}),
+            **({"value_rules": self.value_rules} if getattr(self, "value_rules", None) else {}),
         }

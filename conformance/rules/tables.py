@@ -56,15 +56,20 @@ class DestinationTables:
         return cls(entries, dump, blocks)
 
     def judge_block(self, name: str, used_length: int) -> Finding | None:
-        """A MEM_SIZE entry against the destination's RAMBlocks."""
+        """A MEM_SIZE entry against the destination's RAMBlocks (its own, from a reference
+        stream; else the blocks every destination has: rules.value_rules)."""
+        from conformance.rules import value_rules
+
         if not self.ram_blocks:
-            return None
+            f = value_rules.judge_ram_block(name, used_length)
+            return Finding(f.code, f.message) if f is not None else None
         local = self.ram_blocks.get(name)
         if local is None:
             return Finding(Code.RAM_BLOCK_UNKNOWN, f'Unknown ramblock "{name}", cannot accept migration')
-        if local != used_length and not name.startswith(RESIZABLE_PREFIX):
-            return Finding(Code.RAM_BLOCK_SIZE_MISMATCH, f"Size mismatch: {name}: 0x{used_length:x} != 0x{local:x}: Invalid argument")
-        return None
+        if name.startswith(RESIZABLE_PREFIX) and name not in value_rules.ram_blocks():
+            return None  # resizeable, its max_length not known
+        f = value_rules.judge_ram_block(name, used_length, local)
+        return Finding(f.code, f.message) if f is not None else None
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
         if self.entries:
@@ -86,15 +91,9 @@ class DestinationTables:
         return None
 
 
-# Sections a destination registers outside of device classes, so -dump-vmstate does not list
-# them (seen on real 7.2 / 10.0 streams, and read in QEMU's vmstate_register /
-# register_savevm_live callers for x86), with the newest version each has there.
-OTHER_SECTIONS = {
-    "timer": 2, "cpu_common": 1, "cpu": 12, "apic": 3, "PCIBUS": 1, "i2c_bus": 1, "acpi_build": 1,
-    "globalstate": 1, "ram": 4, "ide": 3, "slirp": None, "block": None, "dirty-bitmap": None, "vfio": None,
-    "eepro100": None, "eeprom93xx": None, "vmware_vga": None, "ipmi-bmc-sim": None, "ipmi-bmc-extern": None,
-    "virtio-mem-device-early": None, "kvmclock": None,
-}
+# The sections a destination registers outside of device classes (so -dump-vmstate does not
+# list them), with their version bounds and instance ids, per version: rules/value_rules.py
+# (data/value-rules.json, read from QEMU's sources and checked on the real binaries).
 
 
 @dataclass
@@ -109,9 +108,14 @@ class BuiltinTables(DestinationTables):
     vmsd: dict = field(default_factory=dict)  # vmsd name -> [(version_id, minimum_version_id), ...]
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
+        from conformance.rules import value_rules
+
         for name in vmstate.vmsd_name_candidates(idstr):
             bounds = self.vmsd.get(name)
             if bounds is not None:
+                f = value_rules.judge_instance(idstr, instance_id)  # savevm.c finds the entry first
+                if f is not None:
+                    return Finding(f.code, f.message)
                 if any(lo <= version_id <= hi for hi, lo in bounds):
                     return None
                 newest = max(hi for hi, _ in bounds)
@@ -119,16 +123,16 @@ class BuiltinTables(DestinationTables):
                     return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
                 oldest = min(lo for _, lo in bounds)
                 return Finding(Code.SECTION_VERSION_TOO_OLD,
-                               f"{idstr}: incoming version_id {version_id} is too old for local minimum version_id {oldest}")
-        name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in OTHER_SECTIONS or c.endswith("vfio")), None)
+                               f"{name}: incoming version_id {version_id} is too old for local minimum version_id  {oldest}")
+        others = value_rules.sections(self.version)
+        name = next((c for c in vmstate.vmsd_name_candidates(idstr) if c in others or c.endswith("vfio")), None)
         if name is None:
             return Finding(Code.UNKNOWN_SECTION,
                            f"Unknown savevm section or instance '{idstr}' {instance_id}: QEMU {self.version} has no such "
                            "device or section")
-        newest = OTHER_SECTIONS.get(name)
-        if newest is not None and version_id > newest:
-            return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{newest}")
-        return None
+        row = others.get(name) or others.get("vfio")
+        f = value_rules.judge_other_section(row, idstr, instance_id, version_id) if row is not None else None
+        return Finding(f.code, f.message) if f is not None else None
 
 
 def builtin_tables(version: str) -> BuiltinTables | None:

@@ -261,10 +261,22 @@ def _channel_ids(names: tuple[str, ...]) -> list[int]:
     return ids if len(set(ids)) == len(ids) else list(range(len(names)))
 
 
+def _predict(main: Path, channels: list, version: str | None, machine: str, globals_, caps, params):
+    """`check`'s verdict on the capture for the destination replay starts (None version: an
+    unmodelled destination, judged as the newest modelled one without its tables)."""
+    from conformance.check.destination import destination_tables
+    from conformance.check.paths import check_files
+    from conformance.rules.profile import configure
+
+    target = configure(version, machine=machine, globals=dict(g.split("=", 1) for g in globals_ if "=" in g),
+                       capabilities=caps, parameters=params) if version else None
+    tables = destination_tables(None, None, version) if version else None
+    return check_files(str(main), [str(c) for c in channels], target=target, tables=tables,
+                       machine=target.machine if target else None)
+
+
 def cmd_replay(args) -> int:
     """Replay, then compare the destination with the capture's own verdict and RAM."""
-    from conformance.check.inputs import open_stream
-    from conformance.check.pipeline import check_capture
     from conformance.check.report import format_report
     from conformance.qemu import machine_types
     from conformance.qemu.tcp_migration import ram_digest_file, replay
@@ -300,9 +312,10 @@ def cmd_replay(args) -> int:
     dst_caps, dst_params = {**dst_caps, **extra_sides.dest_capabilities}, {**dst_params, **extra_sides.dest_parameters}
     dst_globals = (*dst_globals, *extra_sides.dest_globals)
     one_sided_dest = bool(a.dest_globals or a.dest_capabilities or a.dest_parameters or extra_sides)
-    # what the model says first
-    rep = check_capture(open_stream(str(main))[0], [(Path(p).name, open_stream(str(p))[0]) for p in channels.values()],
-                        name=str(d), target=version if version in VERSIONS else None)
+    # what the model says first: the judge `check` uses (the built-in destination tables, the
+    # value rules), for this destination as replay starts it (machine, its own settings)
+    rep = _predict(main, list(channels.values()), version if version in VERSIONS else None, a.machine, dst_globals,
+                   dst_caps, dst_params)
     result = {"destination": binary.full_version, "schedule": schedule.describe(), "model": rep.verdict,
               "model_rejects": rep.rejected, "violations": [x.as_json() for x in rep.violations]}
     try:
