@@ -6,7 +6,9 @@ import json
 from collections import Counter, defaultdict
 from typing import BinaryIO
 
+from wireformat.budgets import BUDGETS, DecodeBudget
 from wireformat.commands import RELEASED, CommandSet
+from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 from wireformat.reader import DecodeError, StreamReader
 from wireformat.records import (
     Command,
@@ -30,7 +32,7 @@ _KIND = {
 }
 
 
-MAX_KEPT_BODIES = 32 << 20
+MAX_KEPT_BODIES = BUDGETS.kept_bodies
 # records a stream has once: the key of `dump_stream`'s result they fill
 _ONE_OF = {FileHeader: "header", Configuration: "configuration", TrailingData: "trailing"}
 
@@ -60,13 +62,14 @@ def _decode_devices(sections: list[dict], bodies: list[tuple[dict, bytes]], vmde
             devices = vmstate.parse_vmdescription(vmdesc)
         except vmstate.VmstateDecodeError:
             devices = None
+    budget = DecodeBudget()  # one for every body: what is printed is bounded too
     for sec, body in bodies:
         desc = devices.find(sec["idstr"], sec["instance_id"]) if devices is not None else None
         if desc is None:
             sec["decoded"] = "no description: content not decoded"
             continue
         try:
-            dec = vmstate.decode_body(desc, body)
+            dec = vmstate.decode_body(desc, body, budget=budget)
         except vmstate.VmstateDecodeError as e:
             sec["decoded"] = f"does not decode with its description: {e}"
             continue
@@ -137,11 +140,12 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                 vmdesc = rec.json if rec.complete else None
                 out["vmdescription"] = rec.summary()
                 try:
-                    desc = json.loads(rec.json)
-                    out["vmdescription"]["devices"] = len(desc.get("devices", []))
-                    out["vmdescription"]["page_size"] = desc.get("page_size")
-                except (ValueError, AttributeError):
+                    desc = parse_vmdescription(rec.json)
+                    out["vmdescription"]["devices"] = len(desc.devices)
+                    out["vmdescription"]["page_size"] = desc.page_size
+                except VmstateDecodeError as e:
                     out["vmdescription"]["devices"] = None
+                    out["vmdescription"]["malformed"] = e.message
     except DecodeError as e:
         out["error"] = str(e)
     for blk, counts in pages.items():

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import BinaryIO
 
+from wireformat.budgets import BUDGETS
+
 _MAGICS = {
     b"\x1f\x8b": "gzip",
     b"\xfd7zXZ\x00": "xz",
@@ -112,7 +114,7 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
         raise InputError(f"{name}: cannot open {kind} data: {e}") from None
 
 
-TRAILER_WINDOW = 16 << 20
+TRAILER_WINDOW = BUDGETS.trailer_window
 
 
 def read_vmdescription(path: str) -> bytes | None:

@@ -235,13 +235,14 @@ def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> t
     return model.violations, model.stats()
 
 
-def vmstate_body_check(desc: dict, data: bytes) -> str | None:
+def vmstate_body_check(desc: dict, data: bytes, budget=None) -> str | None:
     """The Loader's body checker: a FULL body must be exactly what the stream's own VMSD
-    description (its VMDESCRIPTION trailer) says; the problem, or None."""
+    description (its VMDESCRIPTION trailer) says; the problem, or None. `budget`: the
+    decoded-element budget the stream's bodies share."""
     from wireformat import vmstate
 
     try:
-        decoded = vmstate.decode_body(desc, data)
+        decoded = vmstate.decode_body(desc, data, budget=budget)
     except vmstate.VmstateDecodeError as e:
         return f"body does not decode with the stream's own VMSD description: {e}"
     except (KeyError, TypeError, ValueError) as e:
@@ -271,20 +272,18 @@ def _framed_or_checked(framed: dict) -> Callable:
 def trailer_body_sizer(path: str):
     """Frame device bodies by the stream's own trailer, read first from a plain file (None
     for pipes, compressed files, or no usable trailer)."""
-    import json
-
     from wireformat.reader import vmdescription_body_sizer
 
     from conformance.check.inputs import read_vmdescription
 
+    from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
+
     raw = read_vmdescription(str(path))
     if raw is None:
         return None
-    try:
-        devices = json.loads(raw)["devices"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(devices, list):
+    try:  # a malformed trailer is the loader's to report (vmdescription-malformed); framing goes on without it
+        devices = parse_vmdescription(raw).devices
+    except VmstateDecodeError:
         return None
     framed: dict = {}
     sizer = vmdescription_body_sizer(devices, framed)

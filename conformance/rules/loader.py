@@ -8,7 +8,6 @@ allowed, and what a destination of the target version does otherwise, is decided
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -29,11 +28,13 @@ from wireformat.constants import (
     RamSaveFlag as F,
     SectionType as T,
 )
+from wireformat.budgets import BUDGETS, DecodeBudget
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
 from wireformat.returnpath import RpMessage
 from wireformat.vfio import parse_markers
+from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 from wireformat.records import (
     Command,
     Configuration,
@@ -64,7 +65,7 @@ PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
 MAPPED_RAM_FORBIDDEN = frozenset(int(f) for f in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE,
                                                    F.RAM_SAVE_FLAG_HOOK, F.RAM_SAVE_FLAG_MULTIFD_FLUSH))
-MAX_KEPT_BODIES = 32 << 20  # device bodies kept for the VMDESCRIPTION cross-check
+MAX_KEPT_BODIES = BUDGETS.kept_bodies  # device bodies kept for the VMDESCRIPTION cross-check
 
 
 class Phase(Enum):
@@ -139,7 +140,7 @@ class Loader:
         *,
         commands: CommandSet = RELEASED,
         tables: DestinationTables | None = None,
-        body_checker: Callable[[dict, bytes], str | None] | None = None,
+        body_checker: Callable[[dict, bytes, DecodeBudget], str | None] | None = None,
         machine: str | None = None,
         recovery: bool = False,
         previous: "Loader | None" = None,
@@ -756,21 +757,20 @@ class Loader:
         """Each FULL body must be exactly what the stream's own VMSD description says."""
         if self.vmdescription is None or self.body_checker is None:
             return
-        try:
-            desc = json.loads(self.vmdescription)
-            devices = desc["devices"]
-        except (ValueError, KeyError, TypeError) as e:
-            self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e}")
+        try:  # within the JSON budgets and type-checked against the trailer's schema
+            devices = parse_vmdescription(self.vmdescription).devices
+        except VmstateDecodeError as e:
+            self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e.message.removeprefix('VMDESCRIPTION: ')}")
             return
         by_key = {}
         for dev in devices:
-            if isinstance(dev, dict):
-                by_key.setdefault((dev.get("name"), dev.get("instance_id", 0)), dev)
+            by_key.setdefault((dev["name"], dev["instance_id"]), dev)
+        budget = DecodeBudget()  # one for every body of the stream
         for idstr, inst, data, off in self.device_bodies:
             dev = by_key.get((idstr, inst))
             if dev is None:
                 continue
-            problem = self.body_checker(dev, data)
+            problem = self.body_checker(dev, data, budget)
             if problem:
                 self._v(Code.DEVICE_BODY_MISMATCH, "main", off, problem, f"{idstr} instance {inst}")
 
