@@ -3,10 +3,16 @@ magic bytes, not its name), or standard input for `-`. Errors are one line."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
 import sys
+import zlib
 from typing import BinaryIO
+
+import zstandard
 
 from wireformat.budgets import BUDGETS
 
@@ -48,21 +54,59 @@ class Prepended(io.RawIOBase):
         return self.raw.readinto(b)
 
 
-PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size for an unprivileged process
+_READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
-def _widen_pipe(f) -> None:
-    """Ask for a 1 MiB pipe buffer on a pipe we read (64 KiB by default): the writer and the
-    checker then trade 16x fewer wake-ups, which on a busy machine is most of the cost."""
-    try:
-        import fcntl
-        import stat
+class Counted(io.RawIOBase):
+    """Bytes read so far from an input (for error messages and the decompression budget);
+    a read error becomes one InputError line naming the input and the offset."""
 
-        fd = f.fileno()
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
-    except (OSError, ValueError, AttributeError, ImportError):
-        pass  # not a pipe we may widen: read it as it is
+    def __init__(self, raw, name: str):
+        self.raw, self.name, self.offset = raw, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            n = self.raw.readinto(b)
+        except OSError as e:
+            raise InputError(f"{self.name}: read error at byte {self.offset}: {e.strerror or e}") from None
+        self.offset += n or 0
+        return n
+
+
+class Decompressed(io.RawIOBase):
+    """A decompressing reader held to the budgets: corrupt or truncated compressed data is
+    one InputError line naming the input and the offsets (exit 2, the input is unreadable);
+    so is output beyond Budgets.decompression_ratio times the compressed bytes read (a bomb),
+    once past Budgets.ratio_grace."""
+
+    def __init__(self, inner, counted: Counted, name: str):
+        self.inner, self.counted, self.name, self.offset = inner, counted, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            n = self.inner.readinto(b)
+        except InputError:
+            raise
+        except _READ_ERRORS as e:
+            raise InputError(f"{self.name}: corrupt or truncated compressed data at byte {self.counted.offset} "
+                             f"(decompressed byte {self.offset}): {e}") from None
+        self.offset += n or 0
+        if self.offset > BUDGETS.ratio_grace and self.offset > BUDGETS.decompression_ratio * max(self.counted.offset, 1):
+            raise InputError(f"{self.name}: {self.offset} bytes decompressed from {self.counted.offset}: more than "
+                             f"{BUDGETS.decompression_ratio} to 1, a decompression bomb")
+        return n
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            super().close()
 
 
 def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, str]:
@@ -78,7 +122,6 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
     if path == "-":
         raw = sys.stdin.buffer
         name = "<stdin>"
-        _widen_pipe(raw)
     else:
         if os.path.isdir(path):
             raise InputError(f"{path}: is a directory (capture directories need the multifd reader)")
@@ -87,31 +130,26 @@ def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, 
         except OSError as e:
             raise InputError(f"{path}: {e.strerror}") from None
         name = path
-    head = raw.read(6) or b""
+    try:
+        head = raw.read(6) or b""
+    except OSError as e:  # a directory given as stdin, /proc files that refuse reads, ...
+        raise InputError(f"{name}: {e.strerror or e}") from None
     kind = _detect(head)
-    if kind is None and path != "-" and raw.seekable():
-        raw.seek(0)  # a plain file as it is: the reader maps it instead of copying it in
-        return raw, name
-    src = Prepended(raw, head)
+    src = Counted(Prepended(raw, head), name)
     if kind is None:
         return src, name
-    # the decompressors are imported only for a stream that needs one (start-up time)
-    import bz2
-    import gzip
-    import lzma
-
-    import zstandard
-
     try:
         if kind == "gzip":
-            return gzip.GzipFile(fileobj=io.BufferedReader(src, 1 << 20)), f"{name} (gzip)"
-        if kind == "xz":
-            return lzma.LZMAFile(io.BufferedReader(src, 1 << 20)), f"{name} (xz)"
-        if kind == "bzip2":
-            return bz2.BZ2File(io.BufferedReader(src, 1 << 20)), f"{name} (bzip2)"
-        return zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20), f"{name} (zstd)"
+            inner = gzip.GzipFile(fileobj=io.BufferedReader(src, 1 << 20))
+        elif kind == "xz":
+            inner = lzma.LZMAFile(io.BufferedReader(src, 1 << 20))
+        elif kind == "bzip2":
+            inner = bz2.BZ2File(io.BufferedReader(src, 1 << 20))
+        else:
+            inner = zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20)
     except (OSError, zstandard.ZstdError) as e:
         raise InputError(f"{name}: cannot open {kind} data: {e}") from None
+    return Decompressed(inner, src, f"{name} ({kind})"), f"{name} ({kind})"
 
 
 TRAILER_WINDOW = BUDGETS.trailer_window
