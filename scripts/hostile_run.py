@@ -34,6 +34,12 @@ def _warm() -> None:
     import conformance.cli.check  # noqa: F401
     import conformance.cli.dump  # noqa: F401
     import conformance.tools.vmstate_diff  # noqa: F401
+    import conformance.check.paths  # noqa: F401
+    import conformance.check.dump  # noqa: F401
+    import conformance.rules.device_state  # noqa: F401
+    import conformance.rules.channels  # noqa: F401
+    import conformance.rules.ram_model  # noqa: F401
+    import wireformat.multifd  # noqa: F401
     from conformance.rules.tables import builtin_tables
     from conformance.versions import VERSIONS
 
@@ -57,6 +63,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=BUDGETS.input_seconds)
     ap.add_argument("--failures", type=Path, default=None, help="write failing TARGET:SEED lines here")
     ap.add_argument("--target", action="append", choices=TARGETS, help="only these targets (repeatable)")
+    ap.add_argument("--minutes", type=float, default=None, help="stop after this long (the counts say how many ran)")
     ap.add_argument("--replay", metavar="TARGET:SEED")
     a = ap.parse_args()
     _warm()
@@ -93,6 +100,9 @@ def main() -> int:
                 slowest = (secs, f"{target}:{seed}")
             if rss > biggest[0]:
                 biggest = (rss, f"{target}:{seed}")
+            if a.minutes is not None and time.monotonic() - t0 > 60 * a.minutes:
+                pool.terminate()
+                break
             if time.monotonic() - last > 30:
                 last = time.monotonic()
                 print(f"  {i}/{a.n} in {last - t0:.0f}s, {len(failures)} failing", file=sys.stderr, flush=True)

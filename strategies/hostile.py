@@ -186,7 +186,7 @@ def hostile_json(rnd: random.Random, base: bytes | None = None) -> tuple[bytes, 
     if base:
         try:
             doc = json.loads(base)
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = {}
         return json.dumps(_mutate_json(rnd, doc)).encode(), "json mutated"
     return b"{}", "json {}"
