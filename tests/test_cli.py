@@ -129,8 +129,8 @@ def test_dump_reports_where_decoding_stopped(tmp_path):
     p = tmp_path / "cut.mig"
     p.write_bytes(GOOD[:40])
     code, out, _ = run("dump", str(p), "--json")
-    assert code == 0 and "stream ends" in json.loads(out)["error"]
-    assert run("dump", str(p), "--strict")[0] == 2
+    assert code == 1 and "stream ends" in json.loads(out)["error"]  # a stream that does not decode to its end
+    assert run("dump", str(p), "--strict")[0] == 1
 
 
 def test_send_src_downtime_opt_in(tmp_path):

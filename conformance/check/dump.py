@@ -202,3 +202,55 @@ def format_dump(d: dict) -> str:
     if d["error"]:
         lines.append(f"decoding stopped: {d['error']}")
     return "\n".join(lines)
+
+
+MULTIFD_HEAD = b"\x11\x22\x33\x44"  # MULTIFD_MAGIC, first in every multifd channel
+
+
+def dump_channel(src: BinaryIO, *, name: str = "<channel>") -> dict:
+    """A multifd channel file: its initial packet, packets by kind, pages per block, where
+    decoding stopped."""
+    from wireformat.multifd import MultifdChannelReader, MultifdDeviceStatePacket, MultifdInit, MultifdRamPacket
+
+    out: dict = {"source": name, "kind": "multifd channel", "init": None, "packets": 0, "syncs": 0,
+                 "device_state": 0, "layout": None, "packet_nums": None, "blocks": {}, "error": None}
+    reader = MultifdChannelReader(src, "multifd")
+    blocks: dict[str, Counter] = defaultdict(Counter)
+    lo = hi = None
+    try:
+        for rec in reader:
+            if isinstance(rec, MultifdInit):
+                out["init"] = {"id": rec.id, "uuid": rec.uuid.hex(), "magic": f"{rec.magic:#x}", "version": rec.version}
+            elif isinstance(rec, MultifdRamPacket):
+                out["packets"] += 1
+                out["syncs"] += rec.is_sync
+                out["layout"] = rec.layout
+                lo = rec.packet_num if lo is None else min(lo, rec.packet_num)
+                hi = rec.packet_num if hi is None else max(hi, rec.packet_num)
+                if rec.normal_pages or rec.zero_pages:
+                    blocks[rec.ramblock]["page"] += rec.normal_pages
+                    blocks[rec.ramblock]["zero"] += rec.zero_pages or 0
+            elif isinstance(rec, MultifdDeviceStatePacket):
+                out["packets"] += 1
+                out["device_state"] += 1
+    except DecodeError as e:
+        out["error"] = str(e)
+    out["packet_nums"] = None if lo is None else [lo, hi]
+    out["blocks"] = {k: dict(v) for k, v in blocks.items()}
+    out["bytes"] = reader.w.offset()
+    return out
+
+
+def format_channel(d: dict) -> str:
+    lines = [f"{d['source']}: {d['bytes']} bytes, multifd channel"]
+    i = d["init"]
+    if i:
+        lines.append(f"init        id {i['id']}  uuid {i['uuid']}  magic {i['magic']} version {i['version']}")
+    nums = d["packet_nums"]
+    lines.append(f"packets     {d['packets']} ({d['syncs']} SYNC, {d['device_state']} device state; layout {d['layout'] or '?'}"
+                 + (f"; packet_num {nums[0]}..{nums[1]}" if nums else "") + ")")
+    for blk, c in d["blocks"].items():
+        lines.append(f"  {blk:<28} {c.get('page', 0):>9} pages {c.get('zero', 0):>9} zero")
+    if d["error"]:
+        lines.append(f"decoding stopped: {d['error']}")
+    return "\n".join(lines)

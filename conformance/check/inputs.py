@@ -8,9 +8,11 @@ import gzip
 import io
 import lzma
 import os
+import select
+import stat
 import sys
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import zstandard
 
@@ -109,26 +111,65 @@ class Decompressed(io.RawIOBase):
             super().close()
 
 
-def open_stream(path: str, *, listen_timeout: float = 300.0) -> tuple[BinaryIO, str]:
+class Waiting:
+    """How long an input that blocks (tcp:, a FIFO, stdin) is waited for, and who is told
+    what is waited for (the command line sets both; default: Budgets.wait_seconds, silent)."""
+
+    timeout: float = BUDGETS.wait_seconds
+    announce: Callable[[str], None] | None = None
+
+
+def _wait_readable(fd: int, name: str, what: str) -> None:
+    """Block until fd has data or its writer closed, within Waiting.timeout; say what is
+    waited for only when it does not come at once."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return
+    ready, _, _ = select.select([fd], [], [], min(0.5, Waiting.timeout))
+    if ready:
+        return
+    if Waiting.announce is not None:
+        Waiting.announce(f"waiting for {what} on {name} (timeout {Waiting.timeout:g} s)")
+    ready, _, _ = select.select([fd], [], [], max(Waiting.timeout - 0.5, 0))
+    if not ready:
+        raise InputError(f"{name}: waited {Waiting.timeout:g} s for {what}, none came")
+
+
+def open_stream(path: str, *, listen_timeout: float | None = None) -> tuple[BinaryIO, str]:
     """(binary file object, description) for a path, '-' (stdin) or tcp:HOST:PORT (wait
-    for a migration source to connect, as a destination does)."""
+    for a migration source to connect, as a destination does). A FIFO or stdin is waited
+    for within Waiting.timeout, as a connection is."""
+    timeout = Waiting.timeout if listen_timeout is None else listen_timeout
     if path.startswith("tcp:"):
         from conformance.qemu.listener import ListenError, accept_stream
 
         try:
-            return accept_stream(path, listen_timeout)
+            return accept_stream(path, timeout, Waiting.announce)
         except ListenError as e:
             raise InputError(str(e)) from None
     if path == "-":
         raw = sys.stdin.buffer
         name = "<stdin>"
+        if sys.stdin.isatty():
+            raise InputError("<stdin>: a terminal, not a stream (redirect a file or a pipe into it)")
+        _wait_readable(raw.fileno(), name, "data")
     else:
         if os.path.isdir(path):
-            raise InputError(f"{path}: is a directory (capture directories need the multifd reader)")
+            raise InputError(f"{path}: is a directory (give `check`/`dump` the directory: a capture is read "
+                             "with its channels)")
         try:
-            raw = open(path, "rb", buffering=0)
+            if stat.S_ISFIFO(os.stat(path).st_mode):  # opening blocks until a writer comes: wait here instead
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    _wait_readable(fd, path, "a writer")
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.set_blocking(fd, True)
+                raw = os.fdopen(fd, "rb", buffering=0)
+            else:
+                raw = open(path, "rb", buffering=0)
         except OSError as e:
-            raise InputError(f"{path}: {e.strerror}") from None
+            raise InputError(f"{path}: {e.strerror or e}") from None
         name = path
     try:
         head = raw.read(6) or b""

@@ -7,6 +7,7 @@ import sys
 
 from conformance.cli import EXIT_OK, EXIT_VIOLATIONS
 from conformance.cli.profile_options import add_options as add_profile_options
+from wireformat.budgets import BUDGETS
 
 
 def add_check_parser(sub) -> None:
@@ -33,6 +34,9 @@ def add_check_parser(sub) -> None:
     add_profile_options(c)
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
+    c.add_argument("--timeout", type=float, default=BUDGETS.wait_seconds, metavar="SECONDS",
+                   help=f"wait this long for a tcp: source to connect, a FIFO's writer or stdin's first bytes "
+                   f"(default {BUDGETS.wait_seconds:g}); what is waited for is said on stderr")
     c.set_defaults(func=cmd_check)
 
 
@@ -63,6 +67,10 @@ def cmd_check(args) -> int:
     from conformance.check.report import format_report
     from conformance.cli.profile_options import from_args
 
+    from conformance.check.inputs import Waiting
+
+    Waiting.timeout = args.timeout
+    Waiting.announce = lambda m: print(f"migconform: {m}", file=sys.stderr, flush=True)
     main, channels = stream_files(args.path, args.channel or [])
     profiles = from_args(args, main)
     target = profiles.dest

@@ -247,8 +247,10 @@ class Loader:
             if nxt is None:
                 self._out_of_phase(rec)
                 nxt = TRANSITIONS.get((self.phase, kind), self.phase)
+            before = self.phase
             self._handlers[kind](rec)
-            self.phase = nxt
+            if self.phase is before:  # a handler that ended the load (bad magic) keeps its phase
+                self.phase = nxt
         return self.violations[start:]
 
     def close(self, end_offset: int | None = None, channel: str = "main") -> list[Violation]:
