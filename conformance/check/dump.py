@@ -68,6 +68,9 @@ def _decode_devices(sections: list[dict], bodies: list[tuple[dict, bytes]], vmde
         if desc is None:
             sec["decoded"] = "no description: content not decoded"
             continue
+        if budget.left == 0:
+            sec["decoded"] = f"not decoded: the budget of {budget.limit} decoded elements is spent"
+            continue
         try:
             dec = vmstate.decode_body(desc, body, budget=budget)
         except vmstate.VmstateDecodeError as e:
@@ -197,6 +200,8 @@ def format_dump(d: dict) -> str:
     lines.append(f"EOF at {d['eof']}" if d["eof"] is not None else "no EOF")
     v = d["vmdescription"]
     lines.append(f"VMDESCRIPTION at {v['offset']}: {v['length']} bytes, {v.get('devices')} devices" if v else "no VMDESCRIPTION")
+    if v and v.get("malformed"):
+        lines.append(f"VMDESCRIPTION malformed: {v['malformed']}")
     if d["trailing"]:
         lines.append(f"trailing data at {d['trailing']['offset']}: {d['trailing']['length']} bytes")
     if d["error"]:

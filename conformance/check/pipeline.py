@@ -243,6 +243,8 @@ def vmstate_body_check(desc: dict, data: bytes, budget=None) -> str | None:
 
     try:
         decoded = vmstate.decode_body(desc, data, budget=budget)
+    except vmstate.VmstateBudgetError:
+        raise  # the description's fault, not this body's: the loader says so once
     except vmstate.VmstateDecodeError as e:
         return f"body does not decode with the stream's own VMSD description: {e}"
     except (KeyError, TypeError, ValueError) as e:

@@ -34,7 +34,7 @@ from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
 from wireformat.returnpath import RpMessage
 from wireformat.vfio import parse_markers
-from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
+from wireformat.vmstate import VmstateBudgetError, VmstateDecodeError, parse_vmdescription
 from wireformat.records import (
     Command,
     Configuration,
@@ -772,7 +772,13 @@ class Loader:
             dev = by_key.get((idstr, inst))
             if dev is None:
                 continue
-            problem = self.body_checker(dev, data, budget)
+            try:
+                problem = self.body_checker(dev, data, budget)
+            except VmstateBudgetError as e:
+                self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen,
+                        f"VMDESCRIPTION describes more than the budget of {budget.limit} decoded elements "
+                        f"(reached at {idstr} instance {inst}: {e.message}); later bodies are not checked against it")
+                return
             if problem:
                 self._v(Code.DEVICE_BODY_MISMATCH, "main", off, problem, f"{idstr} instance {inst}")
 
