@@ -50,7 +50,10 @@ def _warm() -> None:
 
 def one(job: tuple[str, int, float]) -> tuple[str, int, list[str], float, int, int | None, str]:
     target, seed, timeout = job
-    case = make_case(random.Random(seed), target)
+    try:
+        case = make_case(random.Random(seed), target)
+    except Exception as e:  # the generator's own fault: counted apart, never the product's
+        return target, seed, ["harness"], 0.0, 0, None, f"{type(e).__name__}: {e}"
     o = run_forked(case, timeout=timeout)
     return target, seed, o.problems(), o.seconds, o.maxrss, o.exit, o.stderr.strip().splitlines()[0][:300] if o.stderr.strip() else ""
 
@@ -96,6 +99,9 @@ def main() -> int:
                 counts[target][p] += 1
             if problems:
                 failures.append({"case": f"{target}:{seed}", "problems": problems, "stderr": first})
+                if a.failures:  # as they come: a run stopped early keeps them
+                    with a.failures.open("a") as f:
+                        f.write(json.dumps(failures[-1]) + "\n")
             if secs > slowest[0]:
                 slowest = (secs, f"{target}:{seed}")
             if rss > biggest[0]:
@@ -109,7 +115,7 @@ def main() -> int:
     total = Counter()
     for c in counts.values():
         total.update(c)
-    kinds = ("internal-error", "traceback", "multi-line-error", "over-memory", "over-time", "signal", "exit")
+    kinds = ("internal-error", "traceback", "multi-line-error", "over-memory", "over-time", "signal", "exit", "harness")
     print(f"{'target':<14}{'runs':>8}{'mean s':>8}" + "".join(f"{k:>18}" for k in kinds))
     for t in sorted(counts):
         print(f"{t:<14}{counts[t]['runs']:>8}{seconds[t] / counts[t]['runs']:>8.2f}" + "".join(f"{sum(v for k2, v in counts[t].items() if k2.startswith(k)):>18}" for k in kinds))
@@ -118,8 +124,6 @@ def main() -> int:
           f"largest peak RSS {biggest[0] >> 20} MiB ({biggest[1]}); {time.monotonic() - t0:.0f}s wall")
     for f in failures[:40]:
         print(f"FAIL {f['case']}: {','.join(f['problems'])}: {f['stderr']}")
-    if a.failures:
-        a.failures.write_text("".join(json.dumps(f) + "\n" for f in failures))
     return 1 if failures else 0
 
 

@@ -78,6 +78,43 @@ class Counted(io.RawIOBase):
         return n
 
 
+class ZstdFrames(io.RawIOBase):
+    """zstd frames one after another (as `zstd`, `pzstd` or `cat a.zst b.zst` write them),
+    fed in small pieces so that one read's output stays bounded (a zstd block of 128 KiB can
+    take 4 bytes), and a stream cut inside a frame is an error, not a short stream."""
+
+    PIECE = 4096  # compressed bytes per step: at most ~128 MiB out, even for a bomb
+
+    def __init__(self, src):
+        self.src, self.dctx, self.obj = src, zstandard.ZstdDecompressor(), None
+        self.out, self.pos, self.ended = b"", 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.pos >= len(self.out):
+            if self.ended:
+                return 0
+            data = self.src.read(self.PIECE)
+            if not data:
+                self.ended = True
+                if self.obj is not None and not self.obj.eof:
+                    raise EOFError("zstd data ends inside a frame")
+                return 0
+            parts = []
+            while data:
+                if self.obj is None or self.obj.eof:
+                    self.obj = self.dctx.decompressobj()
+                parts.append(self.obj.decompress(data))
+                data = self.obj.unused_data if self.obj.eof else b""
+            self.out, self.pos = b"".join(parts), 0
+        n = min(len(b), len(self.out) - self.pos)
+        b[:n] = self.out[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
 class Decompressed(io.RawIOBase):
     """A decompressing reader held to the budgets: corrupt or truncated compressed data is
     one InputError line naming the input and the offsets (exit 2, the input is unreadable);
@@ -187,7 +224,7 @@ def open_stream(path: str, *, listen_timeout: float | None = None) -> tuple[Bina
         elif kind == "bzip2":
             inner = bz2.BZ2File(io.BufferedReader(src, 1 << 20))
         else:
-            inner = zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20)
+            inner = ZstdFrames(src)
     except (OSError, zstandard.ZstdError) as e:
         raise InputError(f"{name}: cannot open {kind} data: {e}") from None
     return Decompressed(inner, src, f"{name} ({kind})"), f"{name} ({kind})"
