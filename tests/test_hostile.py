@@ -310,3 +310,18 @@ def test_not_a_stream(tmp_path):
 def test_trailer_split_finds_the_real_vmdescription():
     head, desc = _trailer_split(seeds()["main"][1])
     assert json.loads(desc)["devices"] and head.endswith(b"\x00")
+
+
+def test_multifd_main_stream_alone_says_where_the_ram_went(tmp_path):
+    s = seeds()
+    main = tmp_path / "main.bin"
+    main.write_bytes(s["main"][2])  # qemu72-i440fx-7.2: zero pages in the main stream, the rest on channels
+    code, out, _ = cli("check", str(main))
+    assert code == 0 and "note: 561 of 8322 RAM pages are not in this stream" in out and "--channel" in out
+    chans = []
+    for k in (4, 5):
+        p = tmp_path / f"multifd{k}.bin"
+        p.write_bytes(s["channel"][k])
+        chans += ["--channel", str(p)]
+    code, out, _ = cli("check", str(main), *chans)
+    assert code == 0 and "note:" not in out

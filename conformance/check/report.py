@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wireformat.constants import TARGET_PAGE_SIZE as PAGE
+
 from conformance.check.pipeline import Report
 
 
@@ -15,6 +17,13 @@ def format_report(rep: Report) -> str:
     zeros = sum(b.get("zero", 0) for b in s.get("ram_blocks", {}).values())
     lines.append(f"  {s.get('bytes', 0)} bytes, machine {conf.get('machine_type', '?')}, {s.get('sections', 0)} sections, "
                  f"{pages} pages + {zeros} zero pages, {rep.seconds:.2f} s")
+    blocks = s.get("ram_blocks", {}).values()
+    total = sum((b.get("used_length") or 0) // PAGE for b in blocks)
+    if (s.get("status") == "completed" and "multifd" not in s and s.get("mapped_ram_pages") is None
+            and "x-ignore-shared" not in (conf.get("capabilities") or ()) and pages + zeros < total):
+        # every page is sent at least once in a completed precopy: the rest went another way
+        lines.append(f"  note: {total - pages - zeros} of {total} RAM pages are not in this stream: a multifd "
+                     "migration sends them on its channels (check them too: --channel FILE, or the capture directory)")
     if rep.violations:
         lines.append("")
         for v in rep.violations:
