@@ -325,3 +325,17 @@ def test_multifd_main_stream_alone_says_where_the_ram_went(tmp_path):
         chans += ["--channel", str(p)]
     code, out, _ = cli("check", str(main), *chans)
     assert code == 0 and "note:" not in out
+
+
+def test_a_repeated_violation_is_printed_once_with_a_count():
+    from conformance.check.pipeline import Report
+    from conformance.check.report import format_report
+    from conformance.rules.sink import ViolationSink
+    from conformance.rules.catalogue import Code
+
+    sink = ViolationSink("10.0")
+    for off in (10, 20, 30):
+        sink.emit(Code.TRAILING_DATA, "main", off, "same words")
+    sink.emit(Code.TRAILING_DATA, "main", 40, "other words")
+    text = format_report(Report("x", "10.0", sink.violations, {}))
+    assert text.count("same words") == 1 and "(and 2 more times, last @ 30)" in text and "other words" in text

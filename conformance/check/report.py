@@ -26,8 +26,13 @@ def format_report(rep: Report) -> str:
                      "migration sends them on its channels (check them too: --channel FILE, or the capture directory)")
     if rep.violations:
         lines.append("")
+        # the same violation said again (same code and message, elsewhere) is said once, with a count
+        seen: dict[tuple, list] = {}
         for v in rep.violations:
-            lines.append("  " + v.one_line())
+            seen.setdefault((v.code, v.message), []).append(v)
+        for group in seen.values():
+            more = f"  (and {len(group) - 1} more times, last @ {group[-1].offset})" if len(group) > 1 else ""
+            lines.append("  " + group[0].one_line() + more)
         if s.get("violations_dropped"):
             lines.append(f"  … {s['violations_dropped']} more violations not listed")
     return "\n".join(lines)
