@@ -339,3 +339,15 @@ def test_a_repeated_violation_is_printed_once_with_a_count():
     sink.emit(Code.TRAILING_DATA, "main", 40, "other words")
     text = format_report(Report("x", "10.0", sink.violations, {}))
     assert text.count("same words") == 1 and "(and 2 more times, last @ 30)" in text and "other words" in text
+
+
+def test_unknown_command_is_named_where_the_name_is_known():
+    from wireformat.records import Command
+
+    from conformance.rules.loader import Loader
+
+    loader = Loader("7.2")
+    loader._command(Command(offset=5, channel="main", cmd=11, data=b""))
+    loader._command(Command(offset=9, channel="main", cmd=0x30, data=b""))
+    msgs = [v.message for v in loader.violations]
+    assert msgs[0].endswith("MIG_CMD_SWITCHOVER_START, which QEMU 7.2 does not have") and msgs[1] == "MIG_CMD 0x30 unknown (len 0x0)"

@@ -593,7 +593,9 @@ class Loader:
         self.stats_commands[name] += 1
         is_opt_in = cmd == self.commands.send_src_downtime_id
         if not is_opt_in and (cmd == 0 or cmd >= self.target.mig_cmd_max):
-            self._v(Code.UNKNOWN_COMMAND, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x})")
+            known = (f": {name}, which QEMU {self.target.version} does not have"
+                     if cmd and not name.startswith("MIG_CMD_0x") else "")
+            self._v(Code.UNKNOWN_COMMAND, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x}){known}")
             return
         if is_opt_in:
             if c.args is None:
