@@ -40,24 +40,17 @@ def add_check_parser(sub) -> None:
     c.set_defaults(func=cmd_check)
 
 
-class _Progress:
-    """Progress on stderr for long checks, only when stderr is a terminal."""
+def _progress(enabled: bool):
+    """check's progress: MiB read of a lone main stream."""
+    from conformance.progress import Progress
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    bar = Progress("check", unit=" MiB", enabled=enabled)
 
-    def __call__(self, offset: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if total:
-            sys.stderr.write(f"\r  {offset / total:6.1%}  {offset >> 20} MiB")
-        else:
-            sys.stderr.write(f"\r  {offset >> 20} MiB")
-        sys.stderr.flush()
+    def tick(offset: int, total: int | None) -> None:
+        bar.update(offset >> 20, None if total is None else total >> 20)
 
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 40 + "\r")
+    tick.done = bar.close
+    return tick
 
 
 def cmd_check(args) -> int:
@@ -75,7 +68,7 @@ def cmd_check(args) -> int:
     profiles = from_args(args, main)
     target = profiles.dest
     tables = destination_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables)
-    prog = _Progress(sys.stderr.isatty() and not args.json and not channels)
+    prog = _progress(not args.json and not channels)
     try:
         rep = check_files(main, channels, target=target, commands=command_set(args.send_src_downtime_id),
                           tables=tables, machine=target.machine, recovery=args.recovery,
