@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from strategies.hostile import TARGETS, make_case, run_forked, seeds  # noqa: E402
+from strategies.hostile import TARGETS, make_case, seeds  # noqa: E402
+from tests.hostile_runner import run_forked  # noqa: E402
 from wireformat.budgets import BUDGETS  # noqa: E402
 
 

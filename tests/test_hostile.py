@@ -29,11 +29,10 @@ from strategies.hostile import (
     bomb,
     cases,
     make_case,
-    run_forked,
-    run_subprocess,
     seeds,
     with_vmdescription,
 )
+from tests.hostile_runner import Outcome, run_forked, run_subprocess
 from wireformat import vmstate
 from wireformat.budgets import BUDGETS, DecodeBudget, JsonInputError, load_json
 from wireformat.multifd import MultifdChannelReader, MultifdRamPacket, build_ram_packet
@@ -77,8 +76,6 @@ def test_harness_flags_what_breaks_the_contract():
     empty = run_forked(Case("x", ["check", "-"]), timeout=30)  # stdin an empty file: a verdict, at once
     assert not empty.timed_out and empty.exit == 1 and empty.problems() == []
     assert run_forked(Case("x", ["check", "-"]), timeout=0.0).problems() == ["over-time"]
-    from strategies.hostile import Outcome
-
     assert Outcome(2, "migconform: internal error: KeyError: 'x'\n", 0.1, 0).problems() == ["internal-error"]
     assert "traceback" in Outcome(1, "Traceback (most recent call last):\n  x\n", 0.1, 0).problems()
     assert Outcome(None, "", 31, 0, timed_out=True).problems() == ["over-time"]
