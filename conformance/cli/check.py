@@ -58,9 +58,8 @@ def cmd_check(args) -> int:
     from conformance.check.destination import command_set, destination_tables
     from conformance.check.paths import check_files
     from conformance.check.report import format_report
-    from conformance.cli.profile_options import from_args
-
     from conformance.check.inputs import Waiting
+    from conformance.cli.profile_options import from_args
 
     Waiting.timeout = args.timeout
     Waiting.announce = lambda m: print(f"migconform: {m}", file=sys.stderr, flush=True)
