@@ -230,6 +230,18 @@ def open_stream(path: str, *, listen_timeout: float | None = None) -> tuple[Bina
     return Decompressed(inner, src, f"{name} ({kind})"), f"{name} ({kind})"
 
 
+def read_at_most(src: BinaryIO, limit: int) -> bytes:
+    """Everything `src` has, up to `limit` bytes (one read of a raw stream may return less)."""
+    parts, n = [], 0
+    while n < limit:
+        b = src.read(min(limit - n, 1 << 20))
+        if not b:
+            break
+        parts.append(b)
+        n += len(b)
+    return b"".join(parts)
+
+
 TRAILER_WINDOW = BUDGETS.trailer_window
 
 
