@@ -348,3 +348,10 @@ def test_unknown_command_is_named_where_the_name_is_known():
     loader._command(Command(offset=9, channel="main", cmd=0x30, data=b""))
     msgs = [v.message for v in loader.violations]
     assert msgs[0].endswith("MIG_CMD_SWITCHOVER_START, which QEMU 7.2 does not have") and msgs[1] == "MIG_CMD 0x30 unknown (len 0x0)"
+
+
+def test_a_mistyped_command_gets_a_suggestion():
+    code, _, err = cli("chek", "x.bin")
+    assert code == 2 and one_line(err) == "migconform: error: unknown command 'chek' (did you mean 'check'?)"
+    code, _, err = cli("zzzz")
+    assert code == 2 and "the commands are: check, dump" in one_line(err)
