@@ -259,14 +259,14 @@ def _framed_or_checked(framed: dict) -> Callable:
     description to exactly its length passes without a second decode."""
     import hashlib
 
-    def check(desc: dict, data) -> str | None:
+    def check(desc: dict, data, budget=None) -> str | None:
         if isinstance(desc, dict):
             seen = framed.get((desc.get("name"), desc.get("instance_id", 0)))
             if seen:
                 digest = hashlib.blake2b(data, digest_size=16).digest()
                 if any(h == digest and d == desc for d, h in seen):
                     return None
-        return vmstate_body_check(desc, data)
+        return vmstate_body_check(desc, data, budget)
 
     return check
 
@@ -275,10 +275,9 @@ def trailer_body_sizer(path: str):
     """Frame device bodies by the stream's own trailer, read first from a plain file (None
     for pipes, compressed files, or no usable trailer)."""
     from wireformat.reader import vmdescription_body_sizer
+    from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 
     from conformance.check.inputs import read_vmdescription
-
-    from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 
     raw = read_vmdescription(str(path))
     if raw is None:
