@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 from construct import Array, Bytes, ConstructError, Int8ub, Int32ub, Int64ub, Struct, this
 
+from .budgets import BUDGETS
 from .constants import MULTIFD_MAGIC, MULTIFD_VERSION, TARGET_PAGE_SIZE
 from .errors import BadPacketMagic, DecodeError, HostileLength, Truncated
 from .records import Record
@@ -74,7 +75,7 @@ MULTIFD_DEVICE_STATE_HEADER_SIZE = MULTIFD_PACKET_COMMON_SIZE + MULTIFD_DEVICE_S
 
 # Largest data length the reader frames. Real packets carry at most 512 KiB of pages
 # (compressed data is smaller); the cap only stops a hostile length from being honoured.
-MAX_PACKET_DATA = 64 << 20
+MAX_PACKET_DATA = BUDGETS.packet_data
 
 LAYOUT_V72 = "7.2"  # 7.2 … 8.2
 LAYOUT_V90 = "9.0"  # 9.0+

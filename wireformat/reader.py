@@ -22,6 +22,7 @@ from typing import BinaryIO, Callable, Iterator
 from construct import ConstructError, ExplicitError
 
 from . import ram as ramcodec
+from .budgets import BUDGETS
 from .commands import RELEASED, CommandSet
 from .constants import (
     MIG_CMD_FIXED_LEN,
@@ -82,10 +83,10 @@ FOOTER = int(T.QEMU_VM_SECTION_FOOTER)
 
 _LITTLE = sys.byteorder == "little"
 
-MAX_DEVICE_BODY = 64 << 20
-MAX_VMDESCRIPTION = 64 << 20
-MAX_MACHINE_NAME = 4096
-MAX_COMPRESSED_PAGE = 2 * 65536
+MAX_DEVICE_BODY = BUDGETS.device_body
+MAX_VMDESCRIPTION = BUDGETS.vmdescription
+MAX_MACHINE_NAME = BUDGETS.machine_name
+MAX_COMPRESSED_PAGE = BUDGETS.compressed_page
 
 
 @dataclass(slots=True)
@@ -626,7 +627,9 @@ def vmdescription_body_sizer(devices: list, framed: dict | None = None) -> BodyS
     import hashlib
 
     from . import vmstate
+    from .budgets import DecodeBudget
 
+    budget = DecodeBudget()  # one for the whole stream: then bodies are framed by footer scanning
     queues: dict[tuple, list] = {}
     for dev in devices:
         if isinstance(dev, dict):
@@ -638,7 +641,7 @@ def vmdescription_body_sizer(devices: list, framed: dict | None = None) -> BodyS
             return None
         dev = queue.pop(0)
         try:
-            n = vmstate.decode_body(dev, window).consumed
+            n = vmstate.decode_body(dev, window, budget=budget).consumed
         except (vmstate.VmstateDecodeError, KeyError, TypeError, ValueError):
             return None
         if framed is not None:

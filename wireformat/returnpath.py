@@ -24,6 +24,7 @@ from construct import (
     this,
 )
 
+from .budgets import BUDGETS
 from .constants import MIG_RP_MAX_LEN, RAMBLOCK_RECV_BITMAP_ENDING, MigRpMsg
 from .primitives import CountedString
 
@@ -41,7 +42,7 @@ RP_PAYLOADS = {
 
 RecvBitmapBlob = Struct("size" / Int64ub, "bitmap" / Bytes(this.size), "end_mark" / Int64ub)
 
-MAX_BITMAP = 1 << 30  # a bitmap for 32 TiB of 4 KiB pages: anything more is hostile
+MAX_BITMAP = BUDGETS.rp_bitmap  # a bitmap for 32 TiB of 4 KiB pages: anything more is hostile
 
 
 @dataclass(slots=True, kw_only=True)

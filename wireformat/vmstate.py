@@ -53,6 +53,8 @@ from collections.abc import Mapping, Sequence  # not typing's aliases: isinstanc
 from dataclasses import dataclass
 from typing import Any
 
+from .budgets import DecodeBudget, JsonInputError, load_json
+
 __all__ = [
     "SUBSECTION_MARKER",
     "NULLPTR_MARKER",
@@ -87,7 +89,6 @@ _SIGNED_SCALARS = frozenset({"timer"})
 # Types whose element carries a vmsd object inline in the field object.
 _INLINE_VMSD_TYPES = frozenset({"tmp", "vstruct"})
 _INT_SIZES = (1, 2, 4, 8)
-_MAX_EMPTY_ELEMENTS = 1 << 16  # cap on arrays whose elements occupy no bytes
 _STRUCT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
                  (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
 
@@ -106,6 +107,11 @@ class VmstateDecodeError(ValueError):
 
 class VmstateDescriptionError(VmstateDecodeError):
     """The description itself is malformed (offset: where decoding had got to)."""
+
+
+class VmstateBudgetError(VmstateDescriptionError):
+    """The description asks for more decoded elements than the budget
+    (wireformat.budgets.Budgets.vmstate_elements) leaves."""
 
 
 class VmstateEncodeError(ValueError):
@@ -236,11 +242,19 @@ def _element_kind(fd: Mapping, where: str, offset: int) -> tuple[str, Any]:
 
 
 class _Reader:
-    __slots__ = ("buf", "end")
+    __slots__ = ("buf", "end", "budget")
 
-    def __init__(self, buf: memoryview, end: int):
+    def __init__(self, buf: memoryview, end: int, budget: DecodeBudget):
         self.buf = buf
         self.end = end
+        self.budget = budget
+
+    def spend(self, n: int, pos: int, where: str) -> None:
+        """Elements about to be decoded, from the one budget of the whole stream (every body,
+        every nesting level): nested arrays of zero-size elements cannot multiply it."""
+        if not self.budget.spend(n):
+            raise VmstateBudgetError(f"{where}: {n} more elements exceed the budget of {self.budget.limit} "
+                                     "decoded elements", pos)
 
     def need(self, pos: int, n: int, what: str) -> None:
         if pos + n > self.end:
@@ -282,10 +296,14 @@ def _decode_fields(r: _Reader, desc: Mapping, pos: int, where: str, strict: bool
         array_len = fd.get("array_len")
         index = fd.get("index")
         if array_len is None:
+            r.spend(1, pos, fwhere)
             value, pos = _decode_element(r, kind, arg, pos, fwhere, strict)
         else:
             if not isinstance(array_len, int) or isinstance(array_len, bool) or array_len < 0:
                 raise VmstateDescriptionError(f"{fwhere}: bad array_len {array_len!r}", pos)
+            # elements that take bytes end at the data's end; others only at the budget's
+            least = arg[0] if kind == "int" else arg if kind == "bytes" else 1 if kind == "capability" else 0
+            r.spend(min(array_len, (r.end - pos) // least + 1) if least else array_len, pos, fwhere)
             if kind == "int" and pos + arg[0] * array_len <= r.end:
                 # whole integer array present: unpack in one go
                 code = _STRUCT_CODES[arg]
@@ -294,13 +312,8 @@ def _decode_fields(r: _Reader, desc: Mapping, pos: int, where: str, strict: bool
             else:
                 value = []
                 for i in range(array_len):
-                    before = pos
                     v, pos = _decode_element(r, kind, arg, pos, f"{fwhere}[{i}]", strict)
                     value.append(v)
-                    if pos == before and i >= _MAX_EMPTY_ELEMENTS:
-                        # elements that take no bytes are not bounded by the data
-                        raise VmstateDescriptionError(
-                            f"{fwhere}: array_len {array_len} of zero-size elements", pos)
         size = fd.get("size")
         out.append(VmField(fname, fd["type"], size if isinstance(size, int) else -1, value,
                            index if isinstance(index, int) else None))
@@ -360,7 +373,8 @@ def _as_memoryview(data: bytes | bytearray | memoryview) -> memoryview:
 
 
 def decode_body(desc: Mapping, data: bytes | bytearray | memoryview, offset: int = 0, *,
-                end: int | None = None, require_subsections: bool = False) -> DecodedBody:
+                end: int | None = None, require_subsections: bool = False,
+                budget: DecodeBudget | None = None) -> DecodedBody:
     """Decode one vmstate body described by a VMDESCRIPTION device (or vmsd) object.
 
     ``desc`` is a device object of the trailer (``{"name", "instance_id",
@@ -377,6 +391,9 @@ def decode_body(desc: Mapping, data: bytes | bytearray | memoryview, offset: int
     a cut after the name, in the version or the subsection body, raises).  With
     ``require_subsections`` every subsection listed in the description must
     have been read (the trailer lists only subsections that were written).
+
+    ``budget`` is what is left of the decoded-element budget of the whole stream (give the
+    same one to every decode of a stream); default: a fresh one for this body alone.
     """
     buf = _as_memoryview(data)
     stop = len(buf) if end is None else end
@@ -386,7 +403,7 @@ def decode_body(desc: Mapping, data: bytes | bytearray | memoryview, offset: int
     if not isinstance(desc, Mapping):
         raise VmstateDescriptionError("description is not an object", offset)
     where = str(desc.get("vmsd_name") or desc.get("name") or "?")
-    r = _Reader(buf, stop)
+    r = _Reader(buf, stop, DecodeBudget() if budget is None else budget)
     try:
         fields, subs, pos = _decode_vmsd(r, desc, offset, where, require_subsections)
     except RecursionError:
@@ -511,25 +528,11 @@ class VmDescription:
         return None
 
 
-def _json_error_offset(text: str, char_pos: int) -> int:
-    return len(text[:char_pos].encode("utf-8", "surrogatepass"))
-
-
 def _load_json(data: bytes | bytearray | memoryview | str, what: str) -> Any:
-    if isinstance(data, str):
-        text = data
-    else:
-        raw = bytes(data)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise VmstateDecodeError(f"{what}: not UTF-8: {e.reason}", e.start) from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VmstateDecodeError(f"{what}: bad JSON: {e.msg}", _json_error_offset(text, e.pos)) from None
-    except RecursionError:
-        raise VmstateDecodeError(f"{what}: JSON nested too deeply", 0) from None
+        return load_json(data, what)
+    except JsonInputError as e:
+        raise VmstateDecodeError(str(e), e.offset) from None
 
 
 def parse_vmdescription(json_bytes: bytes | bytearray | memoryview | str) -> VmDescription:

@@ -3,8 +3,7 @@ section tables and the MIG_CMD ids it decodes."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from wireformat.budgets import BUDGETS
 from wireformat.commands import RELEASED, CommandSet
 
 from conformance.check.inputs import InputError, open_stream
@@ -27,10 +26,13 @@ def destination_tables(dump_path: str | None, reference: str | None, target: str
 
     dump = None
     if dump_path:
-        try:
-            text = Path(dump_path).read_text()
+        try:  # within the JSON budget: a FIFO or /dev/zero is not read without end
+            with open(dump_path, "rb") as f:
+                text = f.read(BUDGETS.json_bytes + 1)
         except OSError as e:
-            raise InputError(f"{dump_path}: {e.strerror}") from None
+            raise InputError(f"{dump_path}: {e.strerror or e}") from None
+        if len(text) > BUDGETS.json_bytes:
+            raise InputError(f"{dump_path}: more than {BUDGETS.json_bytes} bytes, not a -dump-vmstate JSON")
         try:
             dump = vmstate.parse_dump_vmstate(text)
         except ValueError as e:

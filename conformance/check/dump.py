@@ -6,7 +6,9 @@ import json
 from collections import Counter, defaultdict
 from typing import BinaryIO
 
+from wireformat.budgets import BUDGETS, DecodeBudget
 from wireformat.commands import RELEASED, CommandSet
+from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 from wireformat.reader import DecodeError, StreamReader
 from wireformat.records import (
     Command,
@@ -30,7 +32,7 @@ _KIND = {
 }
 
 
-MAX_KEPT_BODIES = 32 << 20
+MAX_KEPT_BODIES = BUDGETS.kept_bodies
 # records a stream has once: the key of `dump_stream`'s result they fill
 _ONE_OF = {FileHeader: "header", Configuration: "configuration", TrailingData: "trailing"}
 
@@ -60,13 +62,17 @@ def _decode_devices(sections: list[dict], bodies: list[tuple[dict, bytes]], vmde
             devices = vmstate.parse_vmdescription(vmdesc)
         except vmstate.VmstateDecodeError:
             devices = None
+    budget = DecodeBudget()  # one for every body: what is printed is bounded too
     for sec, body in bodies:
         desc = devices.find(sec["idstr"], sec["instance_id"]) if devices is not None else None
         if desc is None:
             sec["decoded"] = "no description: content not decoded"
             continue
+        if budget.left == 0:
+            sec["decoded"] = f"not decoded: the budget of {budget.limit} decoded elements is spent"
+            continue
         try:
-            dec = vmstate.decode_body(desc, body)
+            dec = vmstate.decode_body(desc, body, budget=budget)
         except vmstate.VmstateDecodeError as e:
             sec["decoded"] = f"does not decode with its description: {e}"
             continue
@@ -137,11 +143,12 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
                 vmdesc = rec.json if rec.complete else None
                 out["vmdescription"] = rec.summary()
                 try:
-                    desc = json.loads(rec.json)
-                    out["vmdescription"]["devices"] = len(desc.get("devices", []))
-                    out["vmdescription"]["page_size"] = desc.get("page_size")
-                except (ValueError, AttributeError):
+                    desc = parse_vmdescription(rec.json)
+                    out["vmdescription"]["devices"] = len(desc.devices)
+                    out["vmdescription"]["page_size"] = desc.page_size
+                except VmstateDecodeError as e:
                     out["vmdescription"]["devices"] = None
+                    out["vmdescription"]["malformed"] = e.message
     except DecodeError as e:
         out["error"] = str(e)
     for blk, counts in pages.items():
@@ -193,8 +200,62 @@ def format_dump(d: dict) -> str:
     lines.append(f"EOF at {d['eof']}" if d["eof"] is not None else "no EOF")
     v = d["vmdescription"]
     lines.append(f"VMDESCRIPTION at {v['offset']}: {v['length']} bytes, {v.get('devices')} devices" if v else "no VMDESCRIPTION")
+    if v and v.get("malformed"):
+        lines.append(f"VMDESCRIPTION malformed: {v['malformed']}")
     if d["trailing"]:
         lines.append(f"trailing data at {d['trailing']['offset']}: {d['trailing']['length']} bytes")
+    if d["error"]:
+        lines.append(f"decoding stopped: {d['error']}")
+    return "\n".join(lines)
+
+
+MULTIFD_HEAD = b"\x11\x22\x33\x44"  # MULTIFD_MAGIC, first in every multifd channel
+
+
+def dump_channel(src: BinaryIO, *, name: str = "<channel>") -> dict:
+    """A multifd channel file: its initial packet, packets by kind, pages per block, where
+    decoding stopped."""
+    from wireformat.multifd import MultifdChannelReader, MultifdDeviceStatePacket, MultifdInit, MultifdRamPacket
+
+    out: dict = {"source": name, "kind": "multifd channel", "init": None, "packets": 0, "syncs": 0,
+                 "device_state": 0, "layout": None, "packet_nums": None, "blocks": {}, "error": None}
+    reader = MultifdChannelReader(src, "multifd")
+    blocks: dict[str, Counter] = defaultdict(Counter)
+    lo = hi = None
+    try:
+        for rec in reader:
+            if isinstance(rec, MultifdInit):
+                out["init"] = {"id": rec.id, "uuid": rec.uuid.hex(), "magic": f"{rec.magic:#x}", "version": rec.version}
+            elif isinstance(rec, MultifdRamPacket):
+                out["packets"] += 1
+                out["syncs"] += rec.is_sync
+                out["layout"] = rec.layout
+                lo = rec.packet_num if lo is None else min(lo, rec.packet_num)
+                hi = rec.packet_num if hi is None else max(hi, rec.packet_num)
+                if rec.normal_pages or rec.zero_pages:
+                    blocks[rec.ramblock]["page"] += rec.normal_pages
+                    blocks[rec.ramblock]["zero"] += rec.zero_pages or 0
+            elif isinstance(rec, MultifdDeviceStatePacket):
+                out["packets"] += 1
+                out["device_state"] += 1
+    except DecodeError as e:
+        out["error"] = str(e)
+    out["packet_nums"] = None if lo is None else [lo, hi]
+    out["blocks"] = {k: dict(v) for k, v in blocks.items()}
+    out["bytes"] = reader.w.offset()
+    return out
+
+
+def format_channel(d: dict) -> str:
+    lines = [f"{d['source']}: {d['bytes']} bytes, multifd channel"]
+    i = d["init"]
+    if i:
+        lines.append(f"init        id {i['id']}  uuid {i['uuid']}  magic {i['magic']} version {i['version']}")
+    nums = d["packet_nums"]
+    lines.append(f"packets     {d['packets']} ({d['syncs']} SYNC, {d['device_state']} device state; layout {d['layout'] or '?'}"
+                 + (f"; packet_num {nums[0]}..{nums[1]}" if nums else "") + ")")
+    for blk, c in d["blocks"].items():
+        lines.append(f"  {blk:<28} {c.get('page', 0):>9} pages {c.get('zero', 0):>9} zero")
     if d["error"]:
         lines.append(f"decoding stopped: {d['error']}")
     return "\n".join(lines)

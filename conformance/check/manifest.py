@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
+from wireformat.budgets import BUDGETS, JsonInputError, load_json
+
 FILE = "manifest.json"
 FORMAT = "capture/2"
 READABLE = ("capture/1", FORMAT)
 
 # Budgets: what a manifest can make us read, start or keep.
-MAX_BYTES = 1 << 20  # manifest.json itself
+MAX_BYTES = BUDGETS.manifest_bytes  # manifest.json itself
 MAX_FILES = 256  # channel and other files named
 MAX_MEM_MB = 16384  # guest RAM of a destination (pmemsave writes it all to a temporary file)
 MAX_GLOBALS = 64
@@ -478,15 +480,12 @@ def load(directory: Path | str, *, device_sets: Collection[str] | None = None) -
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_BYTES + 1)
-        doc = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise ManifestError(f"{where}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    except RecursionError:
-        raise ManifestError(f"{where}: nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, and integers beyond Python's digit limit
-        raise ManifestError(f"{where}: not JSON: {str(e).splitlines()[0]}") from None
+    try:  # bad UTF-8, bad JSON, huge integer literals, nesting beyond the depth budget
+        doc = load_json(raw, where, max_bytes=MAX_BYTES)
+    except JsonInputError as e:
+        raise ManifestError(str(e)) from None
     try:
         return parse(doc, device_sets=device_sets)
     except ManifestError as e:

@@ -424,13 +424,16 @@ def ram_model_check(main: BinaryIO, channels: list[BinaryIO], *, mode: str) -> t
     return model.violations, model.stats()
 
 
-def vmstate_body_check(desc: dict, data: bytes) -> str | None:
+def vmstate_body_check(desc: dict, data: bytes, budget=None) -> str | None:
     """The Loader's body checker: a FULL body must be exactly what the stream's own VMSD
-    description (its VMDESCRIPTION trailer) says; the problem, or None."""
+    description (its VMDESCRIPTION trailer) says; the problem, or None. `budget`: the
+    decoded-element budget the stream's bodies share."""
     from wireformat import vmstate
 
     try:
-        decoded = vmstate.decode_body(desc, data)
+        decoded = vmstate.decode_body(desc, data, budget=budget)
+    except vmstate.VmstateBudgetError:
+        raise  # the description's fault, not this body's: the loader says so once
     except vmstate.VmstateDecodeError as e:
         return f"body does not decode with the stream's own VMSD description: {e}"
     except (KeyError, TypeError, ValueError) as e:
@@ -445,14 +448,14 @@ def _framed_or_checked(framed: dict) -> Callable:
     description to exactly its length passes without a second decode."""
     import hashlib
 
-    def check(desc: dict, data) -> str | None:
+    def check(desc: dict, data, budget=None) -> str | None:
         if isinstance(desc, dict):
             seen = framed.get((desc.get("name"), desc.get("instance_id", 0)))
             if seen:
                 digest = hashlib.blake2b(data, digest_size=16).digest()
                 if any(h == digest and d == desc for d, h in seen):
                     return None
-        return vmstate_body_check(desc, data)
+        return vmstate_body_check(desc, data, budget)
 
     return check
 
@@ -460,20 +463,17 @@ def _framed_or_checked(framed: dict) -> Callable:
 def trailer_body_sizer(path: str):
     """Frame device bodies by the stream's own trailer, read first from a plain file (None
     for pipes, compressed files, or no usable trailer)."""
-    import json
-
     from wireformat.reader import vmdescription_body_sizer
+    from wireformat.vmstate import VmstateDecodeError, parse_vmdescription
 
     from conformance.check.inputs import read_vmdescription
 
     raw = read_vmdescription(str(path))
     if raw is None:
         return None
-    try:
-        devices = json.loads(raw)["devices"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(devices, list):
+    try:  # a malformed trailer is the loader's to report (vmdescription-malformed); framing goes on without it
+        devices = parse_vmdescription(raw).devices
+    except VmstateDecodeError:
         return None
     framed: dict = {}
     sizer = vmdescription_body_sizer(devices, framed)

@@ -88,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         _signals.install()  # the command itself (tests pass argv and keep their own handlers)
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command is None or command not in {n for _, _, helps in COMMANDS for n in helps}:
+    names = [n for _, _, helps in COMMANDS for n in helps]
+    if command is not None and command not in names and argv and argv[0] == command:
+        import difflib
+
+        close = difflib.get_close_matches(command, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; the commands are: {', '.join(names)}"
+        print(f"migconform: error: unknown command '{command}'{hint}", file=sys.stderr)
+        return EXIT_USAGE
+    if command is None or command not in names:
         command = ""  # --help, or a mistake argparse reports: no command module is needed
     parser = build_parser(command)
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import sys
 
 from conformance.cli import EXIT_OK, EXIT_VIOLATIONS
 from conformance.cli.profile_options import add_options as add_profile_options
+from wireformat.budgets import BUDGETS
 
 
 def add_check_parser(sub) -> None:
@@ -33,27 +34,23 @@ def add_check_parser(sub) -> None:
     add_profile_options(c)
     c.add_argument("--send-src-downtime-id", type=int, default=None, metavar="ID",
                    help="decode the proposed (never merged) MIG_CMD_SEND_SRC_DOWNTIME under this command id")
+    c.add_argument("--timeout", type=float, default=BUDGETS.wait_seconds, metavar="SECONDS",
+                   help=f"wait this long for a tcp: source to connect, a FIFO's writer or stdin's first bytes "
+                   f"(default {BUDGETS.wait_seconds:g}); what is waited for is said on stderr")
     c.set_defaults(func=cmd_check)
 
 
-class _Progress:
-    """Progress on stderr for long checks, only when stderr is a terminal."""
+def _progress(enabled: bool):
+    """check's progress: MiB read of a lone main stream."""
+    from conformance.progress import Progress
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    bar = Progress("check", unit=" MiB", enabled=enabled)
 
-    def __call__(self, offset: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if total:
-            sys.stderr.write(f"\r  {offset / total:6.1%}  {offset >> 20} MiB")
-        else:
-            sys.stderr.write(f"\r  {offset >> 20} MiB")
-        sys.stderr.flush()
+    def tick(offset: int, total: int | None) -> None:
+        bar.update(offset >> 20, None if total is None else total >> 20)
 
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 40 + "\r")
+    tick.done = bar.close
+    return tick
 
 
 def cmd_check(args) -> int:
@@ -61,13 +58,16 @@ def cmd_check(args) -> int:
     from conformance.check.destination import command_set, destination_tables
     from conformance.check.paths import check_files
     from conformance.check.report import format_report
+    from conformance.check.inputs import Waiting
     from conformance.cli.profile_options import from_args
 
+    Waiting.timeout = args.timeout
+    Waiting.announce = lambda m: print(f"migconform: {m}", file=sys.stderr, flush=True)
     main, channels = stream_files(args.path, args.channel or [])
     profiles = from_args(args, main)
     target = profiles.dest
     tables = destination_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables)
-    prog = _Progress(sys.stderr.isatty() and not args.json and not channels)
+    prog = _progress(not args.json and not channels)
     try:
         rep = check_files(main, channels, target=target, commands=command_set(args.send_src_downtime_id),
                           tables=tables, machine=target.machine, recovery=args.recovery,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from wireformat.budgets import BUDGETS
 from wireformat.constants import MULTIFD_MAGIC, MULTIFD_VERSION
 from wireformat.multifd import (
     MULTIFD_FLAG_COMPRESSION_MASK_V92,
@@ -191,9 +192,23 @@ class MultifdChecker:
                         "sync the main stream never releases")
         # 9.0+ numbers every packet from one counter shared by the channels: a gap is a lost packet
         if self.packet_nums and all(c.layout == "9.0" for c in self.channels.values() if c.packets):
-            have = set(self.packet_nums)
-            missing = sorted(set(range(min(have), max(have) + 1)) - have)
+            missing, listed = missing_numbers(self.packet_nums, BUDGETS.missing_packets_listed)
             if missing:
+                more = f" and {missing - len(listed)} more" if missing > len(listed) else ""
                 self._v(Code.MULTIFD_PACKET_MISSING, "multifd", 0,
-                        f"packet numbers {missing[:8]}{'…' if len(missing) > 8 else ''} are on no channel: a packet was lost")
+                        f"packet numbers {listed}{more} are on no channel: a packet was lost")
         return self.sink.since(start)
+
+
+def missing_numbers(nums, listed: int) -> tuple[int, list[int]]:
+    """(how many numbers between the lowest and the highest of `nums` are absent, the first
+    `listed` of them): walks the gaps of the sorted numbers, never the range itself (a
+    packet number near 2**64 is one splice away)."""
+    have = sorted(set(nums))
+    count, first = 0, []
+    for lo, hi in zip(have, have[1:]):
+        gap = hi - lo - 1
+        if gap > 0:
+            count += gap
+            first.extend(range(lo + 1, lo + 1 + min(gap, listed - len(first))))
+    return count, first

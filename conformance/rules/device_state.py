@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from wireformat.budgets import BUDGETS, load_json
+
 from conformance.rules.catalogue import Code
 
 FORMAT = 1
@@ -166,6 +168,7 @@ class _Load:
         self.l = layouts
         self.body = body
         self.pos = 0
+        self.elements = 0  # counts and nested structs read so far, against the budget
         self.top = top
         self.presence = (layouts.presence.get(family or "", {}) or {}).get(top, {})
         self.values = (layouts.values.get(family or "", {}) or {}).get(top, {})
@@ -235,6 +238,11 @@ class _Load:
         if count is None or count == "var":
             raise _NotJudged("element count not known" if count is None else "element count from another field",
                              where)
+        if not isinstance(count, int):
+            raise _NotJudged("element count not an integer", where)
+        self.elements += count
+        if self.elements > BUDGETS.vmstate_elements:  # counts come from the stream (VARRAY fields)
+            raise _NotJudged(f"more than {BUDGETS.vmstate_elements} elements", where)
         if "d" in f:
             if (vmsd, f["n"]) in VSTRUCT_FIELDS or w.get("t") not in (None, "struct", "tmp"):
                 raise _NotJudged(f"{w.get('t')} field", where)
@@ -429,7 +437,7 @@ def judge_bodies(layouts: Layouts, bodies: Iterable[tuple[str, int, bytes, int]]
     descs = {}
     if vmdescription is not None:
         try:
-            for d in json.loads(vmdescription).get("devices", []):
+            for d in load_json(vmdescription, "VMDESCRIPTION").get("devices", []):
                 if isinstance(d, dict):
                     descs.setdefault((d.get("name"), d.get("instance_id", 0)), d)
         except (ValueError, AttributeError, TypeError):

@@ -12,7 +12,6 @@ source's to judge (conformance.rules.returnpath).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,10 +29,12 @@ from wireformat.constants import (
     RamSaveFlag as F,
     SectionType as T,
 )
+from wireformat.budgets import BUDGETS, DecodeBudget
 from wireformat.commands import RELEASED, CommandSet
 from wireformat.errors import UnknownVfioMarker
 from wireformat.ram import XbzrleError, xbzrle_decode
 from wireformat.vfio import parse_markers
+from wireformat.vmstate import VmstateBudgetError, VmstateDecodeError, parse_vmdescription
 from wireformat.records import (
     Command,
     Configuration,
@@ -66,7 +67,7 @@ PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
 MAPPED_RAM_FORBIDDEN = frozenset(int(f) for f in (F.RAM_SAVE_FLAG_ZERO, F.RAM_SAVE_FLAG_PAGE, F.RAM_SAVE_FLAG_XBZRLE,
                                                    F.RAM_SAVE_FLAG_HOOK, F.RAM_SAVE_FLAG_MULTIFD_FLUSH))
-MAX_KEPT_BODIES = 32 << 20  # device bodies kept for the VMDESCRIPTION cross-check
+MAX_KEPT_BODIES = BUDGETS.kept_bodies  # device bodies kept for the VMDESCRIPTION cross-check
 
 
 class Phase(Enum):
@@ -131,7 +132,7 @@ class Loader:
         *,
         commands: CommandSet = RELEASED,
         tables: DestinationTables | None = None,
-        body_checker: Callable[[dict, bytes], str | None] | None = None,
+        body_checker: Callable[[dict, bytes, DecodeBudget], str | None] | None = None,
         machine: str | None = None,
         recovery: bool = False,
         previous: "Loader | None" = None,
@@ -235,8 +236,10 @@ class Loader:
             if nxt is None:
                 self._out_of_phase(rec)
                 nxt = TRANSITIONS.get((self.phase, kind), self.phase)
+            before = self.phase
             self._handlers[kind](rec)
-            self.phase = nxt
+            if self.phase is before:  # a handler that ended the load (bad magic) keeps its phase
+                self.phase = nxt
         return self.violations[start:]
 
     def close(self, end_offset: int | None = None, channel: str = "main") -> list[Violation]:
@@ -599,7 +602,9 @@ class Loader:
         self.stats_commands[name] += 1
         is_opt_in = cmd == self.commands.send_src_downtime_id
         if not is_opt_in and (cmd == 0 or cmd >= self.target.mig_cmd_max):
-            self._v(Code.UNKNOWN_COMMAND, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x})")
+            known = (f": {name}, which QEMU {self.target.version} does not have"
+                     if cmd and not name.startswith("MIG_CMD_0x") else "")
+            self._v(Code.UNKNOWN_COMMAND, ch, off, f"MIG_CMD {cmd:#x} unknown (len {n:#x}){known}")
             return
         if is_opt_in:
             if c.args is None:
@@ -725,21 +730,26 @@ class Loader:
         """Each FULL body must be exactly what the stream's own VMSD description says."""
         if self.vmdescription is None or self.body_checker is None:
             return
-        try:
-            desc = json.loads(self.vmdescription)
-            devices = desc["devices"]
-        except (ValueError, KeyError, TypeError) as e:
-            self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e}")
+        try:  # within the JSON budgets and type-checked against the trailer's schema
+            devices = parse_vmdescription(self.vmdescription).devices
+        except VmstateDecodeError as e:
+            self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen, f"VMDESCRIPTION is not the expected JSON: {e.message.removeprefix('VMDESCRIPTION: ')}")
             return
         by_key = {}
         for dev in devices:
-            if isinstance(dev, dict):
-                by_key.setdefault((dev.get("name"), dev.get("instance_id", 0)), dev)
+            by_key.setdefault((dev["name"], dev["instance_id"]), dev)
+        budget = DecodeBudget()  # one for every body of the stream
         for idstr, inst, data, off in self.device_bodies:
             dev = by_key.get((idstr, inst))
             if dev is None:
                 continue
-            problem = self.body_checker(dev, data)
+            try:
+                problem = self.body_checker(dev, data, budget)
+            except VmstateBudgetError as e:
+                self._v(Code.VMDESCRIPTION_MALFORMED, "main", self.bytes_seen,
+                        f"VMDESCRIPTION describes more than the budget of {budget.limit} decoded elements "
+                        f"(reached at {idstr} instance {inst}: {e.message}); later bodies are not checked against it")
+                return
             if problem:
                 self._v(Code.DEVICE_BODY_MISMATCH, "main", off, problem, f"{idstr} instance {inst}")
 

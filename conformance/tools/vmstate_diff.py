@@ -611,12 +611,16 @@ def apply_evidence(diff: VmstateDiff, direction: str, ev: Evidence) -> None:
 
 def load_dump(path: str) -> DumpVmstate:
     """A -dump-vmstate file (plain or compressed, '-' for stdin); ValueError with one line."""
-    from conformance.check.inputs import InputError, open_stream
+    from wireformat.budgets import BUDGETS
+
+    from conformance.check.inputs import InputError, open_stream, read_at_most
 
     try:
         src, name = open_stream(path)
-        with src:
-            data = src.read()
+        with src:  # within the JSON budget: /dev/zero or a bomb is not read without end
+            data = read_at_most(src, BUDGETS.json_bytes + 1)
+        if len(data) > BUDGETS.json_bytes:
+            raise ValueError(f"{path}: more than {BUDGETS.json_bytes} bytes, not a -dump-vmstate JSON")
     except InputError as e:
         raise ValueError(str(e)) from None
     except OSError as e:

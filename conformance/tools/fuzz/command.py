@@ -103,13 +103,14 @@ def seed_machine(seed) -> str | None:
 
 
 def _progress_printer():
-    tty = sys.stderr.isatty()
+    """The campaign's stats line: in rich's live display on a terminal, else a plain line
+    (the campaign calls this every --progress-every seconds)."""
+    from conformance.progress import Progress
+
+    bar = Progress("fuzz", unit=" execs", every=0)
 
     def show(stats) -> None:
-        if tty:
-            print("\r" + stats.line(), end="", file=sys.stderr, flush=True)
-        else:
-            print(stats.line(), file=sys.stderr, flush=True)
+        bar.update(stats.execs, None, stats.line())
 
     return show
 

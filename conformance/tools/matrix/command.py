@@ -145,7 +145,7 @@ def cmd_matrix(args) -> int:
         if args.keep:
             Path(args.keep).mkdir(parents=True, exist_ok=True)
         cells = grid.cells()
-        bar = report.ProgressBar(len(cells), enabled=sys.stderr.isatty() and not args.no_progress)
+        bar = report.ProgressBar(len(cells), enabled=not args.no_progress)
         try:
             result = run_matrix(binaries, grid, workdir=args.keep, workers=args.workers, mem_mb=args.mem_mb,
                                 timeout=args.timeout, globals_=args.globals_, progress=bar.update,

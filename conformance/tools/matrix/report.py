@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import html
 import re
-import sys
 import threading
-import time
 from collections import Counter
 from typing import Any, Mapping, TextIO
 
@@ -123,36 +121,27 @@ def _cell_short_id(c: Mapping) -> str:
 # ---------------------------------------------------------------- progress
 
 class ProgressBar:
-    """`[#####.....] 120/384 cells  0 disagree  31 s` on stderr, redrawn in place; only when
-    enabled (the caller passes stderr.isatty()). Thread-safe; update(cell, done, total)."""
+    """Cells done, disagreements, time left on stderr (conformance.progress: rich's bar on a
+    terminal, a plain line every few seconds in a log). Thread-safe; update(cell, done, total)."""
 
-    def __init__(self, total: int, *, enabled: bool = True, stream: TextIO | None = None, width: int = 30):
-        self.total, self.enabled, self.width = total, enabled, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.t0 = time.monotonic()
+    def __init__(self, total: int, *, enabled: bool = True, stream: TextIO | None = None, every: float = 5.0):
+        from conformance.progress import Progress
+
+        self.total, self.enabled = total, enabled
         self.counts: Counter = Counter()
         self._lock = threading.Lock()
+        self._bar = Progress("matrix", total, unit=" cells", stream=stream, enabled=enabled, every=every)
 
     def update(self, cell: Any, done: int, total: int | None = None) -> None:
         verdict = getattr(cell, "verdict", None) or (cell.get("verdict") if isinstance(cell, Mapping) else None)
         with self._lock:
             if verdict:
                 self.counts[verdict] += 1
-            if not self.enabled:
-                return
-            total = total or self.total
-            filled = int(self.width * done / total) if total else self.width
-            elapsed = time.monotonic() - self.t0
-            eta = elapsed / done * (total - done) if done else 0.0
             bad = self.counts["disagree"] + self.counts["error"]
-            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} cells  "
-                              f"{bad} disagree  {elapsed:.0f} s (~{eta:.0f} s left)  ")
-            self.stream.flush()
+            self._bar.update(done, total or self.total, f"{bad} disagree")
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * (self.width + 60) + "\r")
-            self.stream.flush()
+        self._bar.close()
 
 
 # ---------------------------------------------------------------- terminal
