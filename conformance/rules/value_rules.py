@@ -263,11 +263,13 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
         return out
     descs: dict = {}
     if vmdescription is not None:
-        try:
-            for d in json.loads(vmdescription).get("devices", []):
+        from wireformat.budgets import JsonInputError, load_json
+
+        try:  # within the input budgets: the loader reported a malformed description already
+            for d in load_json(vmdescription, "VMDESCRIPTION").get("devices", []):
                 if isinstance(d, dict):
                     descs.setdefault((d.get("name"), d.get("instance_id", 0)), d)
-        except (ValueError, AttributeError, TypeError):
+        except (JsonInputError, ValueError, AttributeError, TypeError):
             descs = {}
     for idstr, inst, data, off in bodies:
         desc = descs.get((idstr, inst))

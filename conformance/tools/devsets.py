@@ -86,7 +86,7 @@ def load_sets(path: Path | str, builtin: Iterable[str] = ()) -> dict[str, tuple[
     try:
         text = raw.decode("utf-8")
         doc = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError, TOMLDecodeError: ValueErrors
         raise DeviceSetError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: "
                              f"{str(e).splitlines()[0]}") from None
     sets = parse_sets(doc, str(path))
