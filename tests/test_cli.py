@@ -270,3 +270,28 @@ def test_catalogue_shows_the_severity_on_each_modelled_version():
     assert next(line for line in out.splitlines() if line.startswith("ram-zero-fill ")).split()[1:3] == ["silent-loss", "reject"]
     code, out, _ = run("catalogue", "--markdown")
     assert "| `ram-zero-fill` | silent-loss | reject |" in out
+
+
+def test_a_qemu_that_dies_at_start_is_one_line_not_an_internal_error(tmp_path):
+    """A binary that reports a version but refuses to start (a broken build, a missing ROM):
+    the command says QEMU's words in one line and exits 2."""
+    import os
+    import subprocess
+    import sys
+
+    from conformance.versions import NEWEST
+
+    fake = tmp_path / "usr" / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n"
+                    f'case "$*" in *--version*) echo "QEMU emulator version {NEWEST}.9"; exit 0;; esac\n'
+                    'echo "qemu-system-x86_64: failed to find romfile \\"efi-virtio.rom\\"" >&2; exit 1\n')
+    fake.chmod(0o755)
+    # fuzz captures its seed from the binary first
+    r = subprocess.run([sys.executable, "-m", "conformance.cli", "fuzz", "--qemu", NEWEST, "--findings",
+                        str(tmp_path / "f"), "--time", "1s", "--target", "loader"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MIGCONFORM_QEMU": f"{NEWEST}={fake}"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("migconform: error:") and "efi-virtio.rom" in lines[0], r.stderr

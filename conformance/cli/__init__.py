@@ -76,6 +76,10 @@ _ONE_LINE_ERRORS = (
     ("conformance.errors", "UsageError"),
     ("conformance.check.inputs", "InputError"),
     ("conformance.check.pipeline", "StreamReadError"),
+    # a QEMU that is missing, refuses its command line or dies: the machine's problem, said in
+    # QEMU's own words (process.py folds its stderr into one line)
+    ("conformance.qemu.binaries", "QemuNotFound"),
+    ("conformance.qemu.binaries", "QemuError"),
 )
 
 
