@@ -313,3 +313,13 @@ def test_acpi_table_size_beyond_its_maximum_aborts_the_destination(version, qemu
         ex = t.run(FuzzInput(seed, ["acpi"], units).data())
     assert ex.verdict == "crashed" and ex.exit_code == -signal.SIGABRT, ex
     assert "Size too large: /rom@etc/acpi/tables" in ex.stderr
+
+
+def test_a_sanitizer_notice_is_not_the_first_error():
+    """A sanitized build prints a notice at start; the error is QEMU's line after it, and an
+    AddressSanitizer report is a crash."""
+    notice = "==4242==WARNING: ASan doesn't fully support makecontext/swapcontext functions\n"
+    assert verdict_of(False, False, 1, notice + "qemu-system-x86_64: load of migration failed: Invalid argument\n") == \
+        ("rejected", "load of migration failed: Invalid argument")
+    verdict, first = verdict_of(False, False, 1, notice + "==4242==ERROR: AddressSanitizer: heap-buffer-overflow\n")
+    assert verdict == "crashed" and "AddressSanitizer" in first

@@ -227,7 +227,28 @@ def test_differential_real_destination_rejects_what_each_rule_rejects(version, q
         ex = real.run(data)
         rows.append(("grow", ex.verdict, ex.first_error, sorted(v.code for v in _model(data, version))))
         agree += ex.verdict == "accepted" and not rows[-1][3]
-    assert agree == len(CASES) + 1, json.dumps(rows, indent=1)
+        # and instance ids find_se matches by alias: 0xffffffff (alias -1 of an entry
+        # registered without one) and the slave PIC's legacy alias, its I/O base
+        for name, idstr, iid in LOADS_BY_ALIAS:
+            data = FuzzInput(seed, [name], header_edit(seed, idstr, instance_id=iid)).data()
+            ex = real.run(data)
+            rows.append((name, ex.verdict, ex.first_error, sorted(v.code for v in _model(data, version))))
+            agree += ex.verdict == "accepted" and Code.UNKNOWN_SECTION not in rows[-1][3]
+    assert agree == len(CASES) + 1 + len(LOADS_BY_ALIAS), json.dumps(rows, indent=1)
+
+
+LOADS_BY_ALIAS = (("timer-any", "timer", 0xFFFFFFFF), ("pic-alias", "i8259", 0xA0))
+
+
+@pytest.mark.parametrize("idstr,iid,known", [("timer", 0xFFFFFFFF, True), ("timer", 1, False),
+                                             ("i8259", 0x20, True), ("i8259", 0xA0, True),
+                                             ("i8259", 0xFFFFFFFF, False), ("i8259", 2, False),
+                                             ("0000:00:02.0/e1000", 0xFFFFFFFF, True)])
+def test_instance_ids_match_as_find_se_matches(idstr, iid, known):
+    row = value_rules.sections(NEWEST).get(idstr)
+    f = (value_rules.judge_other_section(row, idstr, iid, row.version_id or 1) if row is not None
+         else value_rules.judge_instance(idstr, iid))
+    assert (f is None) is known, f
 
 
 def features_edit(seed, suffix: str, value: int) -> list[Unit]:

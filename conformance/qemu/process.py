@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -55,12 +56,18 @@ def _kill_leftovers() -> None:  # a crashed test must not leave QEMUs behind
         p.terminate()
 
 
+# a sanitizer runtime's notice at start-up ("==123==WARNING: ASan doesn't fully support
+# makecontext/swapcontext ..."): not an error of QEMU's
+_SANITIZER_NOTICE = re.compile(r"==\d+==WARNING: ")
+
+
 def error_lines(stderr: str) -> list[str]:
-    """Non-empty stderr lines without QEMU's "qemu-system-x86_64: " prefix."""
+    """Non-empty stderr lines without QEMU's "qemu-system-x86_64: " prefix (sanitizer
+    start-up notices dropped)."""
     out = []
     for line in stderr.splitlines():
         line = line.rstrip()
-        if line:
+        if line and not _SANITIZER_NOTICE.match(line):
             out.append(line.removeprefix(STDERR_PREFIX))
     return out
 

@@ -72,8 +72,13 @@ class DestinationTables:
         return Finding(f.code, f.message) if f is not None else None
 
     def judge(self, idstr: str, instance_id: int, version_id: int) -> Finding | None:
+        from conformance.rules import value_rules
+
         if self.entries:
             local = self.entries.get((idstr, instance_id))
+            if local is None and instance_id == value_rules.INSTANCE_ANY and not value_rules.aliases(idstr):
+                # find_se: 0xffffffff is the alias of every entry registered without one
+                local = next((v for (i, _), v in self.entries.items() if i == idstr), None)
             if local is None:
                 return Finding(Code.UNKNOWN_SECTION,
                                f"Unknown savevm section or instance '{idstr}' {instance_id}. Make sure that your current VM "

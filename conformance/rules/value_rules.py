@@ -199,13 +199,32 @@ def _unknown(idstr: str, instance_id: int) -> Finding:
                    "matches your saved VM setup, including any hotplugged devices")
 
 
+# savevm.c's find_se matches an entry by its instance id OR its alias id, and an entry
+# registered without an alias keeps alias -1: so the wire value 0xffffffff finds any such
+# entry (checked: QEMU 10.0 loads 'timer' instance 0xffffffff), and a device with a legacy
+# alias (its I/O base) is found by that too.
+INSTANCE_ANY = 0xFFFFFFFF
+
+
+def aliases(idstr: str) -> tuple[int, ...]:
+    """The legacy instance-id aliases the destination registers for idstr (none: alias -1)."""
+    row = _data()["instances"].get(idstr) or {}
+    return tuple(row.get("aliases", ()))
+
+
+def instance_matches(idstr: str, instance_id: int, ids) -> bool:
+    """Whether find_se finds an entry of idstr registered with one of `ids` for instance_id."""
+    alias = aliases(idstr)
+    return instance_id in ids or instance_id in alias or (instance_id == INSTANCE_ANY and not alias)
+
+
 def judge_instance(idstr: str, instance_id: int) -> Finding | None:
     """A device section's instance id against the ones the destination registers (None: not known)."""
     table = instances()
     ids = table.get(idstr)
     if ids is None and "/" in idstr:
         ids = table.get("/")
-    if ids is not None and instance_id not in ids:
+    if ids is not None and not instance_matches(idstr, instance_id, ids):
         return _unknown(idstr, instance_id)
     return None
 
@@ -213,7 +232,7 @@ def judge_instance(idstr: str, instance_id: int) -> Finding | None:
 def judge_other_section(row: SectionRow, idstr: str, instance_id: int, version_id: int) -> Finding | None:
     """A header of a section registered outside device classes, in the order savevm.c checks:
     the entry (idstr, instance), then its version, then the load function's own check."""
-    if row.instances is not None and instance_id not in row.instances:
+    if row.instances is not None and not instance_matches(idstr, instance_id, row.instances):
         return _unknown(idstr, instance_id)
     if row.instances is None and (f := judge_instance(idstr, instance_id)) is not None:
         return f
