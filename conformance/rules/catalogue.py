@@ -40,6 +40,7 @@ class Code(StrEnum):
     MULTIFD_PACKET_ORDER = "multifd-packet-order"
     MULTIFD_PACKET_MISSING = "multifd-packet-missing"
     MULTIFD_SYNC_COUNT = "multifd-sync-count"
+    MULTIFD_SYNC_EXTRA = "multifd-sync-extra"
     MULTIFD_CHANNELS = "multifd-channels"
     MULTIFD_CHANNELS_MISSING = "multifd-channels-missing"
     MULTIFD_ZERO_PAGES_IGNORED = "multifd-zero-pages-ignored"
@@ -200,11 +201,16 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
            "ignored: the destination reads normal_pages pages"),
         _C(Code.MULTIFD_PACKET_ORDER, Severity.DEVIATION, "packet_num goes backwards on one channel",
            "not checked by QEMU; no source does it"),
-        _C(Code.MULTIFD_PACKET_MISSING, Severity.REJECT, "a packet number (shared counter, 9.0+) is on no channel",
-           "the packet was lost: pages missing, or a SYNC missing and the destination hangs"),
+        _C(Code.MULTIFD_PACKET_MISSING, Severity.SILENT_LOSS, "a packet number (shared counter, 9.0+) is on no channel",
+           "not checked by QEMU: the load completes without the lost packet's pages (VERIFIED on 10.0 by a "
+           "fuzzing finding); a lost SYNC is multifd-sync-count"),
         _C(Code.MULTIFD_SYNC_COUNT, Severity.REJECT,
-           "a channel's SYNC packets do not match the main stream's sync points",
+           "a channel has fewer SYNC packets than the main stream's sync points",
            "the destination main thread waits for a SYNC that never comes: it hangs (VERIFIED on 10.0)"),
+        _C(Code.MULTIFD_SYNC_EXTRA, Severity.DEVIATION,
+           "a channel has more SYNC packets than the main stream's sync points",
+           "the channel thread waits for a release that never comes until the load ends: it completes "
+           "(VERIFIED on 7.2 and 10.0 by fuzzing findings); no source writes it"),
         _C(Code.MULTIFD_CHANNELS, Severity.SILENT_LOSS, "more channels than the destination's multifd-channels",
            "the extra channels are never read: the load completes with their pages missing"),
         _C(Code.MULTIFD_CHANNELS_MISSING, Severity.REJECT,
