@@ -30,6 +30,7 @@ class Modelled:
     # Channels and the return path (rules/dest_channels.py, rules/settings.py).
     rp_msg_max: int  # first return-path message type the version does not know (SWITCHOVER_ACK is 7, 8.1+)
     multifd_zero_pages_understood: bool  # a multifd packet's zero-page list is applied (9.0+; 7.2 ignores it)
+    colo_enable_needs_capability: bool  # MIG_CMD_ENABLE_COLO fails without x-colo (10.0); 7.2 turns COLO on and hangs
 
     # MigrationStatus (rules/migration_states.py; spec state-machine.md).
     switchover_device_state: bool  # the source passes `device` on every switchover, not only after pause-before-switchover
@@ -52,6 +53,7 @@ MODELLED: tuple[Modelled, ...] = (
         validated_capabilities=frozenset({"x-ignore-shared"}),
         rp_msg_max=7,
         multifd_zero_pages_understood=False,
+        colo_enable_needs_capability=False,
         switchover_device_state=False,
         recover_setup_state=False,
         cancel_in_postcopy=True,
@@ -68,6 +70,7 @@ MODELLED: tuple[Modelled, ...] = (
         validated_capabilities=frozenset({"x-ignore-shared", "mapped-ram"}),
         rp_msg_max=8,
         multifd_zero_pages_understood=True,
+        colo_enable_needs_capability=True,
         switchover_device_state=True,
         recover_setup_state=True,
         cancel_in_postcopy=False,

@@ -367,3 +367,17 @@ def test_a_channel_lost_in_postcopy_pauses_rather_than_fails():
     assert [v.code for v in rep.violations] == ["missing-eof"] and rep.stats["status"] == "postcopy-paused"
     assert "postcopy-paused" in rep.violations[0].message
     assert check(ram_stream(ZERO_NAMED)[:-1]).stats["status"] == "failed"  # precopy: it fails
+
+
+@pytest.mark.parametrize("target, text", [("7.2", "waits for a COLO checkpoint that never comes"),
+                                          ("10.0", "ENABLE_COLO command come in migration stream, but x-colo "
+                                                   "capability is not set")])
+def test_enable_colo_needs_the_x_colo_capability(target, text):
+    """Both found by fuzzing real destinations: 10.0 refuses ENABLE_COLO without x-colo, 7.2
+    takes it and hangs after the load; a destination with x-colo takes it."""
+    from conformance.rules.profile import configure
+
+    colo = ram_stream(ZERO_NAMED, extra_cmds=cmd(8))  # MIG_CMD_ENABLE_COLO, no payload
+    found = [v for v in check(colo, target).violations if v.code == "colo-without-capability"]
+    assert len(found) == 1 and found[0].severity.value == "reject" and text in found[0].message
+    assert "colo-without-capability" not in [c for c, _ in codes(colo, configure(target, capabilities={"x-colo": True}))]

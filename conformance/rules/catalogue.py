@@ -41,6 +41,7 @@ class Code(StrEnum):
     MULTIFD_PACKET_MISSING = "multifd-packet-missing"
     MULTIFD_SYNC_COUNT = "multifd-sync-count"
     MULTIFD_SYNC_EXTRA = "multifd-sync-extra"
+    COLO_WITHOUT_CAPABILITY = "colo-without-capability"
     MULTIFD_CHANNELS = "multifd-channels"
     MULTIFD_CHANNELS_MISSING = "multifd-channels-missing"
     MULTIFD_ZERO_PAGES_IGNORED = "multifd-zero-pages-ignored"
@@ -207,6 +208,10 @@ CATALOGUE: Mapping[Code, CatalogueEntry] = MappingProxyType({
         _C(Code.MULTIFD_SYNC_COUNT, Severity.REJECT,
            "a channel has fewer SYNC packets than the main stream's sync points",
            "the destination main thread waits for a SYNC that never comes: it hangs (VERIFIED on 10.0)"),
+        _C(Code.COLO_WITHOUT_CAPABILITY, Severity.REJECT,
+           "MIG_CMD_ENABLE_COLO into a destination without the x-colo capability",
+           "ENABLE_COLO command come in migration stream, but x-colo capability is not set (10.0; VERIFIED); "
+           "7.2 checks nothing, turns COLO on and after the load waits for a checkpoint: it hangs (VERIFIED)"),
         _C(Code.MULTIFD_SYNC_EXTRA, Severity.DEVIATION,
            "a channel has more SYNC packets than the main stream's sync points",
            "the channel thread waits for a release that never comes until the load ends: it completes "

@@ -61,6 +61,7 @@ from conformance.rules.postcopy import PostcopyState
 from conformance.rules.sink import ViolationSink
 from conformance.rules.switchover import is_vfio_idstr
 from conformance.rules.sync import SyncSummary
+from conformance.versions import facts
 from conformance.rules.value_rules import ROM_PROBE_LIMIT, RomProbe
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
@@ -625,6 +626,12 @@ class Loader:
                 self._v(Code.PING_WITHOUT_RETURN_PATH, ch, off, f"CMD_PING ({c.args['value']:#x}) received with no return path")
             else:
                 self.pings.append(c.args["value"])
+        elif mc == MigCmd.MIG_CMD_ENABLE_COLO and not self.target.capabilities.get("x-colo"):
+            self._v(Code.COLO_WITHOUT_CAPABILITY, ch, off,
+                    "ENABLE_COLO command come in migration stream, but x-colo capability is not set"
+                    if facts(self.target.version).colo_enable_needs_capability else
+                    f"ENABLE_COLO without the x-colo capability: QEMU {self.target.version} turns COLO on and, "
+                    "once the stream is loaded, waits for a COLO checkpoint that never comes (hangs)")
         elif mc in pc.COMMANDS:
             self._postcopy_command(c, mc)
 
