@@ -323,3 +323,25 @@ def test_a_sanitizer_notice_is_not_the_first_error():
         ("rejected", "load of migration failed: Invalid argument")
     verdict, first = verdict_of(False, False, 1, notice + "==4242==ERROR: AddressSanitizer: heap-buffer-overflow\n")
     assert verdict == "crashed" and "AddressSanitizer" in first
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_campaign_seeded_by_a_running_guest(qemu, tmp_path, capsys):
+    """--guest devices: the seed is migrated from our running boot program (it programmed the
+    serial port, the floppy controller, ...), and the destinations start with the same guest,
+    so unedited parts load and a finding replays with the guest's own command line."""
+    from conformance.cli import main
+    from conformance.versions import NEWEST
+
+    qemu(NEWEST)
+    code = main(["fuzz", "--qemu", NEWEST, "--guest", "devices", "--time", "8s", "--jobs", "1",
+                 "--findings", str(tmp_path), "--progress-every", "100"])
+    out = capsys.readouterr().out
+    seed = next((tmp_path / "seeds").glob("seed-*-devices.bin"))
+    idstrs = {u.record.idstr for u in decode_seed(seed.read_bytes()).units
+              if isinstance(u.record, SectionHeader) and u.record.idstr}
+    assert "serial" in idstrs and "fdc" in idstrs, idstrs
+    assert code in (0, 1) and "real:accepted=" in out, out  # the real destination loads some inputs
+    for finding in tmp_path.glob("finding-*.json"):
+        assert json.loads(finding.read_text())["guest"] == "devices"

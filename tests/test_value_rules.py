@@ -243,7 +243,7 @@ LOADS_BY_ALIAS = (("timer-any", "timer", 0xFFFFFFFF), ("pic-alias", "i8259", 0xA
 @pytest.mark.parametrize("idstr,iid,known", [("timer", 0xFFFFFFFF, True), ("timer", 1, False),
                                              ("i8259", 0x20, True), ("i8259", 0xA0, True),
                                              ("i8259", 0xFFFFFFFF, False), ("i8259", 2, False),
-                                             ("i8254", 1, False), ("i8254", 0x40, True),
+                                             ("i8254", 1, False), ("i8254", 0x40, True), ("fdc", 1, False),
                                              ("0000:00:02.0/e1000", 0xFFFFFFFF, True)])
 def test_instance_ids_match_as_find_se_matches(idstr, iid, known):
     row = value_rules.sections(NEWEST).get(idstr)

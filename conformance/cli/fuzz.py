@@ -19,6 +19,9 @@ def add_fuzz_parser(sub) -> None:
     f.add_argument("--channels", type=int, metavar="N",
                    help="fuzz a multifd migration with N channels: the seed is a multifd capture, the destination "
                         "has multifd on and N channels, fed over loopback (default: a lone main stream)")
+    f.add_argument("--guest", default="paused", choices=("paused", "dirtier", "devices"),
+                   help="the seed's guest: paused (default), or a boot program of ours run until its heartbeat "
+                   "moves and migrated running (devices: PIC, PIT, RTC, serial, 8042 and DMA programmed)")
     f.add_argument("--time", default="10m", help="how long to fuzz: 30s, 10m, 2h (default: 10m)")
     f.add_argument("--jobs", type=int, default=2, metavar="N", help="destinations kept started ahead of need (default: 2)")
     f.add_argument("--findings", metavar="DIR", help="where findings, the seed and the example database are kept")

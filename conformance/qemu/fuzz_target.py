@@ -101,8 +101,10 @@ class RealTarget:
     parameters: dict = {}
 
     def __init__(self, binary: QemuBinary, *, machine: str, devices: str = "none", mem_mb: int = 64,
-                 timeout: float = 10.0, address_space_mb: int = 4096, warm: int = 2, trace: bool = True):
+                 timeout: float = 10.0, address_space_mb: int = 4096, warm: int = 2, trace: bool = True,
+                 guest_args: tuple[str, ...] = ()):
         self.binary, self.machine, self.devices, self.mem_mb = binary, machine, devices, mem_mb
+        self.guest_args = tuple(guest_args)  # the seed's guest (its boot disk and devices), both sides
         self.timeout, self.limit, self.trace = timeout, address_space_mb << 20, trace
         self._dir = Path(tempfile.mkdtemp(prefix="migconform-fuzz-"))
         self._pool = ThreadPoolExecutor(max_workers=max(1, warm), thread_name_prefix="fuzz-dst")
@@ -128,7 +130,7 @@ class RealTarget:
             extra += ["-D", str(trace_path)]
         q = start_destination(self.binary, machine=self.machine, devices=self.devices, mem_mb=self.mem_mb,
                               capabilities=self.capabilities, parameters=self.parameters,
-                              extra_args=extra, cmd_timeout=self.timeout)
+                              extra_args=[*self.guest_args, *extra], cmd_timeout=self.timeout)
         try:  # guest RAM is mapped by now; a load may grow the address space only this much more
             _, hard = resource.prlimit(q.pid, resource.RLIMIT_AS)
             resource.prlimit(q.pid, resource.RLIMIT_AS, (self.limit + _vm_size(q.pid), hard))
@@ -198,7 +200,8 @@ class RealTarget:
     def reproduce_command(self, stream: str) -> str:
         """The plain-QEMU command line that loads `stream` as this target does."""
         args = self.binary.argv("-nodefaults", "-display", "none",
-                                *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb),
+                                *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb,
+                                         extra_args=self.guest_args),
                                 "-incoming", f"exec:cat {shlex.quote(stream)}")
         return shlex.join(args)
 
@@ -239,7 +242,8 @@ class MultifdRealTarget(RealTarget):
         capture directory `stream` is sent, the main channel first (as `migconform replay DIR`
         does); the last line is QEMU's exit status (139: SIGSEGV; none: it hangs)."""
         qemu = shlex.join(self.binary.argv("-nodefaults", "-display", "none",
-                                           *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb),
+                                           *vm_args(machine=self.machine, devices=self.devices, mem_mb=self.mem_mb,
+                                         extra_args=self.guest_args),
                                            "-incoming", "defer", "-qmp", "tcp:127.0.0.1:4445,server=on,wait=off"))
         qmp = ('{"execute":"qmp_capabilities"}'
                '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"multifd","state":true}]}}'

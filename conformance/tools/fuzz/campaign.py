@@ -106,6 +106,7 @@ class Campaign:
     version: str
     machine: str
     devices: str
+    guest: str = "paused"  # the seed's guest (conformance.qemu.guests)
     real: Any = None  # conformance.qemu.fuzz_target.RealTarget, or None
     loader: Any = None  # LoaderTarget, or None
     database: ExampleDatabase | None = None
@@ -126,7 +127,7 @@ class Campaign:
         data = fi.data()
         st = self.stats
         st.execs += 1
-        meta: dict = {"version": self.version, "machine": self.machine, "devices": self.devices,
+        meta: dict = {"version": self.version, "machine": self.machine, "devices": self.devices, "guest": self.guest,
                       "resolved_machine": getattr(self.loader, "machine", None),
                       "seed": self.seed_name, "mutation": fi.edits, "diff_from_seed": fi.changed()}
         if self.channels:

@@ -34,16 +34,40 @@ def _database(args, findings: Path):
     return directory_database(findings)
 
 
-def _seed(binary, findings: Path, machine: str, devices: str) -> Path:
-    """The campaign's seed: captured once from the same binary, machine and devices, then
-    kept, so that a resumed run mutates the same stream."""
-    from conformance.qemu import capture_stream
+def _guest(name: str, findings: Path):
+    """The seed's guest; a boot disk of ours is written beside the seeds (the destinations and
+    the plain-QEMU reproducers of findings open it too)."""
+    from conformance.qemu import guests
 
-    path = findings / "seeds" / f"seed-{binary.full_version}-{machine}-{devices}.bin"
+    if name == "linux":
+        raise UsageError("fuzz --guest linux is not supported: its boot takes minutes per seed under TCG")
+    seeds = (findings / "seeds").resolve()
+    seeds.mkdir(parents=True, exist_ok=True)
+    try:
+        return guests.guest(name, seeds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _seed(binary, findings: Path, machine: str, devices: str, guest=None) -> Path:
+    """The campaign's seed: captured once from the same binary, machine, devices and guest,
+    then kept, so that a resumed run mutates the same stream. A running guest (boot programs
+    of ours) runs until its heartbeat moves, then it is migrated while running: the stream
+    carries device state the guest programmed."""
+    from conformance.qemu import capture_stream
+    from conformance.qemu import guests
+
+    runs = guest is not None and guest.runs
+    suffix = f"-{guest.name}" if runs else ""
+    path = findings / "seeds" / f"seed-{binary.full_version}-{machine}-{devices}{suffix}.bin"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        capture_stream(binary, tmp, machine=machine, devices=devices)
+        if runs:
+            capture_stream(binary, tmp, machine=machine, devices=devices, extra_args=guest.args, running=True,
+                           stop_after=1.0, started=lambda q: guests.wait_started(q, guest, guest.boot_seconds))
+        else:
+            capture_stream(binary, tmp, machine=machine, devices=devices)
         tmp.replace(path)
     return path
 
@@ -155,6 +179,9 @@ def cmd_fuzz(args) -> int:
     if channels is not None and not 1 <= channels <= 255:
         raise UsageError("--channels N: 1 to 255 multifd channels")
     inputs, extra_files = None, {}
+    guest = _guest(args.guest, findings)
+    if guest.runs and channels:
+        raise UsageError("--guest with --channels: multifd seeds are captured from a paused guest only")
     if channels:
         from strategies.fuzz_multifd import multifd_inputs
 
@@ -165,14 +192,14 @@ def cmd_fuzz(args) -> int:
             raise UsageError(f"{seed_path}: the seed capture does not decode: {e}") from None
         seed, main_seed, inputs, extra_files = mseed, mseed.main, multifd_inputs, _finding_manifest(seed_path)
     else:
-        seed_path = _seed(binary, findings, args.machine, args.devices)
+        seed_path = _seed(binary, findings, args.machine, args.devices, guest)
         seed = main_seed = decode_seed(seed_path.read_bytes())
     real = loader = None
     old = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         if args.target in ("real", "both"):
             kw = dict(machine=args.machine, devices=args.devices, timeout=args.exec_timeout,
-                      warm=max(1, args.jobs), address_space_mb=args.memory_mb)
+                      warm=max(1, args.jobs), address_space_mb=args.memory_mb, guest_args=guest.args)
             real = (MultifdRealTarget(binary, channels=channels, **kw) if channels else RealTarget(binary, **kw)).__enter__()
         if args.target in ("loader", "both"):
             # the machine type as the destination resolved it ("pc" is an alias): the seed's own
@@ -181,7 +208,8 @@ def cmd_fuzz(args) -> int:
                         machine=args.machine, devices=args.devices, real=real, loader=loader,
                         database=_database(args, findings), max_edits=args.max_edits,
                         key=f"{binary.full_version}|{args.machine}|{args.devices}|{args.target}"
-                            + (f"|multifd{channels}" if channels else ""),
+                            + (f"|multifd{channels}" if channels else "") + (f"|{guest.name}" if guest.runs else ""),
+                        guest=guest.name,
                         inputs=inputs, extra_files=extra_files, channels=channels,
                         progress=_progress_printer(), progress_every=args.progress_every,
                         corpus_only=args.corpus_only)
@@ -240,7 +268,9 @@ def cmd_fuzz_replay(args) -> int:
         same &= lv == meta["loader"]["verdict"]
     if "real" in meta:
         binary = require(meta["version"])
-        kw = dict(machine=meta["machine"], devices=meta["devices"], warm=1, timeout=args.exec_timeout, trace=False)
+        guest = _guest(meta.get("guest", "paused"), jpath.parent)  # its boot disk is beside the seeds
+        kw = dict(machine=meta["machine"], devices=meta["devices"], warm=1, timeout=args.exec_timeout, trace=False,
+                  guest_args=guest.args)
         with (MultifdRealTarget(binary, channels=channels, **kw) if channels else RealTarget(binary, **kw)) as t:
             ex = t.run(stream)
         print(f"QEMU {binary.full_version}: {ex.verdict}" + (f" ({ex.first_error})" if ex.first_error else "") +
