@@ -129,6 +129,9 @@ def _edit(units: list[Unit], i: int, **changes: Any) -> Record:
     return rec
 
 
+U32 = 0xFFFFFFFF  # header fields are u32 on the wire: an edit of an edited value wraps
+
+
 def _u32(draw) -> int:
     return draw(st.sampled_from(INTERESTING_U32) | st.integers(0, 2**32 - 1))
 
@@ -186,7 +189,7 @@ def reid_section(draw, s: State):
     if i is None:
         return None
     old = s.units[i].record
-    new_id = draw(st.sampled_from([old.section_id + 1, 0, 0xFFFFFFFF]) | st.integers(0, 64))
+    new_id = draw(st.sampled_from([old.section_id + 1, 0, 0xFFFFFFFF]) | st.integers(0, 64)) & U32
     _edit(s.units, i, section_id=new_id)
     if draw(st.booleans()):  # the footer follows the header (a consistent re-id) or not
         for j in range(i + 1, len(s.units)):
@@ -201,7 +204,7 @@ def section_version(draw, s: State):
     if i is None:
         return None
     old = s.units[i].record
-    v = draw(st.sampled_from([old.version_id - 1, old.version_id + 1, 0, 0xFFFFFFFF]) | st.integers(0, 40))
+    v = draw(st.sampled_from([old.version_id - 1, old.version_id + 1, 0, 0xFFFFFFFF]) | st.integers(0, 40)) & U32
     _edit(s.units, i, version_id=v % 2**32)
     return f"version of {_describe(old)} -> {v % 2**32}"
 
@@ -211,7 +214,7 @@ def instance_id(draw, s: State):
     if i is None:
         return None
     old = s.units[i].record
-    v = draw(st.sampled_from([old.instance_id + 1, 0xFFFFFFFF]) | st.integers(0, 8))
+    v = draw(st.sampled_from([old.instance_id + 1, 0xFFFFFFFF]) | st.integers(0, 8)) & U32
     _edit(s.units, i, instance_id=v % 2**32)
     return f"instance id of {_describe(old)} -> {v % 2**32}"
 

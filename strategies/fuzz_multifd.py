@@ -215,7 +215,7 @@ def packet_num(draw, s: MState):
     old = s.channels[at[0]][at[1]].record
     others = [u.record.packet_num for c in s.channels for u in c if isinstance(u.record, MultifdRamPacket)]
     v = draw(st.sampled_from([_pick(draw, others), old.packet_num + 1, old.packet_num + 1000, max(0, old.packet_num - 1),
-                              0, 2**64 - 1]))
+                              0, 2**64 - 1])) % 2**64  # an edit of an edited number wraps
     if _replace(s, *at, packet_num=v) is None:
         return None
     return f"{_where(s, *at)} packet_num {old.packet_num} -> {v}"

@@ -345,3 +345,19 @@ def test_a_campaign_seeded_by_a_running_guest(qemu, tmp_path, capsys):
     assert code in (0, 1) and "real:accepted=" in out, out  # the real destination loads some inputs
     for finding in tmp_path.glob("finding-*.json"):
         assert json.loads(finding.read_text())["guest"] == "devices"
+
+
+@given(st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_edits_of_edited_headers_stay_on_the_wire(data):
+    """Header numbers at the top of their u32 range, edited again, still build (a reid of
+    section id 0xffffffff once asked construct for 2**32)."""
+    import dataclasses as dc
+
+    units = list(SEED.units)
+    for k, u in enumerate(units):
+        if isinstance(u.record, SectionHeader) and u.record.idstr:
+            units[k] = type(u)(dc.replace(u.record, section_id=0xFFFFFFFF, version_id=0, instance_id=0xFFFFFFFF), None)
+    top = dc.replace(SEED, units=units)
+    fi = data.draw(fuzz_inputs(top, max_edits=3, names=("reid-section", "section-version", "instance-id")))
+    assert fi.data()

@@ -484,6 +484,7 @@ def test_cmd_matrix_small_grid(qemu, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "8 cells: 5 pass, 3 expected-fail, 0 disagree, 0 error" in out
     data = json.loads((tmp_path / "m.json").read_text())
-    assert {c["id"]: c["verdict"] for c in data["cells"]}["10.0->7.2/pc-q35-10.0/none/none"] == "expected-fail"
+    # (the id names the accelerator when it is not the default one, which depends on the host)
+    assert [c["verdict"] for c in data["cells"] if c["id"].startswith("10.0->7.2/pc-q35-10.0/")] == ["expected-fail"]
     assert (tmp_path / "m.html").read_text().count("<table>") == 1
     assert list((tmp_path / "s").glob("*.mig"))

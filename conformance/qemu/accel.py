@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 
+from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary, QemuError
 from conformance.qemu.process import QemuProcess
 
@@ -19,7 +19,7 @@ def kvm_runs_guests(binary: QemuBinary, within: float = 8.0) -> bool:
 
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    with tempfile.TemporaryDirectory(prefix="migconform-kvm-probe-") as d:
+    with reaper.temporary_directory("migconform-kvm-probe-") as d:  # removed on a signal too
         g = guests.guest("devices", d)
         try:
             with QemuProcess(binary, ["-accel", "kvm", "-machine", "pc", "-m", "32M", *g.args],

@@ -13,7 +13,6 @@ import re
 import resource
 import shlex
 import signal
-import tempfile
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary, QemuError
 from conformance.qemu.capture import vm_args
 from conformance.qemu.destination import feed, start_destination
@@ -106,7 +106,7 @@ class RealTarget:
         self.binary, self.machine, self.devices, self.mem_mb = binary, machine, devices, mem_mb
         self.guest_args = tuple(guest_args)  # the seed's guest (its boot disk and devices), both sides
         self.timeout, self.limit, self.trace = timeout, address_space_mb << 20, trace
-        self._dir = Path(tempfile.mkdtemp(prefix="migconform-fuzz-"))
+        self._dir = reaper.make_temp_dir("migconform-fuzz-")
         self._pool = ThreadPoolExecutor(max_workers=max(1, warm), thread_name_prefix="fuzz-dst")
         self._ready: deque[Future] = deque()
         self._warm = max(1, warm)
@@ -158,8 +158,7 @@ class RealTarget:
             except BaseException:
                 pass
         self._pool.shutdown(wait=True, cancel_futures=True)
-        import shutil
-        shutil.rmtree(self._dir, ignore_errors=True)
+        reaper.remove_dir(self._dir)
 
     # --------------------------------------------------------------- one execution
     def _next(self) -> tuple[QemuProcess, Path]:

@@ -164,11 +164,18 @@ def _config_space(decoded) -> bytes | None:
     return None
 
 
+# read-only bits whose value comes from where the device sits, not from what it is: the
+# multifunction bit of the header type is set when its slot holds several functions (the
+# built-in ICH9 AHCI at 00:1f.2 has it, an ich9-ahci added at 00:01.0 has not); the
+# destination, started with the same placement, has the source's value
+PLACEMENT_BITS = {0x0E: 0x80}
+
+
 def judge_pci_config(vmsd: str, config: bytes, own: Mapping[int, int]) -> Finding | None:
     """get_pci_config_device: the first byte whose read-only bits (cmask, not writable) differ."""
     cmask = pci_cmask()
     for off in sorted(own):
-        if off < len(config) and (config[off] ^ own[off]) & cmask[off]:
+        if off < len(config) and (config[off] ^ own[off]) & cmask[off] & ~PLACEMENT_BITS.get(off, 0):
             return Finding(Code.PCI_CONFIG_READ_ONLY,
                            f"get_pci_config_device: Bad config data: i=0x{off:x} read: {config[off]:x} device: "
                            f"{own[off]:x} cmask: {cmask[off]:x} wmask: 0 w1cmask:0 ({vmsd}: the destination keeps "
