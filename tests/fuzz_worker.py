@@ -32,6 +32,7 @@ from tests.test_fuzz import small_seed_bytes
 PLANTS = {
     "shorter": lambda data, seed: len(data) < len(seed),
     "longer": lambda data, seed: len(data) > len(seed),
+    "never": lambda data, seed: False,  # a build without any of the planted bugs
 }
 
 
