@@ -61,8 +61,8 @@ from conformance.rules.postcopy import PostcopyState
 from conformance.rules.sink import ViolationSink
 from conformance.rules.switchover import is_vfio_idstr
 from conformance.rules.sync import SyncSummary
-from conformance.versions import facts
 from conformance.rules.value_rules import ROM_PROBE_LIMIT, RomProbe
+from conformance.versions import facts
 
 PAGE_CONT = int(F.RAM_SAVE_FLAG_PAGE | F.RAM_SAVE_FLAG_CONTINUE)
 ZERO_CONT = int(F.RAM_SAVE_FLAG_ZERO | F.RAM_SAVE_FLAG_CONTINUE)
@@ -105,6 +105,7 @@ TRANSITIONS: dict[tuple[Phase, type], Phase] = {
     (Phase.AFTER_EOF, TrailingData): Phase.DONE,
     (Phase.DONE, TrailingData): Phase.DONE,
 }
+
 
 def _hint(setting: str, only: str) -> str:
     """Which side alone was started with `setting` off, and what makes the destination load it
