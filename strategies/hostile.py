@@ -256,7 +256,7 @@ def _manifest(rnd: random.Random, what: list[str]) -> tuple[bytes, dict[str, byt
         doc = {"main": "main.bin", "channels": [f"multifd{i}.bin" for i in range(rnd.choice((3, 300)))]}
     elif kind == "args":
         doc = {"main": "main.bin", "channels": [], "format": "capture/1",
-               "arguments": {"extra_args": ["-D", "/tmp/x"], "machine": "pc"}}
+               "arguments": {"extra_args": ["-D", "trace.log"], "machine": "pc"}}
     if kind == "json":
         raw, name = hostile_json(rnd)
         what.append(f"manifest {name}")

@@ -55,7 +55,7 @@ INIT_SCRIPT = r"""#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o size=16m tmpfs /tmp
+mount -t tmpfs -o size=16m tmpfs /scratch
 echo "migconform-linux init"
 while read -r mod; do
   insmod "/modules/$mod" 2>/dev/null || true
@@ -79,7 +79,7 @@ n=0
 while :; do
   n=$((n + 1))
   # dirty 4 MiB of tmpfs each round, with changing content
-  dd if=/dev/urandom of=/tmp/dirty bs=64k count=64 conv=notrunc 2>/dev/null
+  dd if=/dev/urandom of=/scratch/dirty bs=64k count=64 conv=notrunc 2>/dev/null
   echo "migconform-heartbeat $n"
   usleep 100000
 done
@@ -147,7 +147,7 @@ def build_initramfs(tree: Path, out: Path) -> tuple[int, list[str]]:
     busybox = (tree / "bin" / "busybox").read_bytes()
     raw = io.BytesIO()
     ino = 1
-    for d in ("bin", "dev", "proc", "sys", "tmp", "modules"):
+    for d in ("bin", "dev", "proc", "sys", "scratch", "modules"):
         _cpio_entry(raw, d, stat.S_IFDIR | 0o755, ino=ino)
         ino += 1
     _cpio_entry(raw, "bin/busybox", stat.S_IFREG | 0o755, busybox, ino)
