@@ -59,7 +59,11 @@ def register_profiles() -> None:
 
     settings.register_profile("quick", max_examples=30, deadline=None)
     settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("fuzz", max_examples=20000, deadline=None, suppress_health_check=list(HealthCheck))
+    # A campaign draws at random and keeps what it finds. Under CI=true hypothesis's default is
+    # its own "ci" profile (derandomize, no database), which every profile above inherits; HypoFuzz
+    # refuses derandomized tests, so fuzz starts from hypothesis's plain default.
+    settings.register_profile("fuzz", settings.get_profile("default"), max_examples=20000, deadline=None,
+                              derandomize=False, suppress_health_check=list(HealthCheck))
 
 
 register_profiles()

@@ -2,7 +2,7 @@
 byte-edited streams. In the default run they are ordinary hypothesis tests (the profile's
 example count); under HypoFuzz they run as long as it is left running:
 
-    .venv/bin/hypothesis fuzz --no-dashboard -- -m fuzz tests/test_fuzz_properties.py
+    HYPOTHESIS_PROFILE=fuzz .venv/bin/hypothesis fuzz --no-dashboard -- -m fuzz tests/test_fuzz_properties.py
 
 Their property is the tool's promise on hostile input: a verdict, or one of wireformat's typed
 decode errors — never any other exception.

@@ -55,7 +55,7 @@ from conformance.qemu import QemuError, QemuProcess, QmpCommandError, make_ram_f
 from conformance.qemu.devices import qemu_opt_value
 from conformance.qemu.process import QemuTimeout
 from conformance.qemu.tcp_capture import TcpRecorder
-from conformance.qemu.tcp_migration import free_port
+from conformance.qemu.tcp_migration import listen_incoming
 
 MEM_MB = 128
 BANDWIDTH = 32 << 20  # precopy of 128 MiB of random RAM: about 4 s
@@ -278,8 +278,7 @@ class Pair:
 
     # -- actions
     def listen(self) -> TcpRecorder:
-        port = free_port()
-        self.dst.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        port = listen_incoming(self.dst)
         rec = TcpRecorder(("127.0.0.1", port)).start()
         self.recorders.append(rec)
         return rec
@@ -298,14 +297,9 @@ class Pair:
     def recover(self, *, oob: bool = False) -> TcpRecorder:
         """migrate-recover on the destination (a new port; exec-oob when its main loop may be
         blocked), then migrate resume=true on the source."""
-        port = free_port()
+        port = listen_incoming(self.dst, "migrate-recover", oob=oob, timeout=10.0 if oob else None)
         rec = TcpRecorder(("127.0.0.1", port)).start()
         self.recorders.append(rec)
-        uri = f"tcp:127.0.0.1:{port}"
-        if oob:
-            self.dst.execute_oob("migrate-recover", uri=uri, timeout=10.0)
-        else:
-            self.dst.cmd("migrate-recover", uri=uri)
         self.src.cmd("migrate", uri=rec.uri, resume=True)
         self.mark("recover")
         return rec

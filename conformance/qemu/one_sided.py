@@ -21,7 +21,7 @@ from conformance.qemu.capture import pmem_digest, vm_args
 from conformance.qemu.destination import start_destination
 from conformance.qemu.process import QemuError, QemuExited, QemuProcess, QmpCommandError, error_lines
 from conformance.qemu.tcp_capture import TcpRecorder
-from conformance.qemu.tcp_migration import MULTIFD_MAGIC, free_port
+from conformance.qemu.tcp_migration import MULTIFD_MAGIC, listen_incoming
 
 GONE = "exited"
 FAILED = ("failed", "cancelled", GONE)
@@ -72,14 +72,13 @@ def migrate_sided(src: QemuBinary, dst: QemuBinary, *, machine: str, mem_mb: int
     that starts with other contents than zeros shows pages it was never sent). `running`: the source guest runs
     (firmware with no boot disk) while it migrates, as a live migration does."""
     t0 = time.monotonic()
-    port = free_port()
     try:
         d = start_destination(dst, machine=machine, mem_mb=mem_mb, ram_file=dst_ram_file, capabilities=_dict(dst_capabilities),
                               parameters=_dict(dst_parameters), globals_=dst_globals)
     except (QemuExited, QmpCommandError) as e:
         return SidedOutcome("refused", "destination", _refusal(e), seconds=time.monotonic() - t0)
     with d:
-        d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        port = listen_incoming(d)
         s = QemuProcess(src, vm_args(machine=machine, mem_mb=mem_mb, ram_file=src_ram_file, globals_=src_globals), name=f"src-{src.version}")
         with TcpRecorder(("127.0.0.1", port)) as rec:
             try:

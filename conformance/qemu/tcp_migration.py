@@ -19,7 +19,7 @@ from conformance.qemu import reaper
 from conformance.qemu.binaries import QemuBinary
 from conformance.qemu.capture import LOW_MEMORY, pmem_digest, ram_digest, ram_digest_file, vm_args  # noqa: F401 (re-exported)
 from conformance.qemu.destination import start_destination
-from conformance.qemu.process import QemuError, QemuExited, QemuProcess, QemuTimeout, error_lines
+from conformance.qemu.process import QemuError, QemuExited, QemuProcess, QemuTimeout, QmpCommandError, error_lines
 from conformance.qemu.tcp_capture import RecorderError, TcpRecorder
 
 MULTIFD_MAGIC = b"\x11\x22\x33\x44"
@@ -29,6 +29,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LISTEN_ATTEMPTS = 5
+
+
+def listen_incoming(q: QemuProcess, command: str = "migrate-incoming", *, oob: bool = False,
+                    timeout: float | None = None) -> int:
+    """Have destination `q` listen on a free loopback port (`migrate-incoming` or
+    `migrate-recover`) and return the port. A port found free can be taken by another process
+    before QEMU binds it (parallel test workers do), and QEMU then answers "Failed to find an
+    available port: Address already in use": another port is tried, a few times."""
+    for attempt in range(LISTEN_ATTEMPTS):
+        port = free_port()
+        try:
+            (q.execute_oob if oob else q.cmd)(command, uri=f"tcp:127.0.0.1:{port}", timeout=timeout)
+            return port
+        except QmpCommandError as e:
+            if "Address already in use" not in str(e) or attempt == LISTEN_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -66,7 +86,6 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
     caps = dict(capabilities or {})
     params = dict(parameters or {})
     t0 = time.monotonic()
-    port = free_port()
     extra_args = list(extra_args)
     digests = [None, None]
     globals_ = tuple(globals_)
@@ -74,7 +93,7 @@ def capture_channels(src: QemuBinary, dst: QemuBinary, *, machine: str, devices:
                            capabilities={**caps, **(dst_capabilities or {})},
                            parameters={**params, **(dst_parameters or {})},
                            globals_=(*globals_, *dst_globals), extra_args=extra_args) as d:
-        d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        port = listen_incoming(d)
         with TcpRecorder(("127.0.0.1", port), limit=record_limit) as rec, \
                 QemuProcess(src, vm_args(machine=machine, devices=devices, mem_mb=mem_mb, ram_file=ram_file,
                                          globals_=(*globals_, *src_globals), extra_args=extra_args),
@@ -216,12 +235,11 @@ def replay_into(d: QemuProcess, main: bytes | Path | str, channels: Mapping[int,
     and parameters set (e.g. one of a warm pool). The caller owns `d` (and kills it: a hung
     one is left running). digest: pmemsave and hash the RAM of a completed load."""
     schedule = schedule or Schedule()
-    port = free_port()
     t0 = time.monotonic() if t0 is None else t0
     stop = threading.Event()
     threads, socks = [], []
     try:
-        d.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        port = listen_incoming(d)
         order: Sequence[tuple[str, bytes | Path | str]] = \
             [("main", main)] + [(f"multifd{i}", channels[i]) for i in sorted(channels)]
         for name, data in order:
