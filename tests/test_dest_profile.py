@@ -316,16 +316,25 @@ def test_model_agrees_with_real_one_sided_migrations(qemu, tmp_path, record_prop
     results, refused, disagree = [], 0, []
     for n, (row, only, running, sv, dv, machine) in enumerate(_cells()):
         src, dst = _settings(row, only)
-        out = migrate_sided(bins[sv], bins[dv], machine=machine, running=running, timeout=12,
-                            src_globals=src["globals"], dst_globals=dst["globals"],
-                            src_capabilities=src["capabilities"], dst_capabilities=dst["capabilities"],
-                            src_parameters=src["parameters"], dst_parameters=dst["parameters"])
+
+        def migrate(timeout: float):
+            return migrate_sided(bins[sv], bins[dv], machine=machine, running=running, timeout=timeout,
+                                 src_globals=src["globals"], dst_globals=dst["globals"],
+                                 src_capabilities=src["capabilities"], dst_capabilities=dst["capabilities"],
+                                 src_parameters=src["parameters"], dst_parameters=dst["parameters"])
+
+        out = migrate(12)
         if out.kind == "refused":  # a side lacks the setting (7.2 and switchover-ack): no migration to judge
             refused += 1
             continue
         cell = tmp_path / f"cell{n}"
         cell.mkdir()
         verdict, rep = _model(out, row, only, running, sv, dv, machine, src, dst, cell)
+        if out.kind == "hung" and verdict != REAL["hung"]:
+            # a loaded machine (parallel workers) can stretch a good migration past 12 s: a hang
+            # the model does not predict is confirmed by a second, longer wait
+            out = migrate(60)
+            verdict, rep = _model(out, row, only, running, sv, dv, machine, src, dst, cell)
         results.append((row.name, only, running, sv, dv, machine, out.kind, verdict))
         if verdict != REAL[out.kind]:
             disagree.append((row.name, only, running, sv, dv, machine, out.kind, out.message,
