@@ -197,6 +197,23 @@ def test_evidence_turns_conditional_breaks_into_breaks():
     assert only(diff).verdict(A_TO_B) == BREAKS and diff.exit_code() == 1
 
 
+def test_a_device_one_side_cannot_migrate_is_not_breaking():
+    """QEMU dumps an unmigratable device's description with neither fields nor subsections
+    (7.2's vhost-user-fs); migratable on the other side, it gates nothing: one side never
+    sends it, the other's stream with it fails to load only if the guest has the device."""
+    blocked = {"name": "dev", "version_id": 0, "minimum_version_id": 0}  # no Fields key at all
+    a = dump(("dev-type", blocked))
+    b = dump(("dev-type", vmsd("dev", 0, 0, [fld("virtio", 0)])))
+    d = only(diff_dumps(a, b))
+    assert d.kind == "unmigratable-in-a" and verdicts(d) == (COMPATIBLE, WOULD_BREAK)
+    assert diff_dumps(a, b).exit_code() == 0 and diff_dumps(b, a).exit_code() == 0
+    assert verdicts(only(diff_dumps(b, a))) == (WOULD_BREAK, COMPATIBLE)
+    # a migratable device with an empty field list is still compared field by field
+    empty = dump(("dev-type", vmsd("dev", 0, 0, [])))
+    assert verdicts(only(diff_dumps(empty, b))) == (BREAKS, BREAKS)
+    assert diff_dumps(a, a).differences == []
+
+
 def test_variants_sharing_a_vmsd_name_pair_by_type():
     a = dump(("ne2k_pci", vmsd("ne2000", 3, 3, [fld("x")])), ("ne2k_isa", vmsd("ne2000", 2, 0, [fld("y")])))
     b = dump(("ne2k_pci", vmsd("ne2000", 3, 3, [fld("x")])), ("ne2k_isa", vmsd("ne2000", 2, 0, [fld("y")])))
@@ -225,9 +242,11 @@ def test_real_dumps_7_2_vs_10_0(real_diff):
     assert verdicts(by["sb16"]) == (COMPATIBLE, COMPATIBLE)
     # esp: an unconditional byte added among existence-checked fields
     assert verdicts(by["pciespscsi.esp"]) == (WOULD_BREAK, WOULD_BREAK)
-    # vhost-user-fs became migratable in 10.0 (7.2 blocks its migration)
-    assert verdicts(by["vhost-user-fs"]) == (BREAKS, BREAKS)
-    assert {d.section for d in real_diff.breaking()} == {"vhost-user-fs"}
+    # vhost-user-fs became migratable in 10.0 (7.2 blocks its migration): no 7.2 guest with it
+    # ever migrated, so nothing breaks; a 10.0 guest with it cannot go to 7.2
+    assert by["vhost-user-fs"].kind == "unmigratable-in-a"
+    assert verdicts(by["vhost-user-fs"]) == (COMPATIBLE, WOULD_BREAK)
+    assert real_diff.breaking() == [] and real_diff.exit_code() == 0
 
 
 def test_real_dumps_with_real_stream_evidence(real_diff):
@@ -377,3 +396,59 @@ def test_conditional_break_confirmed_by_real_migration(qemu, real_dumps, tmp_pat
     assert not results["7.2"].completed
     assert any("pciespscsi" in ln for ln in results["7.2"].error_lines), results["7.2"].error_lines
     assert results["10.0"].completed
+
+
+# ------------------------------------------------------------------ the README's CI recipe
+
+def _readme_recipe() -> list[list[str]]:
+    """The three command lines under the README's "Gate your QEMU branch" heading."""
+    import shlex
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Gate your QEMU branch", 1)[1]
+    lines = [ln.strip() for ln in section.splitlines()[1:] if ln.startswith("    ")][:3]
+    return [shlex.split(ln, comments=True) for ln in lines]
+
+
+def test_readme_recipe_is_three_migconform_commands():
+    recipe = _readme_recipe()
+    assert [c[:3] for c in recipe] == [["migconform", "qemu", "dump-vmstate"]] * 2 + [
+        ["migconform", "vmstate-diff", "release.json"]]
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_readme_vmstate_diff_recipe_runs_as_written(qemu, tmp_path):
+    """The recipe, run line by line as a user would (the release: 7.2; the branch: the 10.0
+    binary by its path, as a freshly built ./build/qemu-system-x86_64 would be named): both
+    dumps are written, and 7.2 -> 10.0 has no breaking difference (exit 0)."""
+    q72, q10 = qemu("7.2"), qemu("10.0")
+    for cmd in _readme_recipe():
+        argv = [sys.executable, "-m", "conformance.cli", *cmd[1:]]
+        argv = [f"7.2={q72.path}" if a == "7.2" and argv[i - 1] == "--qemu" else
+                str(q10.path) if a == "./build/qemu-system-x86_64" else a for i, a in enumerate(argv)]
+        p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr)
+    for name, version in (("release.json", "7.2"), ("branch.json", "10.0")):
+        dumped = parse_dump_vmstate((tmp_path / name).read_text())
+        assert dumped.machine == "pc-q35-7.2" and len(dumped) > 100, name
+    assert "0 breaking" in p.stdout and "vhost-user-fs" in p.stdout  # listed, as would-break-if-sent
+
+
+@pytest.mark.qemu
+def test_qemu_dump_vmstate_errors_are_one_line(qemu, tmp_path):
+    q72 = qemu("7.2")
+    cases = [
+        (["--qemu", f"7.2={q72.path}", "--machine", "pc-q53-7.2", "x.json"], "no machine type 'pc-q53-7.2' (did you mean 'pc-q35-7.2'?)"),
+        (["--qemu", "9.9", "--machine", "q35", "x.json"], "QEMU 9.9 not found"),
+        (["--qemu", str(tmp_path / "nope"), "--machine", "q35", "x.json"], "no such file"),
+        (["--qemu", f"7.2={q72.path}", "--machine", "q35", str(tmp_path / "no" / "x.json")], "no directory"),
+    ]
+    for args, fragment in cases:
+        p = subprocess.run([sys.executable, "-m", "conformance.cli", "qemu", "dump-vmstate", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and fragment in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+    assert sorted(x.name for x in tmp_path.iterdir()) == []  # nothing half-written
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "qemu", "dump-vmstate", "--qemu", f"7.2={q72.path}",
+                        "--machine", "pc", "-"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and parse_dump_vmstate(p.stdout).machine == "pc-i440fx-7.2"

@@ -596,6 +596,9 @@ class VmsdInfo:
     subsection_infos: tuple["VmsdInfo", ...] = ()
     type_names: tuple[str, ...] = ()
     alternatives: tuple["VmsdInfo", ...] = ()
+    # False for a device description QEMU dumps with neither fields nor subsections: a
+    # device that cannot migrate (`unmigratable`; QEMU refuses to migrate a guest with it)
+    migratable: bool = True
 
     def accepts_version(self, version_id: int) -> bool:
         """minimum_version_id <= version_id <= version_id of this or an alternative."""
@@ -655,9 +658,12 @@ def _dump_vmsd(d: Any, where: str, type_name: str | None = None) -> VmsdInfo:
     if not isinstance(raw_subs, list):
         raise VmstateDecodeError(f"-dump-vmstate: {where}: 'Subsections' is not a list", 0)
     subs = tuple(_dump_vmsd(s, f"{where}/subsection") for s in raw_subs)
+    # QEMU prints "Fields" and "Subsections" only when the description has them; a device
+    # description with neither is one that blocks migration (only checked at the top level)
+    migratable = type_name is None or "Fields" in d or "Subsections" in d
     return VmsdInfo(name, _dump_int(d, "version_id", where), _dump_int(d, "minimum_version_id", where),
                     tuple(s.name for s in subs), tuple(fields), subs,
-                    (type_name,) if type_name else ())
+                    (type_name,) if type_name else (), migratable=migratable)
 
 
 def parse_dump_vmstate(json_text: str | bytes | bytearray | memoryview) -> DumpVmstate:
@@ -688,17 +694,19 @@ def parse_dump_vmstate(json_text: str | bytes | bytearray | memoryview) -> DumpV
         by_type[type_name] = info
         variants = groups.setdefault(info.name, [])
         for i, v in enumerate(variants):
-            if v._shape() == info._shape():
-                variants[i] = VmsdInfo(*v._shape(), type_names=v.type_names + (type_name,))
+            if v._shape() == info._shape() and v.migratable == info.migratable:
+                variants[i] = VmsdInfo(*v._shape(), type_names=v.type_names + (type_name,), migratable=v.migratable)
                 break
         else:
             variants.append(info)
     result = DumpVmstate(machine=machine, by_type=by_type)
     for name, variants in groups.items():
-        variants = [VmsdInfo(*v._shape(), type_names=tuple(sorted(v.type_names))) for v in variants]
+        variants = [VmsdInfo(*v._shape(), type_names=tuple(sorted(v.type_names)), migratable=v.migratable)
+                    for v in variants]
         variants.sort(key=lambda v: (-v.version_id, v.minimum_version_id, v.type_names))
         head, rest = variants[0], tuple(variants[1:])
-        result[name] = VmsdInfo(*head._shape(), type_names=head.type_names, alternatives=rest)
+        result[name] = VmsdInfo(*head._shape(), type_names=head.type_names, alternatives=rest,
+                                migratable=head.migratable)
     return result
 
 

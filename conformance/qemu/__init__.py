@@ -9,7 +9,7 @@ import importlib
 
 _WHERE = {
     "conformance.qemu.binaries": ("QemuBinary", "QemuError", "QemuNotFound", "cache_dir", "discover", "dump_vmstate",
-                                  "machine_types", "parse_pairs", "require"),
+                                  "find_binary", "machine_types", "parse_pairs", "require"),
     "conformance.qemu.capsession": ("CapSession", "HostFacts"),
     "conformance.qemu.capture": ("CaptureResult", "capture_stream", "vm_args"),
     "conformance.qemu.destination": ("LoadVerdict", "feed", "load_stream", "start_destination"),

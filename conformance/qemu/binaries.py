@@ -245,6 +245,18 @@ def require(version: str, pairs: Mapping[str, str] | None = None) -> QemuBinary:
                        f"run scripts/setup.sh or pass --qemu {version}=PATH")
 
 
+def find_binary(spec: str) -> QemuBinary:
+    """One binary named the way a user names it: a VERSION migconform finds (10.0),
+    VERSION=PATH, or the PATH of a binary (its version asked from the binary itself).
+    QemuNotFound with one line otherwise."""
+    if _PAIR_VERSION.fullmatch(spec):
+        return require(spec)
+    version, sep, path = spec.partition("=")
+    if sep and _PAIR_VERSION.fullmatch(version):
+        return require(version, parse_pairs([spec], what="--qemu"))
+    return make_binary(spec, "option")
+
+
 # ---------------------------------------------------------------- queries
 
 def machine_types(binary: QemuBinary) -> list[str]:

@@ -19,7 +19,10 @@ What decides a direction S->R, per vmsd (the facts the loader applies):
 * subsections: sent only when the source's `needed` callback says so; R fails on a subsection
   it does not know (ENOENT), and ignores one it knows that is absent.
 * sections: a device section R lacks fails the load (unknown section) only if S sends it,
-  i.e. the guest has the device.
+  i.e. the guest has the device. A device one side cannot migrate at all (its description
+  has no state: QEMU refuses to migrate a guest with it) is treated the same way: that side
+  never sends it (no guest with it ever migrated from there: nothing to gate), and a stream
+  with it fails to load there if the other side sends it.
 
 Verdicts per direction: `breaks` (the load fails whenever the section is in the stream),
 `would break if sent` (it fails only if something conditional is sent or a run-time callback
@@ -523,6 +526,15 @@ def diff_dumps(a: DumpVmstate, b: DumpVmstate, *, a_name: str = "A", b_name: str
             types = tuple(sorted(set(x.type_names) | set(y.type_names)))
             shared = sorted(set(x.type_names) & set(y.type_names)) or types
             label = name if len(pairs) == 1 else f"{name} ({', '.join(shared)})"
+            if x.migratable != y.migratable:  # one side cannot migrate a guest with the device at all
+                side, other = ("A", "B") if not x.migratable else ("B", "A")
+                never = _ok(f"{side} refuses to migrate a guest with this device (its description has no "
+                            f"state: QEMU blocks the migration), so no stream from {side} carries it")
+                miss = Verdict(WOULD_BREAK, f"{side} cannot migrate this device at all: a guest with it that {other} "
+                               f"migrates fails to load in {side} (nothing there reads its state)", "device")
+                d.add(name, label, f"unmigratable-in-{side.lower()}", f"{name} cannot migrate in {side}, can in {other}",
+                      _both(never, miss) if side == "A" else _both(miss, never), types, None)
+                continue
             d.vmsd(x, y, section=name, path=label, types=types, level="section", conditional=None, subsection=None)
         for side, rest in (("a", rest_a), ("b", rest_b)):
             for v in rest:
