@@ -295,3 +295,23 @@ def test_a_qemu_that_dies_at_start_is_one_line_not_an_internal_error(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("migconform: error:") and "efi-virtio.rom" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (["check", "x.mig", "--jsn"], "unrecognized arguments: --jsn (did you mean '--json'?)"),
+    (["check", "x.mig", "--traget", "7.2"], "(--traget: did you mean '--target'?)"),
+    (["dump", "x.mig", "--feilds"], "unrecognized arguments: --feilds (did you mean '--fields'?)"),
+    (["qemu", "lst"], "invalid choice: 'lst' (did you mean 'list'?)"),
+    (["qemu", "dump-vmstat", "x.json"], "invalid choice: 'dump-vmstat' (did you mean 'dump-vmstate'?)"),
+    (["vmstate-diff", "a.json", "b.json", "--stirct"], "unrecognized arguments: --stirct (did you mean '--strict'?)"),
+    (["chek", "x.mig"], "unknown command 'chek' (did you mean 'check'?)"),
+])
+def test_a_mistyped_option_or_command_gets_a_suggestion(args, said):
+    code, out, err = run(*args)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and out == "" and said in last, err
+
+
+def test_an_unknown_option_with_nothing_close_gets_no_guess():
+    code, _, err = run("check", "x.mig", "--zzzzzz")
+    assert code == 2 and err.strip().splitlines()[-1].endswith("unrecognized arguments: --zzzzzz")

@@ -56,9 +56,51 @@ COMMANDS: tuple[tuple[str, str, dict[str, str]], ...] = (
 )
 
 
+def suggest(word: str, choices, *, what: str = "") -> str:
+    """" (did you mean 'X'?)" for the choice closest to a mistyped `word`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a mistyped option or choice (3.11's argparse has none).
+    Subparsers are of this class too (add_subparsers takes the parser's own class)."""
+
+    deepest: "_Parser | None" = None  # the innermost parser that parsed: whose options were meant
+
+    def parse_known_args(self, args=None, namespace=None):
+        _Parser.deepest = self
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        import re
+
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if m:
+            parser = _Parser.deepest or self
+            options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            words = m.group(1).split()
+            hints = {w: suggest(w, options) for w in (x.split("=", 1)[0] for x in words if x.startswith("--"))}
+            hints = {w: h for w, h in hints.items() if h}
+            if len(hints) == 1 and len(words) == 1:
+                message += next(iter(hints.values()))
+            elif hints:
+                message += " (" + "; ".join(f"{w}: {h.strip(' ()')}" for w, h in hints.items()) + ")"
+            self = parser  # its usage, not the top level's
+        m = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            hint = suggest(m.group(2), re.findall(r"'([^']*)'", m.group(3)))
+            if hint:
+                message = f"argument {m.group(1)}: invalid choice: '{m.group(2)}'{hint}"
+        super(_Parser, self).error(message)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that command's module is imported (None: every one)."""
-    p = argparse.ArgumentParser(prog="migconform", description="Conformance checks for QEMU live-migration streams.")
+    _Parser.deepest = None
+    p = _Parser(prog="migconform", description="Conformance checks for QEMU live-migration streams.")
     sub = p.add_subparsers(dest="command", required=True)
     for module, adder, helps in COMMANDS:
         if command is None or command in helps:
@@ -94,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     names = [n for _, _, helps in COMMANDS for n in helps]
     if command is not None and command not in names and argv and argv[0] == command:
-        import difflib
-
-        close = difflib.get_close_matches(command, names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; the commands are: {', '.join(names)}"
+        hint = suggest(command, names) or f"; the commands are: {', '.join(names)}"
         print(f"migconform: error: unknown command '{command}'{hint}", file=sys.stderr)
         return EXIT_USAGE
     if command is None or command not in names:
