@@ -315,3 +315,30 @@ def test_a_mistyped_option_or_command_gets_a_suggestion(args, said):
 def test_an_unknown_option_with_nothing_close_gets_no_guess():
     code, _, err = run("check", "x.mig", "--zzzzzz")
     assert code == 2 and err.strip().splitlines()[-1].endswith("unrecognized arguments: --zzzzzz")
+
+
+def test_dump_fields_says_where_a_value_is_cut(tmp_path):
+    """Long values on a `dump --fields` text line end in a marker with the whole length; what
+    is shown is the start of the value --json gives whole (a real 10.0 capture: x86 CPU state)."""
+    from pathlib import Path
+
+    main = tmp_path / "main.bin"
+    main.write_bytes(lzma.decompress((Path(__file__).parent / "data" / "multifd" /
+                                      "qemu100-i440fx-10.0.main.bin.xz").read_bytes()))
+    code, text, _ = run("dump", "--fields", str(main))
+    assert code == 0
+    code, out, _ = run("dump", "--fields", "--json", str(main))
+    whole: dict[str, list[str]] = {}  # field name -> its values' JSON, every section's
+    for s in json.loads(out)["sections"]:
+        for k, v in s.get("fields", {}).items():
+            whole.setdefault(k, []).append(json.dumps(v))
+    cut = [ln.strip() for ln in text.splitlines() if ln.endswith("characters shown)")]
+    assert len(cut) >= 5
+    for ln in cut:
+        name, value = ln.split(" = ", 1)
+        shown, marker = value.rsplit("… (", 1)
+        n_shown, n_all = (int(x) for x in marker.removesuffix(" characters shown)").split(" of "))
+        assert n_shown == len(shown) == 100 and n_all > 100
+        assert any(len(w) == n_all and w.startswith(shown) for w in whole[name]), name
+    shorter = [ln for ln in text.splitlines() if " = " in ln and not ln.endswith("characters shown)")]
+    assert shorter and all(len(ln.split(" = ", 1)[1]) <= 100 for ln in shorter)

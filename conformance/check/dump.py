@@ -160,6 +160,16 @@ def dump_stream(src: BinaryIO, *, commands: CommandSet = RELEASED, name: str = "
     return out
 
 
+FIELD_TEXT = 100  # characters of a field's value on a text line; --json gives the value whole
+
+
+def _clip(text: str, limit: int = FIELD_TEXT) -> str:
+    """A value's text cut to `limit`, saying it was cut and how long it is."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({limit} of {len(text)} characters shown)"
+
+
 def format_dump(d: dict) -> str:
     lines = [f"{d['source']}: {d['bytes']} bytes"]
     h = d["header"]
@@ -187,7 +197,7 @@ def format_dump(d: dict) -> str:
                      f"{s['instance_id']:>4} {s['version_id']:>4} {s['parts']:>5} {s['bytes']:>8}")
         if "fields" in s:
             for k, v in s["fields"].items():
-                lines.append(f"{'':>16}{k} = {json.dumps(v)[:100]}")
+                lines.append(f"{'':>16}{k} = {_clip(json.dumps(v))}")
         elif s.get("decoded") and s["decoded"] != "yes":
             lines.append(f"{'':>16}({s['decoded']})")
     if d["commands"]:
