@@ -2,7 +2,11 @@
 # Install everything migconform needs on a Debian bookworm machine, idempotently:
 #   - QEMU 7.2 from bookworm (system package),
 #   - QEMU 10.0 from bookworm-backports, unpacked beside it into the project's cache
-#     (it must not replace 7.2: both versions are needed for cross-version tests),
+#     (it must not replace 7.2: both versions are needed for cross-version tests); the
+#     pinned package version, or the newest 10.0.x the archive lists once it has moved on
+#     (scripts/qemu10_version.sh),
+#   - chromium (headless: tests/test_matrix.py renders `matrix --html` reports in it and
+#     checks what a browser shows; nothing else uses it),
 #   - redis-server (tests share a fuzzing corpus through it on loopback),
 #   - openssh-server (the 2-host pytest-xdist test starts an sshd of its own on loopback;
 #     the package's service itself is not used),
@@ -21,6 +25,17 @@ sudo=""
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# every package, and why it is here (said when it is installed)
+declare -A why=(
+  [qemu-system-x86]="QEMU 7.2, the system's"
+  [qemu-utils]="QEMU's tools (qemu-img) beside the system QEMU"
+  [python3-venv]="the .venv"
+  [zstd]="to compress captures by hand: check and dump read .zst"
+  [xz-utils]="to compress captures by hand: check and dump read .xz"
+  [chromium]="headless, renders matrix --html reports in tests/test_matrix.py"
+  [redis-server]="the shared fuzzing corpus test, on loopback"
+  [openssh-server]="the two-host pytest-xdist test's own sshd, on loopback"
+)
 need_pkgs=()
 for p in qemu-system-x86 qemu-utils python3-venv zstd xz-utils chromium redis-server openssh-server; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
@@ -44,11 +59,12 @@ if [ ${#need_pkgs[@]} -gt 0 ] || [ ! -x "$q10/tree/usr/bin/qemu-system-x86_64" ]
   $sudo apt-get update -qq
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
+  for p in "${need_pkgs[@]}"; do log "installing $p (${why[$p]})"; done
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
 if [ ! -x "$q10/tree/usr/bin/qemu-system-x86_64" ]; then
+  qemu10_version=$("$here/scripts/qemu10_version.sh" "$qemu10_version")
   log "fetching QEMU $qemu10_version from bookworm-backports into $q10"
   mkdir -p "$q10/debs"
   rm -rf "$q10/tree.tmp"
