@@ -300,6 +300,7 @@ def test_not_a_stream(tmp_path):
     p.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
     code, out, _ = cli("dump", str(p))
     assert code == 1 and "not a migration stream" in out
+    assert "header      magic 0x726f6f74: not a migration stream" in out and "version" not in out  # 4 bytes of text
     code, out, _ = cli("check", str(p), "--json")
     assert code == 1 and [v["code"] for v in json.loads(out)["violations"]] == ["bad-magic"]
 

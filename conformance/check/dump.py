@@ -22,6 +22,7 @@ from wireformat.records import (
     TrailingData,
     VmDescription,
 )
+from wireformat.constants import QEMU_VM_FILE_MAGIC
 from wireformat.constants import RamSaveFlag as F
 
 _KIND = {
@@ -173,7 +174,9 @@ def _clip(text: str, limit: int = FIELD_TEXT) -> str:
 def format_dump(d: dict) -> str:
     lines = [f"{d['source']}: {d['bytes']} bytes"]
     h = d["header"]
-    if h:
+    if h and h["magic"] != f"{QEMU_VM_FILE_MAGIC:#010x}":  # its "version" would be the next 4 bytes of anything
+        lines.append(f"header      magic {h['magic']}: not a migration stream (QEMU writes {QEMU_VM_FILE_MAGIC:#010x})")
+    elif h:
         lines.append(f"header      magic {h['magic']} version {h['version']}")
     c = d["configuration"]
     if c:
