@@ -342,3 +342,49 @@ def test_dump_fields_says_where_a_value_is_cut(tmp_path):
         assert any(len(w) == n_all and w.startswith(shown) for w in whole[name]), name
     shorter = [ln for ln in text.splitlines() if " = " in ln and not ln.endswith("characters shown)")]
     assert shorter and all(len(ln.split(" = ", 1)[1]) <= 100 for ln in shorter)
+
+
+def test_qemus_advice_is_said_once_for_every_unknown_section(tmp_path):
+    """A real 10.0 capture with three sections renamed, judged against the unedited capture as
+    the destination's reference: three unknown sections, QEMU's advice said once with a count
+    (--json keeps each message whole)."""
+    from pathlib import Path
+
+    ref = tmp_path / "ref.bin"
+    ref.write_bytes(lzma.decompress((Path(__file__).parent / "data" / "multifd" /
+                                     "qemu100-i440fx-10.0.main.bin.xz").read_bytes()))
+    data = ref.read_bytes()
+    for old, new in ((b"\x05pcspk", b"\x05pcspz"), (b"\x03fdc", b"\x03fdx"), (b"\x07vmmouse", b"\x07vmmousz")):
+        assert data.count(old) == 1
+        data = data.replace(old, new)
+    edited = tmp_path / "edited.bin"
+    edited.write_bytes(data)
+    advice = "Make sure that your current VM setup matches your saved VM setup, including any hotplugged devices"
+    code, out, _ = run("check", str(edited), "--reference", str(ref))
+    assert code == 1 and out.count(advice) == 1 and f"(QEMU adds to each of these 3: {advice})" in out
+    for name in ("pcspz", "fdx", "vmmousz"):
+        assert f"Unknown savevm section or instance '{name}' 0\n" in out
+    code, out, _ = run("check", str(edited), "--reference", str(ref), "--json")
+    msgs = [v["message"] for v in json.loads(out)["violations"] if v["code"] == "unknown-section"]
+    assert len(msgs) == 3 and all(m.endswith(advice) for m in msgs)
+
+
+def test_a_real_capture_says_each_violation_once(tmp_path):
+    """The 10.0 multifd capture judged as 7.2 and against another machine type: the machine
+    type is one line, the multifd FLUSH flag 7.2 does not know one line with a count."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "multifd"
+    paths = []
+    for part in ("main", "multifd0", "multifd1"):
+        p = tmp_path / f"{part}.bin"
+        p.write_bytes(lzma.decompress((data / f"qemu100-i440fx-10.0.{part}.bin.xz").read_bytes()))
+        paths.append(str(p))
+    code, out, _ = run("check", str(tmp_path), "--target", "7.2")
+    lines = [ln for ln in out.splitlines() if ln.startswith("  reject") or ln.startswith("  silent")]
+    codes = [ln.split()[1] for ln in lines]
+    assert code == 1 and len(codes) == len(set(codes)) and "machine-type-unsupported" in codes
+    flush = next(ln for ln in lines if "ram-multifd-flush-unsupported" in ln)
+    assert flush.count("Unknown combination of migration flags: 0x200") == 1 and "(and 2 more times, last @" in flush
+    code, out, _ = run("check", str(tmp_path), "--machine", "pc-q35-7.2")
+    assert code == 1 and out.count("machine-type") == 1 and "Machine type received is 'pc-i440fx-10.0'" in out

@@ -30,9 +30,41 @@ def format_report(rep: Report) -> str:
         seen: dict[tuple, list] = {}
         for v in rep.violations:
             seen.setdefault((v.code, v.message), []).append(v)
-        for group in seen.values():
+        # a sentence QEMU adds to every message of one code (its advice after "Unknown savevm
+        # section or instance 'X' N.") is said once, after the last of them
+        tails = _shared_tails(seen)
+        last: dict[str, int] = {}
+        for (code, message), group in seen.items():
             more = f"  (and {len(group) - 1} more times, last @ {group[-1].offset})" if len(group) > 1 else ""
-            lines.append("  " + group[0].one_line() + more)
+            text = group[0].one_line()
+            tail = tails.get(code)
+            if tail and message.endswith(tail):
+                text = text[: -len(tail)].rstrip(" .:")
+                last[code] = len(lines)
+            lines.append("  " + text + more)
+        for code, at in sorted(last.items(), key=lambda kv: -kv[1]):
+            n = sum(len(g) for (c, m), g in seen.items() if c == code and m.endswith(tails[code]))
+            lines.insert(at + 1, f"{'':>14}(QEMU adds to each of these {n}: {tails[code].strip()})")
         if s.get("violations_dropped"):
             lines.append(f"  … {s['violations_dropped']} more violations not listed")
     return "\n".join(lines)
+
+
+def _shared_tails(seen: dict[tuple, list]) -> dict[str, str]:
+    """code -> the sentence that every one of its distinct messages ends with (QEMU's hint
+    after "Unknown savevm section or instance 'X' N."), when there are several and it is long."""
+    import os
+
+    out = {}
+    by_code: dict[str, list[str]] = {}
+    for code, message in seen:
+        by_code.setdefault(code, []).append(message)
+    for code, messages in by_code.items():
+        if len(messages) < 2:
+            continue
+        tail = os.path.commonprefix([m[::-1] for m in messages])[::-1]
+        cut = tail.find(". ")  # from a sentence's start
+        tail = tail[cut + 1:] if cut >= 0 else ""
+        if len(tail.strip()) >= 40:
+            out[code] = tail
+    return out
