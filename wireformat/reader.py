@@ -129,7 +129,10 @@ class StreamReader:
         self.commands = commands
         self.body_sizer = body_sizer
         self.headerless = headerless
-        # a recovery channel goes on with the sections its interrupted main channel opened
+        # The stream's framing state, owned here: section id -> the SectionInfo its START or FULL
+        # opened (what a PART/END carries, RAM records or a device body; which ids may start
+        # the record after a footer-less body). A recovery channel goes on with the sections its
+        # interrupted main channel opened. (The Loader keeps the destination's bindings.)
         self.sections: dict[int, SectionInfo] = dict(known_sections or {})
         self.ram_params = dict(ramcodec.DEFAULT_PARAMS)
         self.current: SectionInfo | None = None
@@ -138,7 +141,9 @@ class StreamReader:
         self._current_type = 0
         self.configured = False  # a CONFIGURATION record was read
         self._ignore_shared_tried = False
-        self.footers: bool | None = None  # learnt after the first RAM section
+        # whether this stream puts footers after sections (device bodies are framed by them),
+        # learnt after the first RAM section; what a destination expects is the Loader's
+        self.footers: bool | None = None
 
     # -- public -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Record]:

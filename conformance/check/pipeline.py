@@ -92,6 +92,8 @@ def check_stream(
                 old.feed(rec)
         except DecodeError:
             pass  # it was cut where the connection broke
+        # each resumes its own state: the new reader the old reader's section table (framing),
+        # the new Loader the old Loader's bindings (previous=old, judgement)
         known = old_reader.sections
     framed = getattr(body_sizer, "framed", None)
     if framed is not None and body_checker is vmstate_body_check:

@@ -149,21 +149,34 @@ class Loader:
         # Machine types up to 2.3 send neither CONFIGURATION nor footers (hw_compat_2_3).
         # Unknown destination machine: the stream's own first record says which it is.
         self.legacy_machine = None if self.machine is None else is_legacy_machine(self.machine)
+        # mapped-ram rules apply once the destination accepted a configuration carrying the
+        # capability (the reader's own mapped-ram flag frames MEM_SIZE whatever was accepted)
         self.mapped_ram = False
         self.phase = Phase.RECORDS if recovery else Phase.HEADER
         self.sink = ViolationSink(self.target.version)
         self.violations: list[Violation] = self.sink.violations  # the kept ones (at most sink.cap)
         self._closed = False
-        # destination state
+        # destination state. The stream's framing state (its section table, whether it has
+        # footers, its page size) is the reader's; what is kept here is the destination's.
         self.configuration: Configuration | None = None
-        self.sections: dict[int, SectionHeader] = {}
-        self.open_iterables: set[int] = set()
+        # The destination's bindings: a START or FULL binds its section id to the entry it
+        # names (QEMU: SaveStateEntry.load_section_id) and PART/END look the id up there. Not
+        # framing state: "Unknown savevm section", a START that reuses an id, and the names in
+        # the destination's messages are judged over it; it differs from the reader's table
+        # where the destination skips records the reader frames (after POSTCOPY_RUN inside a
+        # package); a recovery channel resumes the bindings of the channel it replaces; and
+        # records built directly (tests, strategies) carry no reader's resolution.
+        self.bindings: dict[int, SectionHeader] = {}
+        self.open_iterables: set[int] = set()  # bound by START, not yet ENDed
         self.loaded_devices: set[tuple[str, int]] = set()
-        self.current: SectionHeader | None = None
-        # the destination expects section footers (its migration.send-section-footer)
-        self.footers: bool | None = self.target.footers
-        self._footerless = False  # the stream was judged written without footers (said once)
-        self._framing_said = False  # a footer the destination does not expect (said once)
+        self.current: SectionHeader | None = None  # the section being loaded (its footer is due)
+        # whether the destination expects section footers now: its migration.send-section-footer,
+        # None while a stream without configuration has not shown which machine type wrote it
+        # (the reader's `footers` is what the stream has, which frames device bodies)
+        self.expect_footers: bool | None = self.target.footers
+        # the stream's footers at odds with the destination were said (a missing footer in a
+        # footer-less stream, or a footer it does not expect): a destination stops at the first
+        self._footer_framing_said = False
         self._no_configuration_at = 0
         self.return_path = False
         self.pings: list[int] = []  # MIG_CMD_PING values sent on an open return path (for the ReturnPathModel)
@@ -194,7 +207,7 @@ class Loader:
         if recovery:
             self.return_path = True
             if previous is not None:  # the destination remembers what the old channel said
-                self.sections = dict(previous.sections)
+                self.bindings = dict(previous.bindings)
                 self.open_iterables = set(previous.open_iterables)
                 self.blocks = dict(previous.blocks)
                 self.blocks_announced = bool(previous.blocks)
@@ -270,9 +283,9 @@ class Loader:
         in_section, self.phase = self.phase is Phase.IN_SECTION, Phase.DONE
         if self.violations and (self.violations[-1].code, self.violations[-1].offset) == (code, offset):
             return  # the record was judged already (e.g. an unknown section id)
-        if code is Code.UNKNOWN_SECTION_TYPE and in_section and self.footers and self.current is not None:
+        if code is Code.UNKNOWN_SECTION_TYPE and in_section and self.expect_footers and self.current is not None:
             # right after a section body a destination expects the footer, and says so
-            name = self.sections.get(self.current.section_id, self.current).idstr
+            name = self._bound(self.current).idstr
             code, message = Code.MISSING_FOOTER, f"Missing section footer for {name}"
         self._v(code, channel, offset, message, section)
 
@@ -307,11 +320,14 @@ class Loader:
             section = self._describe(self.current)
         self.sink.emit(code, channel, offset, message, section)
 
+    def _bound(self, h: SectionHeader) -> SectionHeader:
+        """The full header the destination bound h's section id to (h itself when none)."""
+        return self.bindings.get(h.section_id, h)
+
     def _describe(self, h: SectionHeader | None) -> str | None:
         if h is None:
             return None
-        full = self.sections.get(h.section_id, h)
-        return f"{full.idstr or '?'} (id {h.section_id})"
+        return f"{self._bound(h).idstr or '?'} (id {h.section_id})"
 
     def _out_of_phase(self, rec: Record) -> None:
         if self.phase is Phase.CONFIGURATION:
@@ -321,10 +337,10 @@ class Loader:
             elif self.legacy_machine is False:
                 self._v(Code.CONFIGURATION_MISSING, rec.channel, rec.offset, _CONFIGURATION_MISSING)
             elif self.legacy_machine is None:
-                self.footers = None  # the first section end tells: footers mean a modern machine
+                self.expect_footers = None  # the first section end tells: footers mean a modern machine
                 self._no_configuration_at = rec.offset
             else:
-                self.footers = False
+                self.expect_footers = False
             self.phase = Phase.RECORDS
         elif self.phase is Phase.IN_SECTION:
             self._missing_footer(rec)
@@ -336,14 +352,14 @@ class Loader:
 
     def _missing_footer(self, rec: Record) -> None:
         sec = self.current
-        if self.footers is None:
-            self.footers = False  # no configuration, no footers: consistently <= 2.3
-        elif self.footers:
-            name = self.sections.get(sec.section_id, sec).idstr if sec else "?"
+        if self.expect_footers is None:
+            self.expect_footers = False  # no configuration, no footers: consistently <= 2.3
+        elif self.expect_footers:
+            name = self._bound(sec).idstr if sec else "?"
             if not self.stats_records["SectionFooter"]:
                 # no section had a footer: the source was started without them. The destination
                 # stops at the first; say it once, with the setting that makes it load.
-                self._footerless, self.footers = True, False
+                self._footer_framing_said, self.expect_footers = True, False
                 self._v(Code.MISSING_FOOTER, rec.channel, rec.offset, f"Missing section footer for {name} "
                         f"({_hint('migration.send-section-footer', 'source')})")
             else:
@@ -395,7 +411,7 @@ class Loader:
         if h.is_full:
             if h.section_type == T.QEMU_VM_SECTION_START:
                 if h.section_id in self.open_iterables or (
-                    h.section_id in self.sections and self.sections[h.section_id].section_type == T.QEMU_VM_SECTION_START
+                    h.section_id in self.bindings and self.bindings[h.section_id].section_type == T.QEMU_VM_SECTION_START
                 ):
                     self._v(Code.REUSED_SECTION_ID, ch, off, f"START reuses section id {h.section_id}", self._describe(h))
                 self.open_iterables.add(h.section_id)
@@ -404,13 +420,12 @@ class Loader:
                 if key in self.loaded_devices and h.idstr != RAM_SECTION_IDSTR:
                     self._v(Code.DUPLICATE_DEVICE_SECTION, ch, off, f"device '{h.idstr}' instance {h.instance_id} sent twice", self._describe(h))
                 self.loaded_devices.add(key)
-            self.sections[h.section_id] = h
+            self.bindings[h.section_id] = h
             self._check_entry(h)
             self.section_list.append({"type": h.type_name, "section_id": h.section_id, "idstr": h.idstr,
                                       "instance_id": h.instance_id, "version_id": h.version_id, "offset": off})
         else:
-            full = self.sections.get(h.section_id)
-            if full is None:
+            if h.section_id not in self.bindings:
                 self._v(Code.UNKNOWN_SECTION_ID, ch, off, f"Unknown savevm section {h.section_id}", f"? (id {h.section_id})")
             elif h.section_id not in self.open_iterables:
                 self._v(Code.SECTION_NOT_OPEN, ch, off, f"{h.type_name} for section {self._describe(h)} that is not open")
@@ -432,17 +447,17 @@ class Loader:
 
     def _footer(self, f: SectionFooter) -> None:
         sec = self.current
-        if self.footers is None:
+        if self.expect_footers is None:
             # footers, yet no configuration: every machine type that sends one sends both
             self._v(Code.CONFIGURATION_MISSING, f.channel, self._no_configuration_at, _CONFIGURATION_MISSING)
-            self.footers = True
-        elif not self.footers and not self._framing_said and not self._footerless:
-            self._framing_said = True  # the destination stops at the first: said once
+            self.expect_footers = True
+        elif not self.expect_footers and not self._footer_framing_said:
+            self._footer_framing_said = True  # the destination stops at the first: said once
             why = (_hint("migration.send-section-footer", "destination") if not self.target.footers else
                    "a footer, in a stream framed for a machine type without footers")
             self._v(Code.UNKNOWN_SECTION_TYPE, f.channel, f.offset, f"Unknown savevm section type 126 ({why})")
         if sec is not None and f.section_id != sec.section_id:
-            name = self.sections.get(sec.section_id, sec).idstr
+            name = self._bound(sec).idstr
             self._v(Code.FOOTER_MISMATCH, f.channel, f.offset,
                     f"Mismatched section id in footer for {name} - read {f.section_id:#x} expected {sec.section_id:#x}")
         self.current = None
@@ -452,8 +467,8 @@ class Loader:
         if d.idstr is not None and is_vfio_idstr(d.idstr):  # the reader names the body's section
             self._vfio_body(d, d.idstr)
         if sec is not None and sec.section_type == T.QEMU_VM_SECTION_FULL and self._kept + len(d.data) <= MAX_KEPT_BODIES:
-            full = self.sections.get(sec.section_id, sec)
-            self.device_bodies.append((full.idstr, full.instance_id or 0, d.data, d.offset))
+            # a FULL header is bound to itself: it names its body
+            self.device_bodies.append((sec.idstr, sec.instance_id or 0, d.data, d.offset))
             self._kept += len(d.data)
 
     def _vfio_body(self, d: DeviceState, idstr: str) -> None:
