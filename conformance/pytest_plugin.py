@@ -267,29 +267,25 @@ class CaptureError(Exception):
 
 
 def check_capture_path(path: Path, target: str | None = None, options=None):
-    """Run the conformance checks of `migconform check PATH --target TARGET` with check's
-    defaults (the built-in destination tables) and its destination profile options
-    (`options`: a namespace as cli.profile_options reads it); the Report. CaptureError for
-    what cannot be read."""
-    from conformance.check.capture_dir import capture_files
-    from conformance.check.destination import destination_tables
+    """The Report of `migconform check PATH --target TARGET`: check's own judge
+    (conformance.check.judge, with check's defaults: the built-in destination tables and
+    layouts) and its destination profile options (`options`: a namespace as
+    cli.profile_options reads it). CaptureError for what cannot be read."""
+    from conformance.check.capture_dir import stream_files
     from conformance.check.inputs import InputError
-    from conformance.check.paths import check_files
+    from conformance.check.judge import judge_path
     from conformance.check.pipeline import StreamReadError
     from conformance.cli.profile_options import from_args
     from conformance.errors import UsageError
 
     try:
-        main, channels = capture_files(path)
+        main, _ = stream_files(str(path))
         if options is None:
             from types import SimpleNamespace
 
             options = SimpleNamespace(target=target)
-        profiles = from_args(options, str(main))
-        prof = profiles.dest
-        # the defaults of `check`: the target version's built-in destination tables and layouts
-        return check_files(str(main), [str(p) for p in channels], target=prof, machine=prof.machine,
-                           tables=destination_tables(None, None, prof.version), source=profiles.source)
+        profiles = from_args(options, main)
+        return judge_path(str(path), profiles.dest, source=profiles.source)
     except (InputError, StreamReadError, UsageError) as e:
         raise CaptureError(str(e)) from None
 

@@ -55,8 +55,8 @@ def _progress(enabled: bool):
 
 def cmd_check(args) -> int:
     from conformance.check.capture_dir import stream_files
-    from conformance.check.destination import command_set, destination_tables
-    from conformance.check.paths import check_files
+    from conformance.check.destination import command_set
+    from conformance.check.judge import judge_path
     from conformance.check.report import format_report
     from conformance.check.inputs import Waiting
     from conformance.cli.profile_options import from_args
@@ -65,14 +65,13 @@ def cmd_check(args) -> int:
     Waiting.announce = lambda m: print(f"migconform: {m}", file=sys.stderr, flush=True)
     main, channels = stream_files(args.path, args.channel or [])
     profiles = from_args(args, main)
-    target = profiles.dest
-    tables = destination_tables(args.vmstate, args.reference, target.version, not args.no_builtin_tables)
     prog = _progress(not args.json and not channels)
     try:
-        rep = check_files(main, channels, target=target, commands=command_set(args.send_src_downtime_id),
-                          tables=tables, machine=target.machine, recovery=args.recovery,
-                          destination_channels=args.dest_channels, ram_model=args.ram_model, progress=prog,
-                          source=profiles.source, return_path=args.return_path)
+        rep = judge_path(args.path, profiles.dest, channels=args.channel or [], source=profiles.source,
+                         vmstate=args.vmstate, reference=args.reference, builtin=not args.no_builtin_tables,
+                         commands=command_set(args.send_src_downtime_id), recovery=args.recovery,
+                         destination_channels=args.dest_channels, ram_model=args.ram_model, progress=prog,
+                         return_path=args.return_path)
     finally:
         prog.done()
     if args.json:

@@ -107,9 +107,8 @@ def cmd_qemu_dump_vmstate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from conformance.check.pipeline import trailer_body_sizer, vmstate_body_check
     from conformance.check.report import format_report
     from conformance.tools.demo import run_demo
 
     return run_demo(qemu_pairs(args.qemu), machine=args.machine, devices=args.devices, mem_mb=args.mem_mb,
-                    body_checker=vmstate_body_check, body_sizer=trailer_body_sizer, report=format_report)
+                    report=format_report)

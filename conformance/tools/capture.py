@@ -262,17 +262,15 @@ def _channel_ids(names: tuple[str, ...]) -> list[int]:
 
 
 def _predict(main: Path, channels: list, version: str | None, machine: str, globals_, caps, params):
-    """`check`'s verdict on the capture for the destination replay starts (None version: an
-    unmodelled destination, judged as the newest modelled one without its tables)."""
-    from conformance.check.destination import destination_tables
-    from conformance.check.paths import check_files
+    """`check`'s verdict on the capture for the destination replay starts: its own judge
+    (conformance.check.judge) with its defaults (None version: an unmodelled destination,
+    judged as the newest modelled one without its tables)."""
+    from conformance.check.judge import judge_path
     from conformance.rules.profile import configure
 
     target = configure(version, machine=machine, globals=dict(g.split("=", 1) for g in globals_ if "=" in g),
                        capabilities=caps, parameters=params) if version else None
-    tables = destination_tables(None, None, version) if version else None
-    return check_files(str(main), [str(c) for c in channels], target=target, tables=tables,
-                       machine=target.machine if target else None)
+    return judge_path(str(main), target, channels=[str(c) for c in channels])
 
 
 def cmd_replay(args) -> int:

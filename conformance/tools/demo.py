@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from conformance.check.pipeline import check_stream
+from conformance.check.judge import judge_path
 from conformance.qemu import QemuNotFound, discover, machine_types, reaper
-from conformance.rules.profile import PROFILES
+from conformance.rules.profile import PROFILES, configure
 from conformance.tools.matrix.cell import load_cell
 from conformance.tools.matrix.grid import CellSpec
 from conformance.tools.matrix.store import CaptureStore
@@ -22,8 +22,7 @@ EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
 CAPTURE_TIMEOUT, LOAD_TIMEOUT = 60.0, 30.0  # seconds
 
 
-def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_checker: Callable | None,
-             body_sizer: Callable, report: Callable) -> int:
+def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, report: Callable) -> int:
     try:
         found = discover(pairs)
     except QemuNotFound as e:
@@ -51,10 +50,10 @@ def run_demo(pairs: dict, *, machine: str, devices: str, mem_mb: int, body_check
                     continue
                 print(f"   captured {cap.size} bytes in {cap.seconds:.2f} s")
                 for target in sorted(PROFILES, key=version_key):
-                    with open(cap.path, "rb") as f:
-                        rep = check_stream(f, name=f"qemu-{version}-{mach}.mig", target=target,
-                                           body_checker=body_checker, body_sizer=body_sizer(str(cap.path)),
-                                           machine=mach)
+                    # check's own judge (its defaults: the built-in destination tables), for a
+                    # destination of that version started with the stream's machine type
+                    rep = judge_path(str(cap.path), configure(target, machine=mach))
+                    rep.source = f"qemu-{version}-{mach}.mig"
                     print("\n".join(("   " + line).rstrip() for line in report(rep).splitlines()))
                     if target not in found:
                         continue

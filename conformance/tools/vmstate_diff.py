@@ -45,6 +45,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from conformance.versions import NEWEST, VERSIONS
 from wireformat.vmstate import (
     NOT_IN_DUMP_VMSTATE,
     DumpField,
@@ -69,8 +70,8 @@ _RANK = {COMPATIBLE: 0, NOT_JUDGED: 0, WOULD_BREAK: 1, BREAKS: 2}
 
 __all__ = [
     "A_TO_B", "B_TO_A", "BREAKS", "COMPATIBLE", "NOT_JUDGED", "WOULD_BREAK", "Difference", "Evidence",
-    "VmstateDiff", "add_vmstate_diff_parser", "cmd_vmstate_diff", "diff_dumps", "evidence_from_vmdescription",
-    "evidence_from_stream", "load_dump",
+    "Judged", "VmstateDiff", "add_vmstate_diff_parser", "cmd_vmstate_diff", "diff_dumps",
+    "evidence_from_vmdescription", "evidence_from_stream", "judge_stream", "load_dump",
 ]
 
 
@@ -122,14 +123,22 @@ class VmstateDiff:
     warnings: list[str] = field(default_factory=list)
     evidence: dict[str, str] = field(default_factory=dict)  # direction -> stream name
     ignored: list[Difference] = field(default_factory=list)  # left out on request (--ignore)
+    # direction -> the source's real stream judged as the other side's destination loads it
+    # (check's own judge: conformance.check.judge), beside its evidence
+    judged: dict[str, "Judged"] = field(default_factory=dict)
 
     def breaking(self, direction: str | None = None, *, strict: bool = False) -> list[Difference]:
         dirs = [direction] if direction else list(DIRECTIONS)
         bad = {BREAKS, WOULD_BREAK} if strict else {BREAKS}
         return [d for d in self.differences if any(d.verdict(x) in bad for x in dirs)]
 
+    def rejected(self, direction: str | None = None) -> list[str]:
+        """The directions whose judged stream the destination rejects."""
+        dirs = [direction] if direction else list(DIRECTIONS)
+        return [d for d in dirs if d in self.judged and self.judged[d].rejected]
+
     def exit_code(self, direction: str | None = None, *, strict: bool = False) -> int:
-        return EXIT_BREAKING if self.breaking(direction, strict=strict) else EXIT_OK
+        return EXIT_BREAKING if self.breaking(direction, strict=strict) or self.rejected(direction) else EXIT_OK
 
     def summary(self) -> dict:
         out = {}
@@ -143,6 +152,7 @@ class VmstateDiff:
                 "b": {"name": self.b_name, "machine": self.machine_b, "sections": self.sections_b},
                 "verdict": "breaking" if self.exit_code(direction, strict=strict) else "no breaking difference",
                 "summary": self.summary(), "warnings": self.warnings, "evidence": self.evidence,
+                "judged": {d: j.as_json() for d, j in self.judged.items()},
                 "ignored": sorted({d.section for d in self.ignored}),
                 "differences": [d.as_json() for d in self.differences]}
 
@@ -151,6 +161,8 @@ class VmstateDiff:
                  f"B: {self.b_name} ({self.machine_b or 'machine ?'}, {self.sections_b} vmsds)"]
         for d, name in self.evidence.items():
             lines.append(f"evidence for {d}: sections and subsections written by {name}")
+        for d, j in self.judged.items():
+            lines += j.format(d)
         lines += [f"warning: {w}" for w in self.warnings]
         if self.ignored:
             lines.append(f"ignored on request: {len(self.ignored)} differences of "
@@ -179,7 +191,9 @@ class VmstateDiff:
         s = self.summary()
         lines.append("")
         for x in dirs:
-            lines.append(f"{x}: {s[x][BREAKS]} breaking, {s[x][WOULD_BREAK]} would break if sent")
+            judged = self.judged.get(x)
+            said = "" if judged is None else f"; its stream {'REJECTED' if judged.rejected else judged.verdict}"
+            lines.append(f"{x}: {s[x][BREAKS]} breaking, {s[x][WOULD_BREAK]} would break if sent{said}")
         return "\n".join(lines)
 
 
@@ -597,6 +611,55 @@ def evidence_from_stream(path: str) -> Evidence:
     return evidence_from_vmdescription(raw, path)
 
 
+@dataclass
+class Judged:
+    """A source's real stream judged by `check`'s own judge as the other side's destination
+    would load it: a destination of that side's QEMU version and machine type (its dump's),
+    with check's defaults (the version's built-in tables, device layouts and value rules)."""
+
+    stream: str
+    version: str
+    machine: str | None
+    verdict: str  # conforms | violations
+    rejected: bool
+    violations: list[dict]
+
+    def as_json(self) -> dict:
+        return {"stream": self.stream, "destination": {"version": self.version, "machine": self.machine},
+                "verdict": self.verdict, "rejected": self.rejected, "violations": self.violations}
+
+    def format(self, direction: str) -> list[str]:
+        dst = f"QEMU {self.version}" + (f", {self.machine}" if self.machine else "")
+        lines = [f"judged for {direction}: {self.stream} as `check` judges it for that destination ({dst}): "
+                 f"{self.verdict.upper()}"]
+        for v in self.violations:
+            where = f"{v['channel']} @ {v['offset']}" + (f" [{v['section']}]" if v.get("section") else "")
+            lines.append(f"  {v['severity']:<11} {v['code']:<28} {where}: {v['message']}")
+        return lines
+
+
+def judge_stream(diff: VmstateDiff, direction: str, stream: str, dest_dump: DumpVmstate, version: str | None) -> Judged:
+    """`stream`, a real stream of `direction`'s source, judged as `migconform check STREAM
+    --target VERSION --machine M` judges it (conformance.check.judge, with check's defaults):
+    M is the machine type of the destination's dump `dest_dump`, VERSION its QEMU version
+    (default: the newest modelled, as check's). The dump itself is what the differences are
+    computed from; the judge adds what the dump cannot say (the version's device layouts,
+    value rules, instance ids, RAM blocks). Kept in diff.judged[direction]."""
+    from conformance.check.inputs import InputError
+    from conformance.check.judge import judge_path
+    from conformance.check.pipeline import StreamReadError
+    from conformance.rules.profile import UnknownTarget, configure
+
+    try:
+        dest = configure(version, machine=dest_dump.machine)
+        rep = judge_path(stream, dest)
+    except (InputError, StreamReadError, UnknownTarget) as e:
+        raise ValueError(str(e)) from None
+    j = Judged(stream, dest.version, dest.machine, rep.verdict, rep.rejected, [v.as_json() for v in rep.violations])
+    diff.judged[direction] = j
+    return j
+
+
 def apply_evidence(diff: VmstateDiff, direction: str, ev: Evidence) -> None:
     """Say, for `direction`, what the source's real stream `ev` sent: a "would break if sent"
     on a section or subsection it did send becomes "breaks"; one it did not send says so."""
@@ -661,8 +724,15 @@ def add_vmstate_diff_parser(subparsers) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="VMSD",
                    help="leave out differences of this section (vmsd name as listed; repeatable), e.g. one "
                    "known and accepted")
-    p.add_argument("--stream-a", metavar="STREAM", help="a stream A saved (plain file): what A really sends")
-    p.add_argument("--stream-b", metavar="STREAM", help="a stream B saved (plain file): what B really sends")
+    p.add_argument("--stream-a", metavar="STREAM", help="a stream A saved (plain file): what A really sends; also "
+                   "judged as `check STREAM --target B-VERSION --machine B's` judges it (A->B: a stream that destination "
+                   "rejects is breaking)")
+    p.add_argument("--stream-b", metavar="STREAM", help="a stream B saved (plain file): what B really sends; also "
+                   "judged as A's destination loads it (B->A)")
+    p.add_argument("--a-version", choices=VERSIONS, default=None, metavar="VERSION",
+                   help=f"A's QEMU version, for judging --stream-b as A's destination (default {NEWEST})")
+    p.add_argument("--b-version", choices=VERSIONS, default=None, metavar="VERSION",
+                   help=f"B's QEMU version, for judging --stream-a as B's destination (default {NEWEST})")
     p.set_defaults(func=cmd_vmstate_diff)
 
 
@@ -676,8 +746,10 @@ def cmd_vmstate_diff(args) -> int:
             diff.differences = [d for d in diff.differences if d.section not in ignore]
         if getattr(args, "stream_a", None):
             apply_evidence(diff, A_TO_B, evidence_from_stream(args.stream_a))
+            judge_stream(diff, A_TO_B, args.stream_a, b, getattr(args, "b_version", None))
         if getattr(args, "stream_b", None):
             apply_evidence(diff, B_TO_A, evidence_from_stream(args.stream_b))
+            judge_stream(diff, B_TO_A, args.stream_b, a, getattr(args, "a_version", None))
     except (ValueError, VmstateDecodeError) as e:
         print(f"migconform: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,6 +1,7 @@
 """`migconform matrix`: real migrations over a version x machine-type grid, compared with
 what the compatibility model (`conformance.rules.compat.predict`) and the stream checker
-(`check_stream(..., target=dst)`) say about each of them.
+(`check`'s own judge, `conformance.check.judge.judge_path`, for the destination) say about
+each of them.
 
 A *cell* is one direction: a source QEMU version, a destination version, a machine type, a
 device set and a capability set. The source (stopped, `-S`) migrates into a file

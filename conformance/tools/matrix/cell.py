@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from conformance.check.pipeline import Report, check_stream, trailer_body_sizer, vmstate_body_check
+from conformance.check.pipeline import Report
 from conformance.qemu import (
     MigrationFailed,
     QemuBinary,
@@ -143,24 +143,23 @@ def check_capture(path: Path, target: str, machine: str, sides=None, guest: str 
                   source_version: str | None = None) -> CheckerVerdict:
     """The checker's verdict on the stream as a QEMU `target` destination with `machine`,
     started with the destination's one-sided settings of `sides` (a tools.sides.Sides), the
-    source's judged against them (rules/settings.py)."""
+    source's judged against them (rules/settings.py): `check`'s own judge
+    (conformance.check.judge), with its defaults (the built-in destination tables)."""
     if target not in PROFILES:
         return CheckerVerdict(None, [], f"the checker does not model QEMU {target} destinations")
-    dest, source = PROFILES[target], None
-    if sides:
-        from conformance.rules.profile import configure
-        from conformance.rules.settings import Side
+    from conformance.check.judge import judge_path
+    from conformance.rules.profile import configure
+    from conformance.rules.settings import Side
 
-        split = lambda gs: dict(g.split("=", 1) for g in gs)  # noqa: E731
+    split = lambda gs: dict(g.split("=", 1) for g in gs)  # noqa: E731
+    dest, source = configure(target, machine=machine), None
+    if sides:
         dest = configure(target, machine=machine, globals=split(sides.dest_globals),
                          capabilities=sides.dest_capabilities, parameters=sides.dest_parameters)
         if source_version in PROFILES:  # (a source version not modelled: its side is not judged)
-            source = Side(source_version, machine, split(sides.source_globals), dict(sides.source_capabilities),
+            source = Side(source_version, dest.machine, split(sides.source_globals), dict(sides.source_capabilities),
                           dict(sides.source_parameters), running=guest != "paused")
-    with open(path, "rb") as f:
-        rep = check_stream(f, name=path.name, target=dest, machine=machine, body_sizer=trailer_body_sizer(path),
-                           body_checker=vmstate_body_check, source=source)
-    return checker_verdict(rep)
+    return checker_verdict(judge_path(str(path), dest, source=source))
 
 
 # ---------------------------------------------------------------- cells
