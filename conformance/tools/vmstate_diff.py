@@ -30,7 +30,10 @@ decides so: a section of a device the guest may not have, a subsection, an exist
 field), `compatible` (the difference does not matter on the wire), `not judged` (a vmsd one
 dump cannot list: registered outside device classes). Evidence from a real stream of the
 source (its VMDESCRIPTION says which sections and subsections it wrote) turns `would break if
-sent` into `breaks` for sections and subsections it did send.
+sent` into `breaks` for sections and subsections it did send. The same stream is also judged
+by `check`'s own judge (conformance.check.judge) as a destination of the other side's version
+and machine type loads it (`judge_stream`): what a dump cannot say (device layouts, value
+rules, instance ids, RAM blocks); a stream it rejects makes that direction breaking.
 
 -dump-vmstate limits: field sizes are C sizes of one element; 7.2 dumps have no element
 counts (`num`), so an array that changes length only is invisible against a 7.2 dump.
