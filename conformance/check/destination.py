@@ -3,6 +3,8 @@ section tables and the MIG_CMD ids it decodes."""
 
 from __future__ import annotations
 
+import json
+
 from wireformat.budgets import BUDGETS
 from wireformat.commands import RELEASED, CommandSet
 
@@ -11,20 +13,21 @@ from conformance.check.inputs import InputError, open_stream
 
 def destination_tables(dump_path: str | None, reference: str | None, target: str | None = None,
                        builtin: bool = True):
-    """The destination's tables from its -dump-vmstate and/or a stream it saved itself;
-    else what every destination of the target version has (shipped with migconform), unless
-    `builtin` is off. InputError (one line) for a dump that cannot be read."""
+    """The destination's tables: what every destination of the target version has (shipped
+    with migconform, unless `builtin` is off), refined by its own -dump-vmstate and/or a
+    stream it saved itself -- these override what they describe (VMSD list, versions,
+    declarations; the entries and RAM blocks it registers) and the built-in rules they cannot
+    express (value rules, instance ids, RAM block rules, sections outside -dump-vmstate) stay.
+    InputError (one line) for a dump or reference that cannot be read."""
+    from conformance.rules.tables import DestinationTables, builtin_tables, refined_tables
+
     if not dump_path and not reference:
         if not builtin or target is None:
             return None
-        from conformance.rules.tables import builtin_tables
-
         return builtin_tables(target)
     from wireformat import vmstate
 
-    from conformance.rules.tables import DestinationTables
-
-    dump = None
+    dump = dump_json = None
     if dump_path:
         try:  # within the JSON budget: a FIFO or /dev/zero is not read without end
             with open(dump_path, "rb") as f:
@@ -35,13 +38,19 @@ def destination_tables(dump_path: str | None, reference: str | None, target: str
             raise InputError(f"{dump_path}: more than {BUDGETS.json_bytes} bytes, not a -dump-vmstate JSON")
         try:
             dump = vmstate.parse_dump_vmstate(text)
+            dump_json = json.loads(text)  # parsed within the budget above: the declarations
         except ValueError as e:
             raise InputError(f"{dump_path}: not a -dump-vmstate JSON: {str(e).splitlines()[0]}") from None
+    own = None
     if reference:
         src, _ = open_stream(reference)
         with src:
-            return DestinationTables.from_reference_stream(src, dump)
-    return DestinationTables(dump=dump)
+            own = DestinationTables.from_reference_stream(src, dump)
+    if builtin and target is not None:
+        refined = refined_tables(target, dump, dump_json, own)
+        if refined is not None:
+            return refined
+    return own if own is not None else DestinationTables(dump=dump)
 
 
 def command_set(send_src_downtime_id: int | None = None) -> CommandSet:

@@ -21,11 +21,14 @@ def add_check_parser(sub) -> None:
                    help="also replay the multifd capture through the reference RAM model (page races, stale pages; "
                    "state of ~23 bytes per guest page: ~25 MB for a 4 GiB guest)")
     c.add_argument("--json", action="store_true", help="machine-readable report")
-    c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: VMSD versions and minimum versions")
+    c.add_argument("--vmstate", metavar="DUMP.json", help="the destination's -dump-vmstate: its VMSD list, versions and declarations "
+                   "refine the target version's built-in tables (a device VMSD it lacks: unknown section)")
     c.add_argument("--reference", metavar="REF", help="a stream the destination binary saved with the same machine and "
-                   "devices: the sections it registers (unknown idstr/instance, versions too new)")
+                   "devices: the sections it registers (unknown idstr/instance, versions too new) and its RAM blocks, "
+                   "refining the built-in tables")
     c.add_argument("--no-builtin-tables", action="store_true",
-                   help="do not judge section names and versions by the target version's own -dump-vmstate (shipped)")
+                   help="do not judge section names, versions and device layouts by the target version's own "
+                   "-dump-vmstate (shipped): only by --vmstate / --reference")
     c.add_argument("--recovery", metavar="OLD_MAIN", nargs="?", const="", default=None,
                    help="PATH is the new main channel of a postcopy recovery (no header, destination in "
                    "postcopy-recover); OLD_MAIN is the interrupted main channel it resumes")
