@@ -40,6 +40,9 @@ class Modelled:
 
     # Faults of the binary itself, labelled where they show (the matrix), never hidden.
     tcg_dirty_tracking_loses_writes: bool  # a RUNNING guest under TCG can lose writes in a migration from it (fixed in 9.0)
+    # multifd with postcopy-ram: 7.2 accepts the pair, and its destination aborts once postcopy
+    # starts (util/yank.c assertion `QLIST_EMPTY(&entry->yankfns)`); 10.0 refuses the pair
+    multifd_postcopy_destination_aborts: bool
 
 
 MODELLED: tuple[Modelled, ...] = (
@@ -59,6 +62,7 @@ MODELLED: tuple[Modelled, ...] = (
         cancel_in_postcopy=True,
         incoming_setup_state=False,
         tcg_dirty_tracking_loses_writes=True,
+        multifd_postcopy_destination_aborts=True,
     ),
     Modelled(
         version="10.0",
@@ -76,6 +80,7 @@ MODELLED: tuple[Modelled, ...] = (
         cancel_in_postcopy=False,
         incoming_setup_state=True,
         tcg_dirty_tracking_loses_writes=False,
+        multifd_postcopy_destination_aborts=False,
     ),
 )
 

@@ -28,8 +28,8 @@ def test_axes_multiply_running_guests_only():
     assert len(keys) == 6 * 2
     with pytest.raises(MatrixError, match="unknown accelerator 'hvf'"):
         build_grid(["7.2"], ["pc-q35-7.2"], ["none"], ["none"], accels=["hvf"])
-    with pytest.raises(MatrixError, match="unknown migration mode 'postcopy'"):
-        build_grid(["7.2"], ["pc-q35-7.2"], ["none"], ["none"], modes=["postcopy"])
+    with pytest.raises(MatrixError, match="unknown migration mode 'colo'"):
+        build_grid(["7.2"], ["pc-q35-7.2"], ["none"], ["none"], modes=["colo"])
 
 
 def test_the_7_2_tcg_fault_is_labelled_where_it_can_show():

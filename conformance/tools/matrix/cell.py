@@ -27,7 +27,7 @@ from conformance.qemu.capture import guest_ram_digest
 from conformance.rules import compat
 from conformance.rules.profile import PROFILES
 from conformance.tools.matrix.explain import explain_cell
-from conformance.tools.matrix.grid import CellSpec
+from conformance.tools.matrix.grid import NONCONVERGING_SECONDS, CellSpec
 
 if TYPE_CHECKING:
     from conformance.tools.matrix.store import CaptureStore
@@ -41,7 +41,9 @@ class Outcome:
     cannot start with that machine type) | refused (a side refuses the set-up, e.g. a
     capability) | ram-differs (the destination completed, but its guest RAM is not the
     source's: silent loss) | guest-dead (completed, RAM equal, but the resumed guest's
-    heartbeat does not move) | error (the harness could not get a verdict)."""
+    heartbeat does not move) | converged (a migration kept from converging, the nonconverging
+    mode, completed by itself: the guest stopped dirtying or its writes were not tracked) |
+    error (the harness could not get a verdict)."""
 
     kind: str
     side: str = "destination"  # where it happened: "source" or "destination"
@@ -65,7 +67,10 @@ class Outcome:
                 "refused": f"refused the set-up: {self.message}", "hung": f"hung: {self.message}",
                 "failed": f"failed: {self.message}", "error": f"harness error: {self.message}",
                 "ram-differs": f"completed, but {self.message}", "guest-dead": f"completed, but {self.message}",
-                "completed": "completed"}.get(self.kind, self.message)
+                "converged": self.message,
+                # a direct cell says how it completed (in postcopy, after the source was stopped)
+                "completed": self.message if self.message.startswith(("did not converge", "completed in"))
+                else "completed"}.get(self.kind, self.message)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -140,11 +145,13 @@ def checker_verdict(rep: Report) -> CheckerVerdict:
 
 
 def check_capture(path: Path, target: str, machine: str, sides=None, guest: str = "paused",
-                  source_version: str | None = None) -> CheckerVerdict:
+                  source_version: str | None = None, capabilities: Sequence[str] = ()) -> CheckerVerdict:
     """The checker's verdict on the stream as a QEMU `target` destination with `machine`,
     started with the destination's one-sided settings of `sides` (a tools.sides.Sides), the
     source's judged against them (rules/settings.py): `check`'s own judge
-    (conformance.check.judge), with its defaults (the built-in destination tables)."""
+    (conformance.check.judge), with its defaults (the built-in destination tables).
+    `capabilities`: set on both sides (a direct cell's multifd, postcopy-ram); `path` may be
+    a capture directory (main + multifd channel files)."""
     if target not in PROFILES:
         return CheckerVerdict(None, [], f"the checker does not model QEMU {target} destinations")
     from conformance.check.judge import judge_path
@@ -152,10 +159,11 @@ def check_capture(path: Path, target: str, machine: str, sides=None, guest: str 
     from conformance.rules.settings import Side
 
     split = lambda gs: dict(g.split("=", 1) for g in gs)  # noqa: E731
-    dest, source = configure(target, machine=machine), None
+    both = {c: True for c in capabilities}
+    dest, source = configure(target, machine=machine, capabilities=both or None), None
     if sides:
         dest = configure(target, machine=machine, globals=split(sides.dest_globals),
-                         capabilities=sides.dest_capabilities, parameters=sides.dest_parameters)
+                         capabilities={**both, **sides.dest_capabilities}, parameters=sides.dest_parameters)
         if source_version in PROFILES:  # (a source version not modelled: its side is not judged)
             source = Side(source_version, dest.machine, split(sides.source_globals), dict(sides.source_capabilities),
                           dict(sides.source_parameters), running=guest != "paused")
@@ -191,7 +199,8 @@ class CellResult:
     def known_fault(self) -> bool:
         """The real outcome is the known fault of the source binary the cell is labelled with
         (CellSpec.known_fault): an expected failure, shown with its label, not a disagreement."""
-        return self.real.kind == "ram-differs" and self.spec.known_fault is not None
+        label, kinds = self.spec.known_fault_and_kinds
+        return label is not None and self.real.kind in kinds
 
     @property
     def verdict(self) -> str:
@@ -243,8 +252,15 @@ def predict_cell(spec: CellSpec, globals_: Sequence[str] = ()) -> compat.Predict
     sides = spec.sides
     if not sides.only_globals:
         return compat.Prediction(None, [NOT_MODELLED])  # type: ignore[arg-type]
-    return compat.predict(spec.src, spec.dst, spec.machine, spec.capabilities,
-                          (*globals_, *sides.source_globals), dst_globals=(*globals_, *sides.dest_globals))
+    p = compat.predict(spec.src, spec.dst, spec.machine, spec.migration_capabilities,
+                       (*globals_, *sides.source_globals), dst_globals=(*globals_, *sides.dest_globals))
+    if p.compatible and spec.mode == "nonconverging" and spec.guest != "paused":
+        p.warnings.append(f"precopy does not converge (the guest dirties faster than downtime-limit allows at "
+                          f"max-bandwidth): the cell stops the source after {NONCONVERGING_SECONDS:g} s, then it "
+                          "completes")
+    if p.compatible and spec.mode == "postcopy":
+        p.warnings.append("both sides allow postcopy-ram: the source switches to postcopy while its guest runs")
+    return p
 
 
 def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = None, explain: bool = True) -> CellResult:
@@ -252,8 +268,10 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
     binaries = store.binaries
     src_bin, dst_bin = binaries[spec.src], binaries[spec.dst]
     prediction = predict_cell(spec, store.globals_)
-    cap = store.get(spec.capture_key, spec.sides)
-    if cap.outcome is not None:
+    if spec.direct:  # straight into a live destination over TCP (direct.py)
+        from conformance.tools.matrix.direct import run_direct
+        cap, real, checker = run_direct(spec, store, timeout=timeout)
+    elif (cap := store.get(spec.capture_key, spec.sides)).outcome is not None:
         real = cap.outcome
         checker = CheckerVerdict(None, [], f"no stream: the source {real.said}")
     else:

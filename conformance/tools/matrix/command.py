@@ -68,7 +68,10 @@ def add_matrix_parser(subparsers) -> None:
                         "QEMU 7.2 under TCG can lose a running guest's writes: such cells are labelled)")
     m.add_argument("--modes", action="append", nargs="+", metavar="MODE",
                    help="how a running guest is migrated, an axis: live (precopy while it runs, default), stopped "
-                        "(booted, then stopped before the migration)")
+                        "(booted, then stopped before the migration), postcopy (postcopy-ram on both sides, switched "
+                        "to postcopy while the guest runs), nonconverging (downtime-limit 1 ms at 1 MiB/s: the source "
+                        "is stopped after 4 s, then completes). postcopy, nonconverging and any capability set with "
+                        "multifd migrate straight into the destination over loopback TCP")
     m.add_argument("--one-sided", action="append", nargs="+", metavar="SET",
                    help="one-sided settings, an axis: none (default), a named set ("
                    + ", ".join(ONE_SIDED_SETS) + ") or KIND:SETTING joined by '+' (KIND: src-global, "

@@ -3,6 +3,7 @@ against the compat data (no QEMU needed), and the guest command line of a cell."
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -58,12 +59,11 @@ DEFAULT_CAPS: tuple[str, ...] = ("none", "x-ignore-shared", "validate-uuid")
 EXCLUDED_CAPABILITIES: dict[str, str] = {
     "return-path": "needs a bidirectional channel; a file migration fails ('Unable to write to file: Bad file descriptor')",
     "switchover-ack": "requires return-path",
-    "postcopy-ram": "needs a return path and a live destination",
+    "postcopy-ram": "set by the postcopy mode (--modes postcopy), which migrates into a live destination",
     "postcopy-preempt": "needs postcopy-ram",
     "postcopy-blocktime": "postcopy only",
-    "multifd": "needs tcp: (N+1 connections); the matrix migrates through a file",
     "mapped-ram": "needs a seekable file: URI ('Migration requires seekable transport'); the matrix uses fd:",
-    "zero-copy-send": "needs multifd",
+    "zero-copy-send": "needs locked memory (memlock) for MSG_ZEROCOPY",
     "rdma-pin-all": "needs RDMA",
     "x-colo": "COLO needs a secondary VM",
     "background-snapshot": "needs userfaultfd write-protect (snapshots, not migration)",
@@ -79,7 +79,14 @@ ACCELS: tuple[str, ...] = ("tcg", "kvm")
 # How a running guest meets its migration, an axis: "live" (precopy while it keeps running and
 # dirtying: the default) or "stopped" (booted, then stopped before `migrate`: programmed device
 # state, no pages dirtied in flight). A paused guest has only "live" (it never runs).
-MIGRATE_MODES: tuple[str, ...] = ("live", "stopped")
+# Two more go straight into a live destination over loopback TCP (conformance.qemu.
+# running_migration), as every cell with multifd among its capabilities does: "postcopy"
+# (postcopy-ram on both sides, the source switched by migrate-start-postcopy while its guest
+# runs) and "nonconverging" (downtime-limit 1 ms at 1 MiB/s: precopy cannot end; the source
+# is stopped after NONCONVERGING_SECONDS and the migration then completes).
+MIGRATE_MODES: tuple[str, ...] = ("live", "stopped", "postcopy", "nonconverging")
+DIRECT_MODES: tuple[str, ...] = ("postcopy", "nonconverging")
+NONCONVERGING_SECONDS = 4.0
 
 
 class MatrixError(Exception):
@@ -154,7 +161,25 @@ class CellSpec:
         """The device set, with the guest and the one-sided set when they are not the defaults."""
         return self.devices + (f" guest={self.guest}" if self.guest != "paused" else "") + \
             (f" {self.sided}" if self.sided != "none" else "") + \
-            (f" accel={self.accel}" if self.accel != "tcg" else "") + (" stopped-first" if self.mode == "stopped" else "")
+            (f" accel={self.accel}" if self.accel != "tcg" else "") + \
+            {"stopped": " stopped-first", "postcopy": " postcopy", "nonconverging": " nonconverging"}.get(self.mode, "")
+
+    @property
+    def direct(self) -> bool:
+        """Does the cell migrate straight into a live destination over TCP (postcopy,
+        nonconverging, multifd), not through a file loaded afterwards?"""
+        return self.mode in DIRECT_MODES or "multifd" in self.capabilities
+
+    @property
+    def direct_name(self) -> str:
+        """A file-name stem for a direct cell's recorded channels."""
+        return "_".join(str(k) for k in self.capture_key[:5] + self.capture_key[6:]) + "_" + \
+            hashlib.sha256(repr(self.capture_key).encode()).hexdigest()[:8]
+
+    @property
+    def migration_capabilities(self) -> tuple[str, ...]:
+        """The capabilities both sides get: the set's, and postcopy-ram in the postcopy mode."""
+        return self.capabilities + (("postcopy-ram",) if self.mode == "postcopy" else ())
 
     @property
     def sides(self) -> Sides:
@@ -170,7 +195,11 @@ class CellSpec:
 
     @property
     def capture_key(self) -> tuple:
-        """What the source's capture depends on: not the destination's own settings."""
+        """What the source's capture depends on: not the destination's own settings. A direct
+        cell is its own migration (the destination's version is in its key)."""
+        if self.direct:
+            return (self.src, self.machine, self.devices, self.caps, self.guest, self.sides.source_key, self.accel,
+                    self.mode, self.dst)
         return (self.src, self.machine, self.devices, self.caps, self.guest, self.sides.source_key, self.accel,
                 self.mode)
 
@@ -182,12 +211,26 @@ class CellSpec:
     @property
     def known_fault(self) -> str | None:
         """A fault of the source binary this cell can meet (versions.FACTS), as a label."""
-        row = FACTS.get(release(self.src))
-        if self.accel == "tcg" and self.guest != "paused" and self.mode == "live" and row is not None and \
+        return self.known_fault_and_kinds[0]
+
+    @property
+    def known_fault_and_kinds(self) -> tuple[str | None, tuple[str, ...]]:
+        """(label, the real outcome kinds that are that fault) or (None, ())."""
+        rows = [FACTS.get(release(v)) for v in (self.src, self.dst)]
+        if self.mode == "postcopy" and "multifd" in self.capabilities and \
+                all(r is not None and r.multifd_postcopy_destination_aborts for r in rows):
+            return (f"known fault of QEMU {self.dst}: it accepts multifd with postcopy-ram, and its destination "
+                    "aborts once postcopy starts (util/yank.c: assertion `QLIST_EMPTY(&entry->yankfns)`; 10.0 "
+                    "refuses the pair)", ("failed",))
+        row = rows[0]
+        if self.accel == "tcg" and self.guest != "paused" and self.mode != "stopped" and row is not None and \
                 row.tcg_dirty_tracking_loses_writes:
+            kinds = ("ram-differs", "converged") if self.mode == "nonconverging" else ("ram-differs",)
             return (f"known fault of QEMU {self.src}: under TCG a running guest's writes during the migration can "
-                    "be lost (TCG dirty tracking, fixed upstream in 9.0); the destination's RAM then differs")
-        return None
+                    "be lost (TCG dirty tracking, fixed upstream in 9.0); the destination's RAM then differs"
+                    + (", and a migration kept from converging can converge" if self.mode == "nonconverging" else ""),
+                    kinds)
+        return None, ()
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
                         {"mem_mb": mem_mb, "timeout": timeout, "workers": workers, "globals": list(globals_),
                          "device_sets": {k: list(v) for k, v in (user_sets or {}).items() if k in grid.devices},
                          "device_args": list(extra_devices),
-                         "transport": "fd: into a file, loaded with exec:cat FILE"},
+                         "transport": "fd: into a file, loaded with exec:cat FILE; postcopy, nonconverging and "
+                                      "multifd cells: tcp: on loopback straight into the destination"},
                         time.monotonic() - t0)
 
 
