@@ -320,13 +320,19 @@ class _Load:
                 self.vmsd(ref, version, descs.get(sub), f"{path}s:{sub}/")
 
     # -- VMSDs registered outside device classes (layout from the destination's streams) ---
-    def observed(self, shape: dict, version: int, path: str, name: str) -> None:
+    def observed(self, shape: dict, version: int, path: str, name: str, gates: dict | None = None) -> None:
+        """`gates`: the fields a version gate leaves out of older versions (rules.value_rules'
+        fields_v): with them, a top-level version below the destination's own is read as
+        vmstate_load_state reads it (a gated field is skipped); without, not judged."""
         if shape.get("f") is None:
             raise _NotJudged("fields differ between the destination's own streams", name)
-        if shape.get("v") is not None and version != shape["v"]:
+        older = shape.get("v") is not None and version < shape["v"] and gates is not None
+        if shape.get("v") is not None and version != shape["v"] and not older:
             raise _NotJudged("version other than the destination's own streams", name)
         for f in shape["f"]:
             where = f"{name}:{f['n']}"
+            if older and gates.get(f["n"], 0) > version:
+                continue
             if "d" in f:
                 for _ in range(f["c"]):
                     self.observed(f["d"], f["d"].get("v"), path, f["d"].get("n") or name)
@@ -361,6 +367,15 @@ def _observed_size(fields: list) -> int:
     return sum(f["c"] * (_observed_size(f["d"].get("f") or []) if "d" in f else f["e"]) for f in fields)
 
 
+def _outside_gates(version: str, name: str) -> dict | None:
+    """The version gates of a VMSD registered outside device classes (read from the
+    version's sources: rules.value_rules), None when not known."""
+    from conformance.rules import value_rules
+
+    row = value_rules.sections(version).get(name)
+    return dict(row.fields_v) if row is not None and row.fields_v is not None else None
+
+
 def _vmsd_candidates(idstr: str) -> list[str]:
     parts = idstr.split("/")
     return ["/".join(parts[i:]) for i in range(len(parts))]
@@ -368,7 +383,7 @@ def _vmsd_candidates(idstr: str) -> list[str]:
 
 def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id: int, body: bytes,
                   section_id: int | None = None, family: str | None = None,
-                  desc: dict | None = None) -> Finding | None:
+                  desc: dict | None = None, gates: dict | None = None) -> Finding | None:
     """The destination's verdict on one FULL body: None (it loads, up to its footer), a
     rejecting Finding, or a device-state-not-judged Finding (with the reason)."""
     name = next((c for c in _vmsd_candidates(idstr) if c in layouts.tops or c in layouts.outside), None)
@@ -395,13 +410,15 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
                     return Finding(Code.DEVICE_STATE_NOT_JUDGED, "layout differs by machine family, machine not known", name)
                 shape = shapes[0]
             said = _desc_size(desc.get("fields", [])) if desc is not None and shape.get("f") is not None else None
+            if gates is None:
+                gates = _outside_gates(layouts.version, name)
             if said is not None and said != _observed_size(shape["f"]):
                 # an observed layout has only the fields the destination's own (paused) streams
                 # carried: a field they lacked (a VMSTATE_*_TEST one the guest has set, e.g. ide's
                 # identify_data) is one the layout cannot place
                 return Finding(Code.DEVICE_STATE_NOT_JUDGED, f"fields other than the destination's own streams ({name})",
                                name)
-            load.observed({**shape, "names": out["names"], "n": name}, version_id, "", name)
+            load.observed({**shape, "names": out["names"], "n": name}, version_id, "", name, gates)
     except _Stop as e:
         return e.finding
     except _NotJudged as e:

@@ -273,10 +273,18 @@ class Loader:
         elif self.phase is Phase.AFTER_EOF and self.postcopy is PostcopyState.NONE and self.configuration is not None:
             # (machine types <= 2.2 suppress the trailer; they send no configuration either)
             self._v(Code.MISSING_VMDESCRIPTION, channel, off, "no VMDESCRIPTION trailer after EOF (a destination only warns)")
+        self._counted_instances()
         self._check_device_bodies()
         self._load_device_state()
         self._value_rules()
         return self.violations[start:]
+
+    def _counted_instances(self) -> None:
+        """Instance ids the destination numbers 0..n-1 (CPUs, buses), judged once every header is seen."""
+        if self.tables is None:
+            return
+        for h, f in self.tables.judge_counted(self.section_list):
+            self._v(f.code, "main", h["offset"], f.message, f"{h['idstr']} (id {h['section_id']})")
 
     def fail(self, code: Code, channel: str, offset: int, message: str, section: str | None = None) -> None:
         """A point past which the stream cannot be framed (reported by the reader)."""

@@ -99,6 +99,11 @@ class DestinationTables:
                                f"{info.minimum_version_id}")
         return None
 
+    def judge_counted(self, headers: list[dict]) -> list[tuple[dict, Finding]]:
+        """Instance ids judged against the stream's own count of a section (BuiltinTables;
+        a reference stream lists its entries exactly)."""
+        return []
+
 
 # The sections a destination registers outside of device classes (so -dump-vmstate does not
 # list them), with their version bounds and instance ids, per version: rules/value_rules.py
@@ -142,6 +147,11 @@ class BuiltinTables(DestinationTables):
         row = others.get(name) or others.get("vfio")
         f = value_rules.judge_other_section(row, idstr, instance_id, version_id) if row is not None else None
         return Finding(f.code, f.message) if f is not None else None
+
+    def judge_counted(self, headers: list[dict]) -> list[tuple[dict, Finding]]:
+        from conformance.rules import value_rules
+
+        return [(h, Finding(f.code, f.message)) for h, f in value_rules.judge_counted(self.version, headers)]
 
 
 # A real -dump-vmstate lists the VMSD of every device class of the binary (several hundred);

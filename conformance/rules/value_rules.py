@@ -61,9 +61,13 @@ class SectionRow:
     version_id: int | None
     minimum_version_id: int | None
     load: str  # "vmsd" (vmstate_load_state's bounds) or "equal" (a live load function takes version_id only)
-    instances: tuple[int, ...] | None
+    instances: tuple[int, ...] | None  # None: not known here (or counted)
     verified: bool
     src: str
+    # the destination registers 0..n-1, n its own count (one per CPU, one per bus): a destination
+    # configured as the source was has as many as the stream carries (judge_counted)
+    counted: bool = False
+    fields_v: Mapping[str, int] | None = None  # field -> the version it starts in (None: gates not known)
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,12 @@ def _data() -> dict:
 def sections(version: str) -> dict[str, SectionRow]:
     """The sections `version` registers outside device classes ({} for a version without data)."""
     rows = _data()["sections"].get(version, {})
-    return {name: SectionRow(name, r["v"], r["m"], r["load"], None if r["instances"] is None else tuple(r["instances"]),
-                             r["verified"], r["src"]) for name, r in rows.items()}
+    return {name: SectionRow(name, r["v"], r["m"], r["load"],
+                             None if r["instances"] in (None, COUNTED) else tuple(r["instances"]), r["verified"], r["src"],
+                             r["instances"] == COUNTED, r.get("fields_v")) for name, r in rows.items()}
+
+
+COUNTED = "counted"
 
 
 def instances() -> dict[str, tuple[int, ...]]:
@@ -241,7 +249,7 @@ def judge_other_section(row: SectionRow, idstr: str, instance_id: int, version_i
     the entry (idstr, instance), then its version, then the load function's own check."""
     if row.instances is not None and not instance_matches(idstr, instance_id, row.instances):
         return _unknown(idstr, instance_id)
-    if row.instances is None and (f := judge_instance(idstr, instance_id)) is not None:
+    if row.instances is None and not row.counted and (f := judge_instance(idstr, instance_id)) is not None:
         return f
     if row.version_id is not None and version_id > row.version_id:
         return Finding(Code.SECTION_VERSION_TOO_NEW, f"savevm: unsupported version {version_id} for '{idstr}' v{row.version_id}")
@@ -254,6 +262,28 @@ def judge_other_section(row: SectionRow, idstr: str, instance_id: int, version_i
                        f"{row.idstr}: incoming version_id {version_id} is too old for local minimum version_id  "
                        f"{row.minimum_version_id}")
     return None
+
+
+def judge_counted(version: str, headers: Iterable[Mapping]) -> list[tuple[Mapping, Finding]]:
+    """Sections whose instances the destination numbers 0..n-1 (rows marked "counted": a
+    CPU's index, its APIC id, a bus registered with VMSTATE_INSTANCE_ID_ANY): against a
+    destination configured as the source was (as many CPUs and buses as the stream carries
+    sections of that name), an instance id from n on is one find_se does not find. `headers`:
+    the stream's START/FULL headers (dicts with idstr, instance_id); each offending one with
+    its finding."""
+    rows = {name: row for name, row in sections(version).items() if row.counted}
+    if not rows:
+        return []
+    headers = [h for h in headers if h.get("idstr") in rows]
+    count: dict[str, int] = {}
+    for h in headers:
+        count[h["idstr"]] = count.get(h["idstr"], 0) + 1
+    out = []
+    for h in headers:
+        iid = h.get("instance_id") or 0
+        if not instance_matches(h["idstr"], iid, range(count[h["idstr"]])):
+            out.append((h, _unknown(h["idstr"], iid)))
+    return out
 
 
 # --------------------------------------------------------------------------- device bodies
