@@ -170,6 +170,7 @@ class _Load:
         self.pos = 0
         self.elements = 0  # counts and nested structs read so far, against the budget
         self.top = top
+        self.idstr = top  # the section's idstr, as QEMU names it in its messages
         self.presence = (layouts.presence.get(family or "", {}) or {}).get(top, {})
         self.values = (layouts.values.get(family or "", {}) or {}).get(top, {})
 
@@ -194,6 +195,9 @@ class _Load:
                                 f"{shape['m']}", name, self.pos))
         fields = shape["f"]
         groups = _desc_groups(desc)
+        tests = _version_tests()
+        if groups is not None and version != shape["v"]:
+            self.versions_against_source(name, fields, version, shape["v"], {g[0] for g in groups}, tests)
         gi = 0
         ints: dict[str, int] = {}  # integers read at this level: a VARRAY's count is one of them
         for i, f in enumerate(fields):
@@ -202,7 +206,9 @@ class _Load:
             in_stream = None
             if groups is not None:
                 in_stream = gi < len(groups) and groups[gi][0] == _desc_name(fields, i)
-            if f.get("x"):
+            if f.get("x") and (name, f["n"]) in tests:
+                exists = version in tests[(name, f["n"])]  # a test of the version being loaded
+            elif f.get("x"):
                 own = self.presence.get(key)
                 if own is None or in_stream is None or own != in_stream:
                     raise _NotJudged("field_exists test not resolved", where)
@@ -221,6 +227,29 @@ class _Load:
             if got is not None:
                 ints[f["n"]] = got
         self.subsections(shape["n"], {self.l.shapes[r]["n"]: r for r in shape["s"]}, desc, path, complete=True)
+
+    def versions_against_source(self, name: str, fields: list[dict], version: int, own: int, written: set,
+                                tests: dict) -> None:
+        """Before reading a version other than the destination's own: a field that version
+        leaves out (and its own includes) that the source wrote (its VMDESCRIPTION names it),
+        or one that version reads (and its own does not) that the source did not write, makes
+        the destination read a different number of bytes than the body holds, whatever the
+        fields before it are (a custom one included): the load fails at the footer. (Only
+        such fields: other names may differ between the two versions' descriptions.)"""
+        for i, f in enumerate(fields):
+            dname = _desc_name(fields, i)
+            if f.get("x") and (name, f["n"]) in tests:
+                exists, at_own = version in tests[(name, f["n"])], own in tests[(name, f["n"])]
+            elif f.get("x"):
+                continue  # its test is resolved while reading
+            else:
+                exists, at_own = f["v"] <= version, f["v"] <= own
+            if exists != at_own and exists != (dname in written) and _fixed_size(f):
+                what = (f"leaves out {dname} (from version {f['v']}), which the source wrote" if not exists else
+                        f"reads {dname}, which the source did not write")
+                raise _Stop(Finding(Code.DEVICE_LOAD_FAILED,
+                                    f"Missing section footer for {self.idstr}: loading {name} at version {version} the "
+                                    f"destination {what}", f"{name}:{f['n']}", self.pos))
 
     def field(self, f: dict, where: str, key: str, entries: list[dict] | None, vmsd: str,
               ints: dict[str, int]) -> int | None:
@@ -367,6 +396,21 @@ def _observed_size(fields: list) -> int:
     return sum(f["c"] * (_observed_size(f["d"].get("f") or []) if "d" in f else f["e"]) for f in fields)
 
 
+def _version_tests() -> dict:
+    from conformance.rules import value_rules
+
+    return value_rules.field_tests()
+
+
+def _fixed_size(f: dict) -> bool:
+    """A declared field that takes bytes on the wire (not a zero-length one)."""
+    w = f.get("w") or {}
+    if "d" in f:
+        return True
+    e, c = w.get("e"), w.get("c", f.get("num"))
+    return not (isinstance(e, int) and e == 0) and not (isinstance(c, int) and c == 0)
+
+
 def _outside_gates(version: str, name: str) -> dict | None:
     """The version gates of a VMSD registered outside device classes (read from the
     version's sources: rules.value_rules), None when not known."""
@@ -390,6 +434,7 @@ def judge_section(layouts: Layouts, *, idstr: str, instance_id: int, version_id:
     if name is None:
         return Finding(Code.DEVICE_STATE_NOT_JUDGED, "no destination layout for this section", None)
     load = _Load(layouts, body, family, name)
+    load.idstr = idstr
     try:
         if name in layouts.tops:
             refs = [v["ref"] for v in layouts.tops[name]

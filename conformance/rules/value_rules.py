@@ -111,9 +111,17 @@ def sections(version: str) -> dict[str, SectionRow]:
 COUNTED = "counted"
 
 
+@functools.lru_cache(maxsize=1)
+def field_tests() -> dict[tuple[str, str], frozenset[int]]:
+    """(VMSD name, field name) -> the versions its field_exists test lets it exist in (a test
+    of the version being loaded: is_version_1 ...)."""
+    return {(vmsd, r["field"]): frozenset(r["versions"]) for vmsd, r in _data().get("field_tests", {}).items()}
+
+
 def instances() -> dict[str, tuple[int, ...]]:
-    """Device idstr (or "/" for any idstr with a device path) -> the instance ids registered."""
-    return {k: tuple(v["ids"]) for k, v in _data()["instances"].items()}
+    """Device idstr (or "/" for any idstr with a device path) -> the instance ids registered
+    (rows "counted" are judge_counted's)."""
+    return {k: tuple(v["ids"]) for k, v in _data()["instances"].items() if v["ids"] != COUNTED}
 
 
 @functools.lru_cache(maxsize=8)
@@ -264,17 +272,28 @@ def judge_other_section(row: SectionRow, idstr: str, instance_id: int, version_i
     return None
 
 
-def judge_counted(version: str, headers: Iterable[Mapping]) -> list[tuple[Mapping, Finding]]:
-    """Sections whose instances the destination numbers 0..n-1 (rows marked "counted": a
-    CPU's index, its APIC id, a bus registered with VMSTATE_INSTANCE_ID_ANY): against a
-    destination configured as the source was (as many CPUs and buses as the stream carries
-    sections of that name), an instance id from n on is one find_se does not find. `headers`:
-    the stream's START/FULL headers (dicts with idstr, instance_id); each offending one with
-    its finding."""
-    rows = {name: row for name, row in sections(version).items() if row.counted}
-    if not rows:
-        return []
-    headers = [h for h in headers if h.get("idstr") in rows]
+def judge_counted(version: str, headers: Iterable[Mapping], device=None) -> list[tuple[Mapping, Finding]]:
+    """Sections whose instances the destination numbers 0..n-1: rows marked "counted" (a
+    CPU's index, its APIC id, a bus registered with VMSTATE_INSTANCE_ID_ANY), and every device
+    section without a device path that no row fixes (`device(idstr)`: the destination has that
+    device class; qdev registers it with VMSTATE_INSTANCE_ID_ANY). Against a destination
+    configured as the source was (as many CPUs, buses and devices of a kind as the stream
+    carries sections of that name), an instance id from n on, not an alias, is one find_se
+    does not find. `headers`: the stream's START/FULL headers (dicts with idstr,
+    instance_id); each offending one with its finding."""
+    rows = {name for name, row in sections(version).items() if row.counted}
+    fixed = _data()["instances"]
+    rows |= {name for name, r in fixed.items() if r["ids"] == COUNTED}
+
+    def counted(idstr) -> bool:
+        if not isinstance(idstr, str):
+            return False
+        if idstr in rows:
+            return True
+        return device is not None and "/" not in idstr and idstr not in fixed and idstr not in sections(version) \
+            and device(idstr)
+
+    headers = [h for h in headers if counted(h.get("idstr"))]
     count: dict[str, int] = {}
     for h in headers:
         count[h["idstr"]] = count.get(h["idstr"], 0) + 1

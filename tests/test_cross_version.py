@@ -1,0 +1,124 @@
+"""Cross-version streams judged as the destination loads them: real streams one version
+wrote, edited in a section header, into a destination of the other version (and of its own).
+
+The disagreements the cross-version differential found, now data in the rules rooms:
+
+* instance ids a destination numbers 0..n-1 (cpu, cpu_common: the CPU index; apic: the APIC
+  id; PCIBUS, i2c_bus: VMSTATE_INSTANCE_ID_ANY) -- a destination configured as the source
+  was has as many as the stream carries (value-rules.json "counted");
+* version gates of sections registered outside device classes: a 'timer' section of version 1
+  is read without cpu_clock_offset, a 'cpu' section of version 11 without xcr0, xstate_bv
+  and the YMMH registers, and the bytes left make "Missing section footer" (fields_v).
+
+The texts are the real destinations' first error lines (7.2.22 and 10.0.2, both ways); the
+differential at the end checks them again on the installed binaries."""
+
+from __future__ import annotations
+
+import lzma
+
+import pytest
+
+from conformance.rules import value_rules
+from conformance.rules.catalogue import Code
+from strategies.fuzz import FuzzInput, decode_seed
+
+from tests.test_value_rules import DATA, UNKNOWN, _model, header_edit
+
+FOOTER = "Missing section footer for"
+
+# (name, idstr, header changes, the code, the real destination's first error line; None: it loads)
+EDITS = [
+    ("cpu-instance-1", "cpu", {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'cpu' 1"),
+    ("cpu_common-instance-1", "cpu_common", {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'cpu_common' 1"),
+    ("apic-instance-1", "apic", {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'apic' 1"),
+    ("PCIBUS-instance-1", "PCIBUS", {"instance_id": 1}, Code.UNKNOWN_SECTION, f"{UNKNOWN} 'PCIBUS' 1"),
+    ("timer-version-1", "timer", {"version_id": 1}, Code.DEVICE_LOAD_FAILED, f"{FOOTER} timer"),
+    ("cpu-version-11", "cpu", {"version_id": 11}, Code.DEVICE_LOAD_FAILED, f"{FOOTER} cpu"),
+    # find_se: 0xffffffff is the alias of every entry registered without one
+    ("cpu-instance-any", "cpu", {"instance_id": 0xFFFFFFFF}, None, None),
+    ("apic-instance-any", "apic", {"instance_id": 0xFFFFFFFF}, None, None),
+]
+# real streams (tests/data/multifd, main channels): (seed, destination version)
+PAIRS = [("qemu100-i440fx-7.2", "7.2"), ("qemu72-i440fx-7.2", "10.0"), ("qemu100-i440fx-7.2", "10.0")]
+
+
+def _seed(name: str):
+    return decode_seed(lzma.decompress((DATA / f"{name}.main.bin.xz").read_bytes()))
+
+
+def _edited(seed, edit) -> bytes:
+    name, idstr, changes = edit[:3]
+    return FuzzInput(seed, [name], header_edit(seed, idstr, **changes)).data()
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
+def test_the_unedited_stream_loads_by_the_destinations_layouts(pair):
+    seed, version = pair
+    assert _model(_seed(seed).data, version) == []
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
+@pytest.mark.parametrize("edit", EDITS, ids=lambda e: e[0])
+def test_each_edit_is_judged_as_the_real_destination_judged_it(pair, edit):
+    seed, version = pair
+    found = _model(_edited(_seed(seed), edit), version)
+    if edit[3] is None:
+        assert found == []
+        return
+    assert [v.code for v in found] == [edit[3]], found
+    assert edit[4] in found[0].message
+
+
+def test_counted_instances_follow_the_streams_own_count():
+    """Two CPUs (a destination started with -smp 2, as the source was): 0 and 1 are found;
+    alone, instance 1 is not; 0xffffffff finds any."""
+    cpus = [{"idstr": "cpu", "instance_id": 0}, {"idstr": "cpu", "instance_id": 1}]
+    assert value_rules.judge_counted("10.0", cpus) == []
+    lone = value_rules.judge_counted("7.2", [{"idstr": "cpu", "instance_id": 1}])
+    assert [f.code for _, f in lone] == [Code.UNKNOWN_SECTION]
+    assert value_rules.judge_counted("7.2", [{"idstr": "PCIBUS", "instance_id": 0xFFFFFFFF}]) == []
+    # rows with fixed instances are not counted: the table judges them at the header
+    assert value_rules.judge_counted("10.0", [{"idstr": "timer", "instance_id": 1}]) == []
+
+
+def test_gated_fields_are_named_in_the_destinations_observed_layouts():
+    """Each fields_v name is a field of the layout the destination's own streams show (else
+    the gate would never apply)."""
+    from conformance.rules.device_state import builtin_layouts
+
+    for version in ("7.2", "10.0"):
+        layouts = builtin_layouts(version)
+        for name, row in value_rules.sections(version).items():
+            if not row.fields_v:
+                continue
+            for shape in layouts.outside[name]["families"].values():
+                names = {f["n"] for f in shape["f"]}
+                assert set(row.fields_v) <= names, (version, name)
+                assert all(row.minimum_version_id < v <= row.version_id for v in row.fields_v.values())
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
+def test_differential_real_destination_of_the_other_version(pair, qemu):
+    """Each edit into the real destination (started with the stream's machine type and
+    memory): its verdict and first error line, and the model's."""
+    from conformance.qemu.fuzz_target import RealTarget
+
+    name, version = pair
+    seed = _seed(name)
+    rows, agree = [], 0
+    with RealTarget(qemu(version), machine="pc-i440fx-7.2", devices="none", mem_mb=32, warm=2, trace=False) as real:
+        for edit in EDITS:
+            data = _edited(seed, edit)
+            ex = real.run(data)
+            found = _model(data, version)
+            if edit[3] is None:
+                ok = ex.verdict == "accepted" and not found
+            else:
+                ok = ex.verdict == "rejected" and edit[4] in (ex.first_error or "") and bool(found) \
+                    and found[0].code is edit[3]
+            agree += ok
+            rows.append((edit[0], ex.verdict, ex.first_error, [v.code.value for v in found]))
+    assert agree == len(EDITS), rows
