@@ -73,7 +73,7 @@ class SectionRow:
 @dataclass(frozen=True)
 class ValueRule:
     name: str
-    kind: str  # "range", "equals-destination", "vapic-rom"
+    kind: str  # "range", "equals-destination", "vapic-rom", "virtio-features", "enum", "ram-resize", "ahci-ports"
     section: str  # the VMSD name
     fields: tuple[str, ...]  # the field's names (first found is read)
     qemu: str  # the text the destination prints
@@ -378,7 +378,7 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
             if decoded is None:
                 out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
                 continue
-            f = _judge(rule, decoded.fields, globals_, ram_blocks, probe)
+            f = _judge(rule, decoded, globals_, ram_blocks, probe)
             if f == "not judged":
                 out.not_judged[rule.name] = out.not_judged.get(rule.name, 0) + 1
                 continue
@@ -415,9 +415,84 @@ def _virtio_features(rule: ValueRule, body: bytes):
     return None
 
 
-def _judge(rule: ValueRule, fields, globals_: Mapping[str, str], ram_blocks: Mapping[str, int],
+def _struct(fields, name: str):
+    """The nested fields of the (first) struct field `name`."""
+    return next((f.value.fields for f in fields if f.name == name and hasattr(f.value, "fields")), None)
+
+
+def _elements(fields, name: str) -> list:
+    """The nested fields of each element of the struct field (or struct array) `name`,
+    whether the decoder gives one field per element or one field holding them all."""
+    out = []
+    for f in fields:
+        if f.name != name:
+            continue
+        for v in (f.value if isinstance(f.value, (list, tuple)) else (f.value,)):
+            if hasattr(v, "fields"):
+                out.append(v.fields)
+    return out
+
+
+def _ram_resize(rule: ValueRule, decoded):
+    """A subsection of sizes post_load gives to memory_region_ram_resize with &error_abort:
+    qemu_ram_resize refuses (and the destination aborts) a page-aligned size beyond the
+    block's max_length."""
+    sub = next((s for s in decoded.subsections if s.name == rule.params["subsection"]), None)
+    if sub is None:
+        return None  # not sent: post_load resizes nothing
+    for name, block in rule.params["blocks"].items():
+        size = _field_value(sub.fields, (name,))
+        if size is None:
+            return "not judged"
+        if (f := judge_ram_block(block, size)) is not None:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu}: {f.message} ({rule.params['subsection']} {name} "
+                           f"{size:#x}; post_load resizes {block} with error_abort: the destination aborts)")
+    return None
+
+
+def _ahci_ports(rule: ValueRule, decoded):
+    """ahci_state_post_load, port by port: the checks whose outcome the stream alone decides
+    (a port whose engines it restarts also maps guest memory; when a check here fails, the
+    load fails whatever that mapping does)."""
+    p = rule.params
+    ahci = _struct(decoded.fields, p["struct"])
+    if ahci is None:
+        return "not judged"
+    for port, dev in enumerate(_elements(ahci, "dev")):
+        cmd = _field_value(dev, ("port_regs.cmd",))
+        busy = _field_value(dev, ("busy_slot",))
+        if cmd is None or busy is None:
+            return "not judged"
+        if cmd & p["list_on"] and not cmd & p["start"]:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"AHCI: DMA engine should be off, but status bit indicates it is "
+                           f"still running. (port {port}: cmd {cmd:#x})")
+        if cmd & p["fis_on"] and not cmd & p["fis_rx"]:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"AHCI: FIS RX engine should be off, but status bit indicates it "
+                           f"is still running. (port {port}: cmd {cmd:#x})")
+        tfss = _elements(dev, "ncq_tfs")
+        if len(tfss) != p["max_cmds"]:
+            return "not judged"
+        for slot, tfs in enumerate(tfss):
+            used, halt = _field_value(tfs, ("used",)), _field_value(tfs, ("halt",))
+            if used is None or halt is None:
+                return "not judged"
+            if bool(used) != bool(halt):
+                return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} (port {port} NCQ slot {slot}: used {used} and "
+                               f"halt {halt} differ; post_load: -1)")
+        if busy != -1 and not 0 <= busy < p["max_cmds"]:
+            return Finding(Code.DEVICE_VALUE_CHECK, f"{rule.qemu} (port {port}: busy_slot {busy} outside "
+                           f"-1..{p['max_cmds'] - 1}; post_load: -1)")
+    return None
+
+
+def _judge(rule: ValueRule, decoded, globals_: Mapping[str, str], ram_blocks: Mapping[str, int],
            probe: RomProbe | None):
     p = rule.params
+    if rule.kind == "ram-resize":
+        return _ram_resize(rule, decoded)
+    if rule.kind == "ahci-ports":
+        return _ahci_ports(rule, decoded)
+    fields = decoded.fields
     value = _field_value(fields, rule.fields)
     if rule.kind == "range":
         if value is None:
