@@ -163,3 +163,88 @@ def test_differential_version_tests_and_gates_of_devices(src, dst, qemu, capture
                 and [v.code for v in found] == [Code.DEVICE_LOAD_FAILED] and f"{text} {idstr}" in found[0].message
             rows.append((suffix, ex.verdict, ex.first_error, [(v.code.value, v.message) for v in found]))
     assert agree == len(DEVICE_EDITS), rows
+
+
+# ------------------------------------------------------------------ post_load value checks
+
+def body_edit(seed, suffix: str, at, change) -> bytes:
+    """The stream with the body of the section whose idstr ends with `suffix` edited:
+    `at(body)` finds the offset, `change(bytes)` the new bytes there (found by hand here,
+    independently of value_rules)."""
+    import dataclasses
+
+    from strategies.fuzz import Unit
+    from wireformat.records import DeviceState
+
+    units = list(seed.units)
+    i = next(k for k, u in enumerate(units) if isinstance(u.record, DeviceState) and (u.record.idstr or "").endswith(suffix))
+    rec = units[i].record
+    body = bytes(rec.data)
+    o, n = at(body)
+    units[i] = Unit(dataclasses.replace(rec, data=body[:o] + change(body[o:o + n]) + body[o + n:]), None)
+    return FuzzInput(seed, [suffix], units).data()
+
+
+def _table_mr_size(body: bytes) -> tuple[int, int]:
+    """fw_cfg/acpi_mr's first field (table_mr_size, be64): after the counted name and the version."""
+    return body.index(b"fw_cfg/acpi_mr") + len(b"fw_cfg/acpi_mr") + 4, 8
+
+
+def _add(n: int):
+    return lambda b: (int.from_bytes(b, "big") + n).to_bytes(len(b), "big")
+
+
+def _ncq_halt(desc: dict, port: int, slot: int):
+    """The offset of ahci dev[port].ncq_tfs[slot].halt, from the source's VMDESCRIPTION."""
+    def walk(d, off, path):
+        for f in d.get("fields", []):
+            for k in range(f.get("array_len", 1)):
+                here = path + [(f["name"], f.get("index", k))]
+                if "struct" in f:
+                    off, hit = walk(f["struct"], off, here)
+                    if hit is not None:
+                        return off, hit
+                else:
+                    names = [p for p in here if p[0] in ("dev", "ncq_tfs")]
+                    if f["name"] == "halt" and names == [("dev", port), ("ncq_tfs", slot)]:
+                        return off, off
+                    off += f["size"]
+        return off, None
+
+    return lambda body: (walk(desc, 0, [])[1], 1)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
+def test_acpi_blob_sizes_beyond_their_maximum_abort_the_destination(pair):
+    name, version = pair
+    seed = _seed(name)
+    grown = _model(body_edit(seed, "fw_cfg", _table_mr_size, _add(0x800000)), version)
+    assert [v.code for v in grown] == [Code.DEVICE_VALUE_CHECK]
+    assert "Size too large: /rom@etc/acpi/tables" in grown[0].message
+    assert _model(body_edit(seed, "fw_cfg", _table_mr_size, _add(0x10000)), version) == []
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("src,dst", [("10.0", "7.2"), ("7.2", "10.0")])
+def test_differential_post_load_checks_of_fw_cfg_and_ahci(src, dst, qemu, capture):
+    """fw_cfg's ACPI blob beyond its max_length (the destination aborts in qemu_ram_resize)
+    or by 64 KiB (it loads); an AHCI NCQ slot halted but not used (ahci_state_post_load)."""
+    from conformance.qemu.fuzz_target import RealTarget
+
+    seed = decode_seed(capture(src, "pc-q35-7.2", "e1000+usb").path.read_bytes())
+    ahci = next(d for d in seed.devices if d["name"].endswith("/ich9_ahci"))
+    cases = [("fw_cfg", _table_mr_size, _add(0x800000), "crashed", "Unexpected error in qemu_ram_resize()"),
+             ("fw_cfg", _table_mr_size, _add(0x10000), "accepted", None),
+             ("/ich9_ahci", _ncq_halt(ahci, 1, 31), lambda b: b"\x01", "rejected", "Failed to load ich9_ahci:ahci")]
+    rows, agree = [], 0
+    with RealTarget(qemu(dst), machine="pc-q35-7.2", devices="e1000+usb", warm=2, trace=False) as real:
+        for suffix, at, change, verdict, text in cases:
+            data = body_edit(seed, suffix, at, change)
+            ex = real.run(data)
+            found = _model(data, dst)
+            want = [Code.DEVICE_VALUE_CHECK] if text else []
+            agree += ex.verdict == verdict and (text is None or text in (ex.first_error or "")) \
+                and [v.code for v in found] == want
+            rows.append((suffix, ex.verdict, ex.first_error, [(v.code.value, v.message) for v in found]))
+    assert agree == len(cases), rows
