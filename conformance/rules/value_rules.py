@@ -333,6 +333,8 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
 
     out = BodyJudgement()
     active = rules(version)
+    pci_state = next((r for r in active if r.kind == "pci-device-state"), None)
+    active = tuple(r for r in active if r.kind != "pci-device-state")
     pci = pci_config(version)
     if not active and not pci:
         return out
@@ -351,12 +353,24 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
         name = desc.get("vmsd_name", idstr) if desc else idstr
         mine = [r for r in active if r.section == name]
         own = pci.get(name) if "/" in idstr else None
-        if not mine and own is None:
+        state = pci_state if "/" in idstr else None
+        if not mine and own is None and state is None:
             continue
         try:
             decoded = vmstate.decode_body(desc, bytes(data)) if desc is not None else None
         except (ValueError, KeyError, TypeError, IndexError):
             decoded = None
+        if state is not None:
+            f = _pci_device_state(state, desc, decoded, bytes(data))
+            if f == "not judged":
+                out.not_judged[state.name] = out.not_judged.get(state.name, 0) + 1
+            elif f != "not pci":
+                out.checked += 1
+                if f is not None:
+                    out.findings.append((off, f"{idstr} instance {inst}", f))
+                    continue  # the load stops there
+        if not mine and own is None:
+            continue
         if own is not None:
             config = _config_space(decoded) if decoded is not None else None
             if config is None:
@@ -389,6 +403,36 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
 
 
 PCI_DEVICE_SAVE = 4 + 256 + 16  # vmstate_pci_device: version_id, config space, irq_state
+
+
+def _pci_device_state(rule: ValueRule, desc, decoded, body: bytes):
+    """vmstate_pci_device as the destination loads it, in a PCI device's body: its version_id
+    (VMSTATE_INT32_POSITIVE_LE: 0..the destination's own) and its four irq states
+    (get_pci_irq_state: each 0 or 1). Decoded by the description where the body is a VMSD;
+    read raw at offset 0 where a virtio device's custom save starts with it."""
+    p = rule.params
+    first = decoded.fields[0].value if decoded is not None and decoded.fields else None
+    inner = getattr(first, "fields", None)
+    if inner is not None and any(f.name.startswith("config[") for f in inner):
+        ver = _field_value(inner, ("version_id",))
+        irq = next((f.value for f in inner if f.name == "irq_state" and isinstance(f.value, (bytes, bytearray))), None)
+    elif desc is not None and [f.get("name") for f in desc.get("fields", [])[:1] if isinstance(f, dict)] == ["virtio"]:
+        if len(body) < PCI_DEVICE_SAVE:
+            return "not judged"
+        ver, irq = int.from_bytes(body[:4], "big", signed=True), body[260:276]
+    else:
+        return "not pci"
+    if ver is not None and not 0 <= ver <= p["version_id"]:
+        return Finding(Code.DEVICE_VALUE_CHECK, f"Invalid value {ver} expecting positive value <= {p['version_id']} "
+                       f"(vmstate_pci_device version_id)")
+    if irq is None or len(irq) != 16:
+        return "not judged"
+    for k in range(4):
+        v = int.from_bytes(irq[4 * k:4 * k + 4], "big", signed=True)
+        if v not in (0, 1):
+            return Finding(Code.DEVICE_VALUE_CHECK, f"irq state {v}: must be 0 or 1. (pci irq_state[{k}]; get_pci_irq_state: "
+                           "-EINVAL)")
+    return None
 MSIX_CAP_ID, MSIX_ENTRY = 0x11, 16
 
 
