@@ -206,8 +206,15 @@ class _Load:
             in_stream = None
             if groups is not None:
                 in_stream = gi < len(groups) and groups[gi][0] == _desc_name(fields, i)
-            if f.get("x") and (name, f["n"]) in tests:
-                exists = version in tests[(name, f["n"])]  # a test of the version being loaded
+            test = tests.get((name, f["n"])) if f.get("x") else None
+            if test is not None and "versions" in test:
+                exists = version in test["versions"]  # a test of the version being loaded
+            elif test is not None:
+                if test["nonzero"] not in ints:
+                    raise _NotJudged("field_exists test not resolved", where)
+                exists = ints[test["nonzero"]] != 0  # a test of a value read before it
+                if exists and "w" not in f and test.get("wire"):
+                    f = {**f, "w": test["wire"]}
             elif f.get("x"):
                 own = self.presence.get(key)
                 if own is None or in_stream is None or own != in_stream:
@@ -238,8 +245,9 @@ class _Load:
         such fields: other names may differ between the two versions' descriptions.)"""
         for i, f in enumerate(fields):
             dname = _desc_name(fields, i)
-            if f.get("x") and (name, f["n"]) in tests:
-                exists, at_own = version in tests[(name, f["n"])], own in tests[(name, f["n"])]
+            test = tests.get((name, f["n"])) if f.get("x") else None
+            if test is not None and "versions" in test:
+                exists, at_own = version in test["versions"], own in test["versions"]
             elif f.get("x"):
                 continue  # its test is resolved while reading
             else:

@@ -112,10 +112,16 @@ COUNTED = "counted"
 
 
 @functools.lru_cache(maxsize=1)
-def field_tests() -> dict[tuple[str, str], frozenset[int]]:
-    """(VMSD name, field name) -> the versions its field_exists test lets it exist in (a test
-    of the version being loaded: is_version_1 ...)."""
-    return {(vmsd, r["field"]): frozenset(r["versions"]) for vmsd, r in _data().get("field_tests", {}).items()}
+def field_tests() -> dict[tuple[str, str], dict]:
+    """(VMSD name, field name) -> its field_exists test: {"versions": frozenset} (a test of
+    the version being loaded: is_version_1 ...) or {"nonzero": field} (a test of a value
+    read before it at the same level: is_identify_set ...; "wire": its wire type where the
+    destination's own streams never carried it)."""
+    out = {}
+    for r in _data().get("field_tests", []):
+        out[(r["vmsd"], r["field"])] = ({"versions": frozenset(r["versions"])} if "versions" in r else
+                                        {"nonzero": r["nonzero"], "wire": r.get("wire")})
+    return out
 
 
 def instances() -> dict[str, tuple[int, ...]]:
