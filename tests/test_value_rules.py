@@ -289,3 +289,18 @@ def test_differential_virtio_feature_bits_the_destination_does_not_offer(version
     # virtio-blk loads the same edit (its 64-bit features subsection decides): no rule fires
     assert got_blk.verdict == "accepted"
     assert Code.DEVICE_VALUE_CHECK not in {v.code for v in _model(blk, version)}
+
+
+def test_description_entries_of_the_wrong_json_types_are_ignored_not_an_internal_error():
+    """A hostile VMDESCRIPTION (found by the hostile run): device names and vmsd names that are
+    objects or lists describe nothing; the PCI bodies are then judged as undescribed."""
+    from conformance.rules.value_rules import judge_bodies
+
+    desc = json.dumps({"devices": [
+        {"name": "0000:00:03.0/e1000", "instance_id": 0, "vmsd_name": {"a": 1}},
+        {"name": ["0000:00:03.0/e1000"], "instance_id": 0},
+        {"name": "0000:00:03.0/e1000", "instance_id": [0]},
+    ]}).encode()
+    for version in VERSIONS:
+        j = judge_bodies(version, [("0000:00:03.0/e1000", 0, bytes(300), 100)], desc, {}, {})
+        assert j.findings == []

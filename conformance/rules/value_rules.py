@@ -350,8 +350,11 @@ def judge_bodies(version: str, bodies: Iterable[tuple[str, int, bytes, int]], vm
 
         try:  # within the input budgets: the loader reported a malformed description already
             for d in load_json(vmdescription, "VMDESCRIPTION").get("devices", []):
-                if isinstance(d, dict):
-                    descs.setdefault((d.get("name"), d.get("instance_id", 0)), d)
+                # an entry of the wrong JSON types describes nothing a rule can use (the
+                # loader reported the malformed description already)
+                if isinstance(d, dict) and isinstance(d.get("name"), str) \
+                        and isinstance(d.get("instance_id", 0), int) and isinstance(d.get("vmsd_name", ""), str):
+                    descs.setdefault((d["name"], d.get("instance_id", 0)), d)
         except (JsonInputError, ValueError, AttributeError, TypeError):
             descs = {}
     for idstr, inst, data, off in bodies:
