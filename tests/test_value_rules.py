@@ -296,11 +296,14 @@ def test_description_entries_of_the_wrong_json_types_are_ignored_not_an_internal
     objects or lists describe nothing; the PCI bodies are then judged as undescribed."""
     from conformance.rules.value_rules import judge_bodies
 
-    desc = json.dumps({"devices": [
+    entries = [
         {"name": "0000:00:03.0/e1000", "instance_id": 0, "vmsd_name": {"a": 1}},
+        {"name": "0000:00:03.0/e1000", "instance_id": 0, "vmsd_name": ["e1000"]},
         {"name": ["0000:00:03.0/e1000"], "instance_id": 0},
         {"name": "0000:00:03.0/e1000", "instance_id": [0]},
-    ]}).encode()
-    for version in VERSIONS:
-        j = judge_bodies(version, [("0000:00:03.0/e1000", 0, bytes(300), 100)], desc, {}, {})
-        assert j.findings == []
+    ]
+    for entry in entries:  # one at a time: each alone must be survived
+        desc = json.dumps({"devices": [entry]}).encode()
+        for version in VERSIONS:
+            j = judge_bodies(version, [("0000:00:03.0/e1000", 0, bytes(300), 100)], desc, {}, {})
+            assert j.findings == []
