@@ -4,7 +4,7 @@ import io
 
 import pytest
 from construct import ConstructError
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from strategies import records as S
 from wireformat import ram
@@ -170,3 +170,50 @@ def test_xbzrle_decode_sample():
         ram.xbzrle_decode(bytes.fromhex("0000"), bytes(4096))  # new-bytes run of 0
     with pytest.raises(ram.XbzrleError):
         ram.xbzrle_decode(bytes.fromhex("00ff7f01"), bytes(4096))  # run past the page end
+
+
+def _construct_decode(commands: CommandSet, cmd: int, data: bytes):
+    """What the construct layout (wireformat.command_layouts) makes of a payload: the
+    definition CommandSet.decode's hand-written reading must equal."""
+    from construct import ConstructError
+
+    layout = commands.payload(cmd)
+    if layout is None:
+        return None
+    try:
+        parsed = layout.parse(data)
+    except ConstructError:
+        return None
+    if parsed is None:
+        return {}
+    out = {k: v for k, v in parsed.items() if not k.startswith("_")}
+    if "ranges" in out:
+        out["ranges"] = [(r.start, r.length) for r in out["ranges"]]
+    return out
+
+
+def _commands_and_payloads():
+    """(cmd, payload): arbitrary ones, and payloads shaped like the command's layout, as they
+    are or cut or extended."""
+    u64 = st.integers(0, 2**64 - 1)
+    discard = st.builds(lambda v, name, ranges, nul: bytes([v, len(name)]) + name + nul
+                        + b"".join(s.to_bytes(8, "big") + n.to_bytes(8, "big") for s, n in ranges),
+                        st.integers(0, 255), st.binary(max_size=20), st.lists(st.tuples(u64, u64), max_size=4),
+                        st.sampled_from([b"\x00", b"\x00", b"\x01", b""]))
+    bitmap = st.builds(lambda name: bytes([len(name)]) + name, st.binary(max_size=20))
+    shaped = st.one_of(st.tuples(st.integers(0, 40), st.binary(max_size=40)),
+                       st.tuples(st.just(6), discard), st.tuples(st.just(10), bitmap),
+                       st.tuples(st.sampled_from([2, 7]), st.binary(min_size=4, max_size=4)),
+                       st.tuples(st.sampled_from([3, 11]), st.binary(min_size=16, max_size=16)),
+                       st.tuples(st.sampled_from([1, 3, 4, 5, 8, 9, 11]), st.just(b"")))
+    edit = st.sampled_from(["as is", "as is", "cut", "longer"])
+    return st.tuples(shaped, edit, st.binary(min_size=1, max_size=9)).map(
+        lambda t: (t[0][0], t[0][1] if t[1] == "as is" else t[0][1][:-1] if t[1] == "cut" else t[0][1] + t[2]))
+
+
+@settings(max_examples=400)
+@given(_commands_and_payloads(), st.sampled_from([None, 11, 20]))
+def test_command_decode_by_hand_equals_the_construct_layout(cmd_data, downtime_id):
+    cmd, data = cmd_data
+    commands = CommandSet(downtime_id)
+    assert commands.decode(cmd, data) == _construct_decode(commands, cmd, data)

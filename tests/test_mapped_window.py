@@ -173,3 +173,36 @@ def test_resident_memory_stays_flat_over_a_large_file(tmp_path):
     n_big, rss_big = _peak(big)
     assert (n_small, n_big) == (1, 24 * 1024)
     assert rss_big - rss_small < 24 << 20, f"peak RSS {rss_big >> 20} MiB vs {rss_small >> 20} MiB for 1 page"
+
+
+def test_capture_channel_files_are_mapped_and_judged_as_when_streamed(tmp_path, monkeypatch):
+    """The channels of a capture directory of plain files reach the multifd reader as the
+    files themselves, rewound after their id was read (so mapped, not copied), and the
+    verdict is the one streaming them gives."""
+    import lzma
+    from pathlib import Path
+
+    from conformance.check.judge import judge_path
+
+    data = Path(__file__).parent / "data" / "multifd"
+    for part in ("main", "multifd0", "multifd1"):
+        (tmp_path / f"{part}.bin").write_bytes(lzma.decompress((data / f"qemu100-i440fx-10.0.{part}.bin.xz").read_bytes()))
+    seen = []
+    real_init = Window.__init__
+
+    def spy(self, src, size):
+        real_init(self, src, size)
+        seen.append(self.mapped)
+
+    monkeypatch.setattr(Window, "__init__", spy)
+    mapped = judge_path(str(tmp_path))
+    assert seen and all(seen), seen  # the main stream and both channels
+    monkeypatch.setattr(window, "MAP_FILES", False)
+    seen.clear()
+    streamed = judge_path(str(tmp_path))
+    assert seen and not any(seen)
+    a, b = mapped.as_json(), streamed.as_json()
+    for j in (a, b):
+        j["stats"].pop("seconds")
+    assert a == b
+    assert a["stats"]["multifd"]  # the channels were read: their packets are counted

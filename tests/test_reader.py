@@ -6,6 +6,7 @@ import io
 import pytest
 from hypothesis import given, strategies as st
 
+from strategies.records import configurations, ram_block_infos
 from strategies.streams import precopy_streams
 from wireformat import ram
 from wireformat.mainstream import build_record
@@ -13,6 +14,8 @@ from wireformat.reader import DecodeError, StreamReader
 from wireformat.errors import HostileLength, Truncated, UnknownRamFlags
 from wireformat.records import (
     Command,
+    ConfigSubsection,
+    Configuration,
     DeviceState,
     RamRecord,
     RamRun,
@@ -228,3 +231,71 @@ def test_a_false_footer_inside_a_body_is_not_taken_for_the_end():
     recs = read_all(b"QEVM\x00\x00\x00\x03" + sec + b"\x00" + trailer)
     assert [r.data for r in recs if isinstance(r, DeviceState)] == [body]
     assert [r.kind for r in recs][-2:] == ["Eof", "VmDescription"]
+
+
+def _config_by_construct(body: bytes):
+    """The configuration record as mainstream.ConfigurationStruct reads it (None: it does not)."""
+    from construct import ConstructError
+
+    from wireformat.mainstream import ConfigurationStruct, configuration_from_container
+
+    try:
+        c = ConfigurationStruct.parse(body)
+    except ConstructError:
+        return None
+    return configuration_from_container(c), len(ConfigurationStruct.build(c))
+
+
+@given(configurations(), st.binary(max_size=6), st.data())
+def test_configuration_by_hand_equals_the_construct_definition(conf, tail, data):
+    """The reader's hand-written configuration reading (and its fallback) and the construct
+    definition agree on generated records, cut anywhere and followed by anything."""
+    raw = build_record(conf)
+    cut = data.draw(st.integers(1, len(raw)))
+    body = raw[1:cut] + (tail if cut == len(raw) else b"")
+    stream = b"QEVM\x00\x00\x00\x03" + raw[:1] + body
+    expect = _config_by_construct(body)
+    try:
+        got = next(r for r in read_all(stream) if isinstance(r, Configuration))
+    except DecodeError:
+        assert expect is None or cut < len(raw)
+        return
+    assert expect is not None
+    assert (got.machine_type, got.subsections) == (expect[0].machine_type, expect[0].subsections)
+
+
+@given(st.lists(ram_block_infos(ignore_shared=True), min_size=1, max_size=4), st.booleans(), st.data())
+def test_mem_size_by_hand_equals_the_construct_definition(blocks, shared, data):
+    """MEM_SIZE (with and without x-ignore-shared), HOOK and MULTIFD_FLUSH read by hand and by
+    RamRecordStruct give the same records; a cut or overrunning list still ends as the
+    definition says (the reader falls back to it)."""
+    if not shared:
+        for b in blocks:
+            b.mr_addr = None
+    total = sum(b.used_length for b in blocks)
+    if data.draw(st.booleans()):
+        total -= data.draw(st.integers(0, total))  # an overrun: both reject it
+    recs = [RamRecord(addr=total, flags=0x04, blocks=blocks), RamRecord(addr=0, flags=0x200),
+            RamRecord(addr=0, flags=0x80 | 0x20), RamRecord(addr=0, flags=0x10)]
+    raw = b"".join(ram.build_record(r, ignore_shared=shared) for r in recs)
+    conf = Configuration(machine_type="pc", subsections=[
+        ConfigSubsection(name="configuration/capabilities", version_id=1, value=["x-ignore-shared"] if shared else [])])
+    stream = (b"QEVM\x00\x00\x00\x03" + build_record(conf)
+              + bytes([0x01]) + (1).to_bytes(4, "big") + bytes([3]) + b"ram" + (0).to_bytes(4, "big") + (4).to_bytes(4, "big")
+              + raw + b"\x00")  # EOS ends the section, then EOF
+    try:
+        expect = []
+        at = 0
+        while at < len(raw):
+            r = ram.parse_record(raw[at:], ignore_shared=shared)
+            expect.append(r)
+            at += len(ram.build_record(r, ignore_shared=shared))
+    except Exception:
+        expect = None
+    try:
+        got = [r for r in read_all(stream) if isinstance(r, RamRecord)]
+    except DecodeError:
+        assert expect is None
+        return
+    assert expect is not None
+    assert [(r.addr, r.flags, r.blocks) for r in got] == [(r.addr, r.flags, r.blocks) for r in expect]

@@ -108,12 +108,33 @@ def json_depth(value: Any, limit: int) -> int:
     return deepest
 
 
+# The last document load_json parsed from immutable bytes: a stream's VMDESCRIPTION is read by
+# the trailer's body sizer, the Loader, the device-state and the value rules, each from the
+# same bytes; parsing and depth-walking it once saves most of a small check's run time.
+_CACHE_MAX = 4 << 20
+_last: tuple = (None, 0, 0, None)
+
+
 def load_json(data: bytes | bytearray | memoryview | str, what: str, *, max_bytes: int = BUDGETS.json_bytes,
               max_depth: int = BUDGETS.json_depth) -> Any:
     """JSON from an input, within the byte and depth budgets; JsonInputError (one line, with
     the byte offset where known) for anything else: bad UTF-8, bad JSON, integer literals
     past Python's digit limit, nesting deeper than the C parser's recursion limit or
-    `max_depth`."""
+    `max_depth`. The value of equal `bytes` parsed last time is returned again: callers
+    read it and never change it."""
+    global _last
+    cacheable = type(data) is bytes and len(data) <= _CACHE_MAX
+    if cacheable:
+        raw, mb, md, value = _last
+        if mb == max_bytes and md == max_depth and (raw is data or raw == data):
+            return value
+    value = _load_json(data, what, max_bytes, max_depth)
+    if cacheable:
+        _last = (data, max_bytes, max_depth, value)
+    return value
+
+
+def _load_json(data, what: str, max_bytes: int, max_depth: int) -> Any:
     if len(data) > max_bytes:
         raise JsonInputError(f"{what}: {len(data)} bytes, more than the {max_bytes} budget")
     if isinstance(data, str):

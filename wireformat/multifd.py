@@ -37,7 +37,6 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from construct import Array, Bytes, ConstructError, Int8ub, Int32ub, Int64ub, Struct, this
 
 from .budgets import BUDGETS
 from .constants import MULTIFD_MAGIC, MULTIFD_VERSION, TARGET_PAGE_SIZE
@@ -94,63 +93,17 @@ def compression_mask_for(layout: str) -> int:
     return MULTIFD_FLAG_COMPRESSION_MASK_V72 if layout == LAYOUT_V72 else MULTIFD_FLAG_COMPRESSION_MASK
 
 
-# --- construct definitions ------------------------------------------------------------------
+# --- construct definitions: wireformat.multifd_layouts, loaded on first use ---------------
 
-MultifdInitPacket = Struct(
-    "magic" / Int32ub,
-    "version" / Int32ub,
-    "uuid" / Bytes(16),
-    "id" / Int8ub,
-    "unused1" / Bytes(7),
-    "unused2" / Bytes(32),
-)
-
-MultifdPacketHeader = Struct("magic" / Int32ub, "version" / Int32ub, "flags" / Int32ub)
+_LAYOUTS = frozenset({'MultifdPacketV90', 'MultifdPacketHeader', 'MultifdPacketDeviceState', 'MultifdPacketDeviceStateHeader', 'MultifdInitPacket', 'MultifdPacketV72'})
 
 
-def _page_count(ctx) -> int:
-    return ctx._params.get("page_count", MULTIFD_PAGE_COUNT)
+def __getattr__(name: str):
+    if name in _LAYOUTS:
+        from . import multifd_layouts
 
-
-_RAM_FRONT = (
-    "magic" / Int32ub,
-    "version" / Int32ub,
-    "flags" / Int32ub,
-    "pages_alloc" / Int32ub,
-    "normal_pages" / Int32ub,
-    "next_packet_size" / Int32ub,
-    "packet_num" / Int64ub,
-)
-
-# Build and parse take the page count as a keyword (`page_count=128` by default).
-MultifdPacketV72 = Struct(
-    *_RAM_FRONT,
-    "unused" / Bytes(32),
-    "ramblock" / Bytes(MULTIFD_RAMBLOCK_NAME_SIZE),
-    "offset" / Array(_page_count, Int64ub),
-)
-
-MultifdPacketV90 = Struct(
-    *_RAM_FRONT,
-    "zero_pages" / Int32ub,
-    "unused" / Bytes(28),
-    "ramblock" / Bytes(MULTIFD_RAMBLOCK_NAME_SIZE),
-    "offset" / Array(_page_count, Int64ub),
-)
-
-MultifdPacketDeviceStateHeader = Struct(
-    "magic" / Int32ub,
-    "version" / Int32ub,
-    "flags" / Int32ub,
-    "idstr" / Bytes(MULTIFD_DEVICE_STATE_IDSTR_SIZE),
-    "instance_id" / Int32ub,
-    "next_packet_size" / Int32ub,
-)
-
-MultifdPacketDeviceState = Struct(
-    *MultifdPacketDeviceStateHeader.subcons,
-    "payload" / Bytes(this.next_packet_size),
-)
+        return getattr(multifd_layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- records ------------------------------------------------------------------------------
@@ -293,6 +246,10 @@ def _decode_error(e: Exception, what: str, channel: str, offset: int) -> DecodeE
 
 
 def parse_init(data: bytes, *, offset: int = 0, channel: str = "multifd0") -> MultifdInit:
+    from construct import ConstructError
+
+    from .multifd_layouts import MultifdInitPacket
+
     try:
         c = MultifdInitPacket.parse(data)
     except ConstructError as e:
@@ -302,6 +259,8 @@ def parse_init(data: bytes, *, offset: int = 0, channel: str = "multifd0") -> Mu
 
 
 def build_init(rec: MultifdInit) -> bytes:
+    from .multifd_layouts import MultifdInitPacket
+
     return MultifdInitPacket.build({"magic": rec.magic, "version": rec.version, "uuid": rec.uuid, "id": rec.id,
                                     "unused1": rec.unused1, "unused2": rec.unused2})
 
@@ -310,6 +269,10 @@ def parse_ram_packet(data: bytes, *, layout: str = LAYOUT_V90, page_count: int =
                      page_size: int = TARGET_PAGE_SIZE, compression_mask: int | None = None,
                      max_data: int = MAX_PACKET_DATA, offset: int = 0, channel: str = "multifd0") -> tuple[MultifdRamPacket, int]:
     """One RAM packet (header and data) from the start of `data`: (record, bytes used)."""
+    from construct import ConstructError
+
+    from .multifd_layouts import MultifdPacketV72, MultifdPacketV90
+
     codec = MultifdPacketV72 if layout == LAYOUT_V72 else MultifdPacketV90
     mask = compression_mask_for(layout) if compression_mask is None else compression_mask
     try:
@@ -328,6 +291,8 @@ def parse_ram_packet(data: bytes, *, layout: str = LAYOUT_V90, page_count: int =
 def build_ram_packet(rec: MultifdRamPacket, *, page_count: int = MULTIFD_PAGE_COUNT) -> bytes:
     """Header (layout chosen by rec.zero_pages being None or not) followed by rec.data.
     Fields are written as given: nothing is recomputed from the offsets or the data."""
+    from .multifd_layouts import MultifdPacketV72, MultifdPacketV90
+
     obj = {
         "magic": rec.magic, "version": rec.version, "flags": rec.flags, "pages_alloc": rec.pages_alloc,
         "normal_pages": rec.normal_pages, "next_packet_size": rec.next_packet_size, "packet_num": rec.packet_num,
@@ -346,6 +311,10 @@ def build_ram_packet(rec: MultifdRamPacket, *, page_count: int = MULTIFD_PAGE_CO
 
 def parse_device_state_packet(data: bytes, *, max_data: int = MAX_PACKET_DATA, offset: int = 0,
                               channel: str = "multifd0") -> tuple[MultifdDeviceStatePacket, int]:
+    from construct import ConstructError
+
+    from .multifd_layouts import MultifdPacketDeviceState, MultifdPacketDeviceStateHeader
+
     try:
         h = MultifdPacketDeviceStateHeader.parse(data)
     except ConstructError as e:
@@ -366,6 +335,8 @@ def parse_device_state_packet(data: bytes, *, max_data: int = MAX_PACKET_DATA, o
 
 def build_device_state_packet(rec: MultifdDeviceStatePacket) -> bytes:
     """Header then payload; next_packet_size is written as given (it may lie)."""
+    from .multifd_layouts import MultifdPacketDeviceStateHeader
+
     head = MultifdPacketDeviceStateHeader.build({
         "magic": rec.magic, "version": rec.version, "flags": rec.flags,
         "idstr": _join_name(rec.idstr, rec.idstr_tail, MULTIFD_DEVICE_STATE_IDSTR_SIZE),

@@ -19,8 +19,6 @@ from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from construct import ConstructError, ExplicitError
-
 from . import ram as ramcodec
 from .budgets import BUDGETS
 from .commands import RELEASED, CommandSet
@@ -28,18 +26,19 @@ from .constants import (
     MIG_CMD_FIXED_LEN,
     QEMU_VM_FILE_MAGIC,
     RAM_SECTION_IDSTR,
+    SUBSECTION_CAPABILITIES,
+    SUBSECTION_TARGET_PAGE_BITS,
+    SUBSECTION_UUID,
     MigCmd,
     RamSaveFlag as F,
     SectionType as T,
 )
-from .mainstream import (
-    ConfigurationStruct,
-    FullSectionHeaderStruct,
-    configuration_from_container,
-)
 from .records import (
     MAIN,
+    RamBlockInfo,
     Command,
+    ConfigSubsection,
+    Configuration,
     DeviceState,
     Eof,
     FileHeader,
@@ -68,6 +67,7 @@ from .window import Window
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
+_U32x2 = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HDR5 = struct.Struct(">BI")  # type byte + be32 section id / footer
@@ -78,6 +78,7 @@ CONT = int(F.RAM_SAVE_FLAG_CONTINUE)
 EOS = int(F.RAM_SAVE_FLAG_EOS)
 MEM_SIZE = int(F.RAM_SAVE_FLAG_MEM_SIZE)
 PAGE_CONT = PAGE | CONT
+_BARE_KINDS = frozenset({int(F.RAM_SAVE_FLAG_HOOK), int(F.RAM_SAVE_FLAG_MULTIFD_FLUSH)})  # the word alone
 ZERO_CONT = ZERO | CONT
 FOOTER = int(T.QEMU_VM_SECTION_FOOTER)
 
@@ -219,6 +220,14 @@ class StreamReader:
             (n,) = _U32.unpack_from(b.buf, b.pos + 1)
             if n > MAX_MACHINE_NAME:
                 raise self._err(f"configuration machine-type length {n} exceeds {MAX_MACHINE_NAME}", cls=HostileLength)
+        fast = self._configuration_fast(off)
+        if fast is not None:
+            return fast
+        # anything the hand-written reading cannot settle: through the construct definition
+        from construct import ConstructError, ExplicitError
+
+        from .mainstream import ConfigurationStruct, configuration_from_container
+
         want = 4096
         while True:
             b.fill(want)
@@ -240,6 +249,59 @@ class StreamReader:
                 continue
             b.pos += 1 + used
             return configuration_from_container(c, offset=off, channel=self.channel)
+
+    def _configuration_fast(self, off: int) -> Configuration | None:
+        """The configuration record read by hand (mainstream.ConfigurationStruct is its
+        definition; tests/test_reader.py proves them equal), or None when it cannot be settled
+        from the first 4 KiB: truncated, an unknown subsection, or the window ends before
+        something that is not a subsection follows."""
+        b = self.b
+        b.fill(4096)
+        buf, p, end = b.buf, b.pos + 1, b.end
+        if p + 4 > end:
+            return None
+        (n,) = _U32.unpack_from(buf, p)
+        p += 4
+        if p + n > end:
+            return None
+        machine = bytes(buf[p : p + n]).decode("latin-1")
+        p += n
+        subs = []
+        while p < end and buf[p] == T.QEMU_VM_SUBSECTION:
+            if p + 2 > end or p + 6 + buf[p + 1] > end:
+                return None
+            k = buf[p + 1]
+            name = bytes(buf[p + 2 : p + 2 + k]).decode("latin-1")
+            (ver,) = _U32.unpack_from(buf, p + 2 + k)
+            p += 6 + k
+            if name == SUBSECTION_TARGET_PAGE_BITS:
+                if p + 4 > end:
+                    return None
+                (value,) = _U32.unpack_from(buf, p)
+                p += 4
+            elif name == SUBSECTION_CAPABILITIES:
+                if p + 4 > end:
+                    return None
+                (count,) = _U32.unpack_from(buf, p)
+                p += 4
+                value = []
+                for _ in range(count):
+                    if p >= end or p + 1 + buf[p] > end:
+                        return None
+                    value.append(bytes(buf[p + 1 : p + 1 + buf[p]]).decode("latin-1"))
+                    p += 1 + buf[p]
+            elif name == SUBSECTION_UUID:
+                if p + 16 > end:
+                    return None
+                value = bytes(buf[p : p + 16])
+                p += 16
+            else:
+                return None
+            subs.append(ConfigSubsection(name=name, version_id=ver, value=value))
+        if p >= end:
+            return None  # more subsections may follow past the window
+        b.pos = p
+        return Configuration(offset=off, channel=self.channel, machine_type=machine, subsections=subs)
 
     def _trailer(self) -> Iterator[Record]:
         b = self.b
@@ -293,13 +355,17 @@ class StreamReader:
             b.need(6)
             namelen = b.buf[b.pos + 5]
             b.need(1 + 4 + 1 + namelen + 8)
-            h = FullSectionHeaderStruct.parse(b.mv[b.pos + 1 : b.pos + 14 + namelen])
-            b.pos += 14 + namelen
-            info = SectionInfo(h.section_id, h.idstr, h.instance_id, h.version_id)
-            self.sections[h.section_id] = info
+            # by hand: be32 id, counted idstr, be32 instance, be32 version (FullSectionHeaderStruct)
+            buf, p = b.buf, b.pos
+            (sid,) = _U32.unpack_from(buf, p + 1)
+            idstr = bytes(buf[p + 6 : p + 6 + namelen]).decode("latin-1")
+            inst, ver = _U32x2.unpack_from(buf, p + 6 + namelen)
+            b.pos = p + 14 + namelen
+            info = SectionInfo(sid, idstr, inst, ver)
+            self.sections[sid] = info
             yield SectionHeader(
-                offset=off, channel=self.channel, depth=depth, section_type=t, section_id=h.section_id,
-                idstr=h.idstr, instance_id=h.instance_id, version_id=h.version_id,
+                offset=off, channel=self.channel, depth=depth, section_type=t, section_id=sid,
+                idstr=idstr, instance_id=inst, version_id=ver,
             )
         else:
             b.need(5)
@@ -529,9 +595,54 @@ class StreamReader:
         return RamRun(offset=b.base + pos, channel=self.channel, depth=depth, flags=flags, count=n, stride=stride,
                       words=words, region=b.mv[pos:stop], page_size=self.ram_params["page_size"])
 
+    def _ram_fast(self, pos: int, word: int, depth: int) -> RamRecord | None:
+        """HOOK, MULTIFD_FLUSH and a plain MEM_SIZE (no postcopy page sizes, no mapped-ram)
+        read by hand, or None to go through the construct definition (which also places the
+        errors): ramcodec.RamRecordStruct is the definition, tests/test_reader.py proves them
+        equal."""
+        b = self.b
+        params = self.ram_params
+        fmask = params["page_size"] - 1
+        flags = word & fmask
+        kind = flags & ~CONT
+        if kind in _BARE_KINDS:
+            b.pos = pos + 8
+            return RamRecord(offset=b.base + pos, channel=self.channel, depth=depth, addr=word & ~fmask, flags=flags)
+        if kind != MEM_SIZE or params["postcopy_advised"] or params["mapped_ram"]:
+            return None
+        total = word & ~fmask
+        shared = params["ignore_shared"]
+        b.fill(min(b.size, 1 << 16))
+        pos = b.pos  # the record's start, wherever the window now is
+        off = b.base + pos
+        buf, p, end = b.buf, pos + 8, b.end
+        blocks, seen = [], 0
+        while seen < total:
+            if p >= end or p + 9 + buf[p] + (8 if shared else 0) > end:
+                return None
+            n = buf[p]
+            name = bytes(buf[p + 1 : p + 1 + n]).decode("latin-1")
+            (used,) = _U64.unpack_from(buf, p + 1 + n)
+            p += 9 + n
+            if used == 0 or seen + used > total:
+                return None
+            info = RamBlockInfo(name=name, used_length=used)
+            if shared:
+                (info.mr_addr,) = _U64.unpack_from(buf, p)
+                p += 8
+            blocks.append(info)
+            seen += used
+        b.pos = p
+        return RamRecord(offset=off, channel=self.channel, depth=depth, addr=total, flags=flags, blocks=blocks)
+
     def _ram_generic(self, pos: int, depth: int) -> RamRecord:
         """Any other RAM record, through the construct definition."""
         b = self.b
+        rec = self._ram_fast(pos, _U64.unpack_from(b.buf, pos)[0], depth)
+        if rec is not None:
+            return rec
+        from construct import ConstructError
+
         off = b.base + pos
         (word,) = _U64.unpack_from(b.buf, pos)
         kind = word & (self.ram_params["page_size"] - 1) & ~CONT

@@ -32,8 +32,6 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from construct import ConstructError, GreedyBytes, Int32ub, Struct
-
 from .constants import VfioMigFlag
 from .errors import DecodeError, Truncated, UnknownVfioMarker
 from .records import MAIN, Record
@@ -58,12 +56,24 @@ VFIO_DEVICE_STATE_PACKET_VER_CURRENT = 0
 VFIO_DEVICE_STATE_PACKET_HEADER_SIZE = 12
 VFIO_DEVICE_STATE_IDX_INVALID = 0xFFFFFFFF  # UINT32_MAX
 
-VFIODeviceStatePacket = Struct(
-    "version" / Int32ub,
-    "idx" / Int32ub,
-    "flags" / Int32ub,
-    "data" / GreedyBytes,
-)
+
+def _packet_struct():
+    """The construct definition, built on first use (start-up does not import construct)."""
+    global _PACKET
+    if _PACKET is None:
+        from construct import GreedyBytes, Int32ub, Struct
+
+        _PACKET = Struct("version" / Int32ub, "idx" / Int32ub, "flags" / Int32ub, "data" / GreedyBytes)
+    return _PACKET
+
+
+_PACKET = None
+
+
+def __getattr__(name: str):
+    if name == "VFIODeviceStatePacket":
+        return _packet_struct()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -177,8 +187,10 @@ def build_markers(markers: Iterable[VfioMarker]) -> bytes:
 
 def parse_device_state(data: bytes, *, offset: int = 0, channel: str = "multifd0") -> VfioDeviceState:
     """A VFIODeviceStatePacket; fewer than 12 bytes raise Truncated."""
+    from construct import ConstructError
+
     try:
-        c = VFIODeviceStatePacket.parse(bytes(data))
+        c = _packet_struct().parse(bytes(data))
     except ConstructError as e:
         raise Truncated(f"VFIO device state packet too short ({len(data)} of "
                         f"{VFIO_DEVICE_STATE_PACKET_HEADER_SIZE} bytes): {str(e).splitlines()[-1]}",
@@ -187,4 +199,4 @@ def parse_device_state(data: bytes, *, offset: int = 0, channel: str = "multifd0
 
 
 def build_device_state(rec: VfioDeviceState) -> bytes:
-    return VFIODeviceStatePacket.build({"version": rec.version, "idx": rec.idx, "flags": rec.flags, "data": bytes(rec.data)})
+    return _packet_struct().build({"version": rec.version, "idx": rec.idx, "flags": rec.flags, "data": bytes(rec.data)})

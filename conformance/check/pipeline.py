@@ -284,8 +284,13 @@ class _Lane:
         from wireformat.multifd import MultifdChannelReader
 
         feed = checker.feed
+        src = self.src
+        if self.head and _rewinds(src, len(self.head)):
+            pass  # a plain file, back at its start: the reader maps it instead of copying it in
+        else:
+            src = Prepended(src, self.head)
         try:
-            for rec in MultifdChannelReader(Prepended(self.src, self.head), self.channel):
+            for rec in MultifdChannelReader(src, self.channel):
                 feed(rec)
                 yield rec
         except DecodeError as e:
@@ -295,6 +300,22 @@ class _Lane:
         except _read_errors() as e:
             raise StreamReadError(f"{self.label}: read error: {e}") from None
         self.ended = True
+
+
+def _rewinds(src: BinaryIO, n: int) -> bool:
+    """Seek a plain file n bytes back (the head read to learn the channel id); False for
+    anything else (pipes, FIFOs, decompressors), whose head is put back in front instead."""
+    import io
+    import stat
+    import os
+
+    try:
+        if not isinstance(src, io.FileIO) or not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            return False
+        src.seek(-n, 1)
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _ChannelStopped(Exception):
