@@ -120,6 +120,14 @@ def leftovers(tmpdir: Path, out: Path) -> list[str]:
     return left
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: the signals a command started from a shell receives, as they
+    are there. A suite run under nohup (or as a background job) passes SIGHUP/SIGINT ignored,
+    and migconform rightly keeps an ignored signal ignored."""
+    for s in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def signal_run(command: str, argv: list[str], sig: str, delay: float, *, grace: float = 10.0) -> Run:
     run = Run(command, sig, delay)
     token = uuid.uuid4().hex
@@ -133,7 +141,7 @@ def signal_run(command: str, argv: list[str], sig: str, delay: float, *, grace: 
         args = [str(out) if a == "OUT" else a for a in argv]
         proc = subprocess.Popen([sys.executable, "-m", "conformance.cli", *args], env=env, cwd=root,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_as_from_a_terminal)
         try:
             if delay < 0:  # as soon as migconform's handler is in place: its own imports follow
                 deadline = time.monotonic() + 30
@@ -239,7 +247,7 @@ def test_an_interrupted_capture_leaves_nothing_and_the_same_command_then_works(q
     argv = [sys.executable, "-m", "conformance.cli", "capture", str(out), "--qemu", "10.0", "--channels", "2",
             "--dirty", "2", "--mem-mb", MEM]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 30
     while not any(p.name.startswith(".cap.partial-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
