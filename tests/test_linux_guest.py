@@ -129,9 +129,15 @@ def test_linux_boots_loads_drivers_and_beats(qemu, linux, version):
 def test_running_linux_migrates_and_keeps_beating(qemu, tmp_path_factory, src, dst):
     store = CaptureStore(tmp_path_factory.mktemp("linux-captures"), {v: qemu(v) for v in ("7.2", "10.0")},
                          mem_mb=64, timeout=60.0)
+    t0 = time.monotonic()
     res = run_cell(CellSpec(src, dst, "pc-i440fx-7.2", "virtio-net+virtio-blk", "none", "linux"), store,
                    explain=False)
+    took = time.monotonic() - t0
     # completed, RAM equal to the source's, and the destination's heartbeat advances on its serial port
     assert res.real.kind == "completed", res.real
     assert store.get(res.spec.capture_key).source_ram
     assert res.verdict == "pass"
+    # the whole cell (boot under TCG, migration, load, heartbeat) in a stated time: about 15-25 s
+    # here on a shared 2-core machine; each wait is bounded by the 60 s timeout, the cell by 90 s
+    assert took < 90.0, took
+    print(f"linux cell {src}->{dst}: {took:.1f} s (capture {res.capture_seconds:.1f} s, load {res.real.seconds:.1f} s)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from conformance.qemu import linux_guest
 from conformance.qemu.devices import DIRTIER_BOOT_SECTOR, qemu_opt_value
+from conformance.qemu.process import QemuTimeout
 
 GUESTS: tuple[str, ...] = ("paused", "dirtier", "devices", "linux")
 
@@ -195,6 +196,24 @@ def devices_program() -> Asm:
 
 DEVICES_BOOT_SECTOR = devices_program().assemble()
 
+STI = b"\xfb"                  # sti
+HLT = b"\xf4"                  # hlt: sleep until an interrupt
+
+
+def ticker_program() -> Asm:
+    """The accelerator probe's boot sector (accel.kvm_runs_guests): interrupts on, then halt and
+    count a heartbeat at each wake-up. SeaBIOS leaves the PIT's channel 0 at 18.2 Hz and its
+    IRQ0 handler installed, so the counter moves only if timer interrupts wake a halted vCPU,
+    as a Linux kernel's idle loop needs (the devices program, which runs with interrupts off,
+    would run where a kernel cannot)."""
+    a = Asm()
+    a.emit(CLI, XOR_AX_AX, MOV_DS_AX, MOV_SS_AX, mov_sp(0x7C00), STI)
+    a.label("idle").emit(HLT, inc_dword(HEARTBEAT_ADDR)).jump("jmp", "idle")
+    return a
+
+
+TICKER_BOOT_SECTOR = ticker_program().assemble()
+
 
 # ------------------------------------------------------------------ guest command line and liveness
 
@@ -210,7 +229,7 @@ class Guest:
     def heartbeat(self) -> tuple[int, int] | None:
         """(guest-physical address, size in bytes) of the counter in RAM, None for a paused
         guest and for one whose heartbeat is on its serial port (serial_heartbeat)."""
-        return {"devices": (HEARTBEAT_ADDR, 4), "dirtier": (DIRTY_FIRST, 1)}.get(self.name)
+        return {"devices": (HEARTBEAT_ADDR, 4), "dirtier": (DIRTY_FIRST, 1), "ticker": (HEARTBEAT_ADDR, 4)}.get(self.name)
 
     @property
     def serial_heartbeat(self) -> bool:
@@ -243,6 +262,10 @@ def guest(name: str, workdir: Path | str) -> Guest:
     """The guest `name`, its boot disk (if any) written into `workdir`."""
     if name == "paused":
         return Guest(name, (), False)
+    if name == "ticker":  # the accelerator probe's (not a cell's guest: not in GUESTS)
+        disk = boot_floppy(Path(workdir) / "guest-ticker.img", TICKER_BOOT_SECTOR)
+        return Guest(name, ("-drive", f"file={qemu_opt_value(str(disk))},format=raw,if=floppy,index=0,snapshot=on"),
+                     True)
     if name not in GUESTS:
         raise ValueError(f"unknown guest {name!r} (known: {', '.join(GUESTS)})")
     if name == "linux":  # built once in the project cache, not in workdir (see linux_guest.build)
@@ -274,27 +297,39 @@ def read_counter(q, addr: int, size: int) -> int:
     return int(m[1], 16)
 
 
+class GuestDidNotStart(QemuTimeout):
+    """A running guest of ours did not get to its heartbeat within the time allowed (the
+    message says how long and the last thing it printed): no migration was tried."""
+
+
+def _left(deadline: float) -> float:
+    """Seconds to `deadline`, at least a little (one more bounded QMP command)."""
+    return max(0.5, deadline - time.monotonic())
+
+
 def serial_heartbeat_advances(q, within: float = 30.0) -> bool:
     """Does a running Linux guest print two successive heartbeats on its serial port within
-    `within` seconds (its output from now on: the ringbuf is the process's own)?"""
+    `within` seconds (its output from now on: the ringbuf is the process's own)? Every QMP
+    command is bounded by what is left of `within`."""
     reader = linux_guest.SerialReader(q)
     deadline = time.monotonic() + within
     first = None
     while time.monotonic() < deadline:
-        beat = reader.last_heartbeat()
+        beat = reader.last_heartbeat(timeout=_left(deadline))
         if beat is not None:
             if first is None:
                 first = beat
             elif beat > first:
                 return True
-        time.sleep(0.2)
+        time.sleep(min(0.2, _left(deadline)))
     return False
 
 
-def heartbeat_advances(q, g: Guest, *, samples: int = 4, interval: float = 0.15) -> bool:
-    """Does the running guest's heartbeat change between successive reads?"""
+def heartbeat_advances(q, g: Guest, *, samples: int = 4, interval: float = 0.15, within: float = 30.0) -> bool:
+    """Does the running guest's heartbeat change between successive reads? `within`: how long
+    a serial heartbeat (the Linux guest's, printed every ~0.1 s plus the dirtying) may take."""
     if g.serial_heartbeat:
-        return serial_heartbeat_advances(q)
+        return serial_heartbeat_advances(q, within)
     hb = g.heartbeat
     if hb is None:
         return True
@@ -306,24 +341,39 @@ def heartbeat_advances(q, g: Guest, *, samples: int = 4, interval: float = 0.15)
     return False
 
 
+def counter_reaches(q, g: Guest, n: int, within: float) -> bool:
+    """Does the guest's RAM heartbeat get to at least `n` within `within` seconds?"""
+    deadline = time.monotonic() + within
+    while True:
+        if read_counter(q, *g.heartbeat) >= n:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def wait_started(q, g: Guest, timeout: float = 30.0) -> None:
     """Wait until a started guest's boot sector runs (its heartbeat moves): firmware time; a
-    Linux guest until its /init says it is ready (drivers loaded, devices exercised)."""
+    Linux guest until its /init says it is ready (drivers loaded, devices exercised).
+    GuestDidNotStart after `timeout` seconds (each QMP command bounded by what is left), with
+    the last line the guest printed."""
+    deadline = time.monotonic() + timeout
     if g.serial_heartbeat:
         reader = linux_guest.SerialReader(q)
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = reader.read()
+            text = reader.read(timeout=_left(deadline))
             if linux_guest.READY in text and len(linux_guest.HEARTBEAT.findall(bytes(text))) >= 2:
                 return
-            time.sleep(0.25)
-        raise TimeoutError(f"the linux guest was not ready within {timeout:.0f} s "
-                           f"(serial ends {bytes(reader.text[-120:])!r})")
+            time.sleep(min(0.25, _left(deadline)))
+        last = reader.last_line()
+        raise GuestDidNotStart(f"the {g.name} guest did not boot within {timeout:.0f} s: "
+                               + (f"last serial line {last!r}" if last else "nothing on its serial port"))
     if g.heartbeat is None:
         return
-    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if heartbeat_advances(q, g, samples=2, interval=0.1) and (g.name != "devices" or read_counter(q, *g.heartbeat)):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"the {g.name} guest did not start within {timeout:.0f} s")
+    addr, size = g.heartbeat
+    raise GuestDidNotStart(f"the {g.name} guest did not start within {timeout:.0f} s: its heartbeat "
+                           f"({size} bytes at {addr:#x}) does not move")

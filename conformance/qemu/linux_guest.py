@@ -203,13 +203,19 @@ class SerialReader:
         self.q = q
         self.text = bytearray()
 
-    def read(self) -> bytes:
-        got = self.q.cmd("ringbuf-read", device=SERIAL_ID, size=RINGBUF_BYTES, format="utf8")
+    def read(self, timeout: float | None = None) -> bytes:
+        """Everything read so far; `timeout` bounds the QMP command (default: the process's)."""
+        got = self.q.cmd("ringbuf-read", device=SERIAL_ID, size=RINGBUF_BYTES, format="utf8", timeout=timeout)
         self.text += got.encode("utf-8", "replace")
         return self.text
 
-    def last_heartbeat(self) -> int | None:
-        beats = HEARTBEAT.findall(bytes(self.read()))
+    def last_line(self) -> str:
+        """The last non-empty line read so far (at most 100 characters), '' when there is none."""
+        lines = [ln.strip() for ln in bytes(self.text).decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1][-100:] if lines else ""
+
+    def last_heartbeat(self, timeout: float | None = None) -> int | None:
+        beats = HEARTBEAT.findall(bytes(self.read(timeout)))
         return int(beats[-1]) if beats else None
 
 

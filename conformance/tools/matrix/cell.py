@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from conformance.tools.matrix.store import CaptureStore
 
 OK_KINDS = ("completed",)
+NO_VERDICT_KINDS = ("error", "no-boot")  # no migration ran to a verdict: the cell's verdict is "error"
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Outcome:
     source's: silent loss) | guest-dead (completed, RAM equal, but the resumed guest's
     heartbeat does not move) | converged (a migration kept from converging, the nonconverging
     mode, completed by itself: the guest stopped dirtying or its writes were not tracked) |
+    no-boot (the source's running guest did not get to its heartbeat within the cell's timeout,
+    e.g. an accelerator that does not run guests here: no migration was tried) |
     error (the harness could not get a verdict)."""
 
     kind: str
@@ -66,6 +69,7 @@ class Outcome:
         return {"unsupported-machine": f"cannot start: {self.message}",
                 "refused": f"refused the set-up: {self.message}", "hung": f"hung: {self.message}",
                 "failed": f"failed: {self.message}", "error": f"harness error: {self.message}",
+                "no-boot": f"could not start the cell: {self.message}",
                 "ram-differs": f"completed, but {self.message}", "guest-dead": f"completed, but {self.message}",
                 "converged": self.message,
                 # a direct cell says how it completed (in postcopy, after the source was stopped)
@@ -120,6 +124,8 @@ def outcome_of_exception(e: BaseException, side: str, seconds: float = 0.0) -> O
         return Outcome("refused", side, e.desc, [str(e)], seconds)
     if isinstance(e, MigrationFailed):
         return Outcome("failed", side, str(e.info.get("error-desc", e)), [str(e)], seconds)
+    if isinstance(e, guest_programs.GuestDidNotStart):  # before QemuTimeout: nothing was migrated
+        return Outcome("no-boot", side, str(e), [str(e)], seconds)
     if isinstance(e, QemuTimeout):
         return Outcome("hung", side, str(e), [str(e)], seconds)
     return Outcome("error", side, f"{type(e).__name__}: {e}", [str(e)], seconds)
@@ -205,7 +211,7 @@ class CellResult:
     @property
     def verdict(self) -> str:
         """pass | expected-fail | disagree | error."""
-        if self.real.kind == "error":
+        if self.real.kind in NO_VERDICT_KINDS:
             return "error"
         if self.known_fault:
             return "expected-fail"
@@ -216,7 +222,7 @@ class CellResult:
     @property
     def disagreeing(self) -> list[str]:
         """Which predictions the real outcome contradicts (none for a cell without a verdict)."""
-        if self.real.kind == "error" or self.known_fault:
+        if self.real.kind in NO_VERDICT_KINDS or self.known_fault:
             return []
         out = []
         if self.model_agrees is False:
@@ -281,6 +287,7 @@ def run_cell(spec: CellSpec, store: CaptureStore, *, timeout: float | None = Non
         checker = store.verdicts.get((str(path), spec.dst, spec.machine, spec.sided, spec.guest),
                                      lambda: check_capture(path, spec.dst, spec.machine, spec.sides, spec.guest,
                                                            spec.src))
+        store.doing(f"load {spec.id}")
         real = load_cell(spec, store, path, timeout=timeout, source_ram=cap.source_ram)
         if real.kind == "refused":
             checker = CheckerVerdict(None, checker.violations,
@@ -335,7 +342,7 @@ def load_into(binary: QemuBinary, stream: Path, *, machine: str, devices: str, m
         with q:
             out = outcome_of_verdict(feed(q, stream, timeout=max(1.0, timeout - (time.monotonic() - t0))))
             if out.ok:
-                out = after_load(q, out, mem_mb=mem_mb, source_ram=source_ram, guest=guest)
+                out = after_load(q, out, mem_mb=mem_mb, source_ram=source_ram, guest=guest, within=timeout)
             out.seconds = time.monotonic() - t0
             return out
     except QemuError as e:
@@ -343,15 +350,16 @@ def load_into(binary: QemuBinary, stream: Path, *, machine: str, devices: str, m
 
 
 def after_load(q, out: Outcome, *, mem_mb: int, source_ram: str | None,
-               guest: guest_programs.Guest | None) -> Outcome:
+               guest: guest_programs.Guest | None, within: float = 30.0) -> Outcome:
     """A completed destination (still stopped): its guest RAM against the source's (the rule:
-    capture.COMPARE_SKIP), then resumed (`cont`) and its heartbeat read until it moves."""
+    capture.COMPARE_SKIP), then resumed (`cont`) and its heartbeat read until it moves (for
+    at most `within` seconds, the cell's timeout)."""
     if source_ram is not None and guest_ram_digest(q, mem_mb) != source_ram:
         return Outcome("ram-differs", "destination", "the destination's guest RAM differs from the source's "
                        "(silent loss)", out.error_lines, out.seconds)
     if guest is not None and guest.checked:
         q.cmd("cont")
-        if not guest_programs.heartbeat_advances(q, guest):
+        if not guest_programs.heartbeat_advances(q, guest, within=within):
             if guest.heartbeat is None:
                 where = "on its serial port"
             else:

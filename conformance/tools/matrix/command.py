@@ -81,7 +81,10 @@ def add_matrix_parser(subparsers) -> None:
     m.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     m.add_argument("--workers", type=int, default=2, help="cells run in parallel (default 2)")
     m.add_argument("--mem-mb", type=int, default=64, help="guest RAM (default 64)")
-    m.add_argument("--timeout", type=float, default=30.0, help="seconds before a load counts as hung (default 30)")
+    m.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds each wait of a cell may take: a running guest's boot, a migration, a load, the "
+                        "resumed guest's heartbeat (default 30); a guest that does not boot in time is the "
+                        "cell's outcome, a load that does not end is 'hung'")
     m.add_argument("--keep", metavar="DIR", help="keep the captured streams in DIR (captures already there for the "
                                                   "same binary, memory size and -global are reused)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -138,8 +141,16 @@ def cmd_matrix(args) -> int:
                           split_values(args.caps) or None, split_values(args.guests) or None, sided, user_sets,
                           split_values(args.accels) or None, split_values(args.modes) or None)
         if not args.accels:  # the default: kvm where it runs guests (a probe), else tcg
-            from conformance.qemu.accel import default_accel
-            grid = dataclasses.replace(grid, accels=(default_accel(binaries.values()),))
+            from conformance.qemu.accel import PROBE_SECONDS, default_accel
+            if not args.no_progress:
+                print(f"matrix: does KVM run guests here? (a probe guest, at most {PROBE_SECONDS:g} s per QEMU)",
+                      file=sys.stderr, flush=True)
+            chosen = default_accel(binaries.values())
+            if not args.no_progress:
+                print(f"matrix: accelerator {chosen}" + ("" if chosen == "kvm" else
+                      " (KVM did not wake a halted guest with its timer here; --accels kvm to use it anyway)"),
+                      file=sys.stderr, flush=True)
+            grid = dataclasses.replace(grid, accels=(chosen,))
         for path in (args.json, args.html):
             if path and path != "-":
                 parent = Path(path).expanduser().resolve().parent
@@ -152,6 +163,7 @@ def cmd_matrix(args) -> int:
         try:
             result = run_matrix(binaries, grid, workdir=args.keep, workers=args.workers, mem_mb=args.mem_mb,
                                 timeout=args.timeout, globals_=args.globals_, progress=bar.update,
+                                doing=bar.doing, tick=bar.tick,
                                 user_sets=user_sets, extra_devices=extra_devices)
         finally:
             bar.close()

@@ -145,6 +145,9 @@ def explain_cell(res: CellResult, store: CaptureStore, cap: Capture) -> dict:
         out["summary"] = f"the {real.side} (QEMU {spec.src if real.side == 'source' else spec.dst}) refused the set-up: {real.message}"
     elif real.kind == "error":
         out["summary"] = f"harness error on the {real.side}: {real.message}"
+    elif real.kind == "no-boot":
+        out["summary"] = (f"the cell could not start: on the {real.side} (QEMU {spec.src}, accel {spec.accel}) "
+                          f"{real.message}; no migration was tried")
     elif real.kind == "completed":
         out["summary"] = (f"QEMU {spec.dst} loaded the stream of QEMU {spec.src} ({spec.machine}, {spec.devices}, "
                           f"capabilities {spec.caps}), but the " + " and the ".join(res.disagreeing)

@@ -45,7 +45,8 @@ def short_real(cell: Mapping) -> str:
         return f"no machine ({'src' if r['side'] == 'source' else 'dst'})"
     if kind == "refused":
         return f"refused ({'src' if r['side'] == 'source' else 'dst'})"
-    return {"failed": "failed", "hung": "hung", "error": "error", "ram-differs": "RAM differs",
+    return {"failed": "failed", "hung": "hung", "error": "error", "no-boot": "guest did not boot",
+            "ram-differs": "RAM differs",
             "guest-dead": "guest dead"}.get(kind, kind)
 
 
@@ -137,8 +138,29 @@ class ProgressBar:
         with self._lock:
             if verdict:
                 self.counts[verdict] += 1
-            bad = self.counts["disagree"] + self.counts["error"]
-            self._bar.update(done, total or self.total, f"{bad} disagree")
+            self._done = done
+            self._show(total)
+
+    def doing(self, what: str) -> None:
+        """What a worker is at now (a capture booting its guest, a load): shown beside the count,
+        so that a long step is not silence."""
+        with self._lock:
+            self._doing = what
+            self._show()
+
+    def tick(self) -> None:
+        """Called every few seconds while cells run: a log line even when no cell ended."""
+        with self._lock:
+            self._show()
+
+    _done = 0
+    _doing = ""
+
+    def _show(self, total: int | None = None) -> None:
+        errors = self.counts["error"]
+        self._bar.update(self._done, total or self.total,
+                         f"{self.counts['disagree']} disagree" + (f", {errors} error" if errors else "")
+                         + (f"  {self._doing}" if self._doing else ""))
 
     def close(self) -> None:
         self._bar.close()

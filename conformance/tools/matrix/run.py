@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -48,9 +48,13 @@ class MatrixResult:
 def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path | str | None = None,
                workers: int = 2, mem_mb: int = 64, timeout: float = 30.0, globals_: Sequence[str] = (),
                progress: Callable[[CellResult, int, int], None] | None = None, explain: bool = True,
-               user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = ()) -> MatrixResult:
+               user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = (),
+               doing: Callable[[str], None] | None = None, tick: Callable[[], None] | None = None,
+               tick_every: float = 5.0) -> MatrixResult:
     """Run every cell of `grid` with `workers` threads; one task per capture (its cells run
-    one after the other, so each capture is made once before its loads)."""
+    one after the other, so each capture is made once before its loads). `doing(text)`: what a
+    worker starts now (a capture, its guest's boot, a load); `tick()`: every `tick_every`
+    seconds while cells run (a log shows the run is alive)."""
     missing = [v for v in grid.versions if v not in binaries]
     if missing:
         raise MatrixError(f"no QEMU binary for {', '.join(missing)}")
@@ -64,7 +68,7 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     lock = threading.Lock()
     with reaper.temporary_directory("migconform-matrix-") as tmp:  # removed on every way out
         store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_,
-                             user_sets=user_sets, extra_devices=extra_devices)
+                             user_sets=user_sets, extra_devices=extra_devices, doing=doing)
 
         def run_group(specs: list[CellSpec]) -> list[CellResult]:
             nonlocal done
@@ -85,10 +89,14 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
 
         pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="matrix")
         try:
-            futures = [pool.submit(run_group, g) for g in groups.values()]
-            for f in as_completed(futures):
-                for r in f.result():
-                    results[r.spec] = r
+            pending = {pool.submit(run_group, g) for g in groups.values()}
+            while pending:
+                finished, pending = wait(pending, timeout=tick_every, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    for r in f.result():
+                        results[r.spec] = r
+                if tick is not None:
+                    tick()
         except BaseException:  # Ctrl-C: drop the queued groups, let the running ones end
             pool.shutdown(wait=True, cancel_futures=True)
             raise

@@ -59,7 +59,8 @@ class CaptureStore:
 
     def __init__(self, root: Path | str, binaries: Mapping[str, QemuBinary], *, mem_mb: int = 64,
                  timeout: float = 30.0, globals_: Sequence[str] = (),
-                 user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = ()):
+                 user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = (),
+                 doing: Callable[[str], None] | None = None, lock_seconds: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.binaries = dict(binaries)
@@ -68,6 +69,10 @@ class CaptureStore:
         self.globals_ = tuple(globals_)
         self.user_sets = {k: tuple(v) for k, v in (user_sets or {}).items()}  # device sets of the user's
         self.extra_devices = tuple(extra_devices)  # --device arguments, in every cell
+        self.doing = doing or (lambda what: None)  # progress: what a capture is at now
+        # how long a cell waits for a capture another worker makes: that worker's capture is
+        # bounded (boot and migration, each by the timeout; QEMU killed after), so this is too
+        self.lock_seconds = 3 * timeout + 30.0 if lock_seconds is None else lock_seconds
         self._captures: Memo[Capture] = Memo()
         self.verdicts: Memo[CheckerVerdict] = Memo()
         self.dumps: Memo[dict] = Memo()
@@ -107,7 +112,10 @@ class CaptureStore:
         stem = self._stem(key)
         meta = self.root / f"{stem}.json"
         with open(self.root / f"{stem}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self._lock_within(lock, self.lock_seconds):
+                return Capture(key, None, Outcome(
+                    "error", "source", f"the capture {stem} was still being made by another process or thread "
+                    f"after {self.lock_seconds:g} s (its lock file {lock.name})"), 0, self.lock_seconds)
             try:
                 if meta.is_file():
                     return self._read(key, meta)
@@ -121,6 +129,18 @@ class CaptureStore:
                 return cap
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _lock_within(lock, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
 
     def _read(self, key, meta: Path) -> Capture:
         d = json.loads(meta.read_text())
@@ -138,20 +158,25 @@ class CaptureStore:
         started = None
         if g.runs:
             def started(q) -> None:
-                guest_programs.wait_started(q, g, max(self.timeout, g.boot_seconds))
+                # the boot is one more wait of the cell, bounded by its timeout like the others
+                guest_programs.wait_started(q, g, self.timeout)
+                self.doing(f"{what}: guest up, migrating")
                 if mode == "stopped":  # programmed devices, nothing dirtied while migrating
                     q.cmd("stop")
+        what = f"capture {version} {machine} {devices} guest={guest_name} accel={accel}"
+        self.doing(f"{what}: booting the guest (at most {self.timeout:.0f} s)" if g.runs else what)
         t0 = time.monotonic()
         try:
             r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=g.mem_mb(self.mem_mb),
                                capabilities={**{c: True for c in caps}, **sides.source_capabilities},
                                parameters=sides.source_parameters,
                                globals_=(*self.globals_, *sides.source_globals), extra_args=extra,
-                               timeout=self.timeout + (g.boot_seconds if g.runs else 0.0), running=g.runs,
+                               timeout=self.timeout * (2 if g.runs else 1), running=g.runs,
                                started=started,
                                compare_ram=True)
         except (QemuError, TimeoutError) as e:
             out.unlink(missing_ok=True)
-            return Capture(key, None, outcome_of_exception(e, "source", time.monotonic() - t0), 0,
-                           time.monotonic() - t0, binary.full_version)
+            o = outcome_of_exception(e, "source", time.monotonic() - t0)
+            self.doing(f"{what}: {o.kind}")
+            return Capture(key, None, o, 0, time.monotonic() - t0, binary.full_version)
         return Capture(key, r.path, None, r.size, r.duration, binary.full_version, r.source_guest_ram)
