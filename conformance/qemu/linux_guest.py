@@ -196,6 +196,9 @@ def qemu_args(kernel: Path, initrd: Path) -> tuple[str, ...]:
             "-append", KERNEL_APPEND)
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
 class SerialReader:
     """The guest's serial output so far, read through QMP ringbuf-read (which consumes it)."""
 
@@ -211,7 +214,8 @@ class SerialReader:
 
     def last_line(self) -> str:
         """The last non-empty line read so far (at most 100 characters), '' when there is none."""
-        lines = [ln.strip() for ln in bytes(self.text).decode("utf-8", "replace").splitlines() if ln.strip()]
+        text = _CONTROL.sub("", bytes(self.text).decode("utf-8", "replace"))  # a shell's terminal queries
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return lines[-1][-100:] if lines else ""
 
     def last_heartbeat(self, timeout: float | None = None) -> int | None:

@@ -37,7 +37,7 @@ def run_direct(spec: CellSpec, store: "CaptureStore", *, timeout: float | None =
     started = None
     if g.runs:
         def started(q) -> None:
-            guest_programs.wait_started(q, g, timeout)  # bounded by the cell's timeout, as every wait
+            guest_programs.wait_started(q, g, store.boot_timeout)
             if spec.mode == "stopped":
                 q.cmd("stop")
     alive = (lambda q: guest_programs.heartbeat_advances(q, g, within=timeout)) if g.checked else None
@@ -49,7 +49,7 @@ def run_direct(spec: CellSpec, store: "CaptureStore", *, timeout: float | None =
                             src_capabilities=sides.source_capabilities, dst_capabilities=sides.dest_capabilities,
                             src_parameters=sides.source_parameters, dst_parameters=sides.dest_parameters,
                             running=g.runs, started=started, converge_within=NONCONVERGING_SECONDS,
-                            timeout=timeout * (2 if g.runs else 1), alive=alive)
+                            timeout=timeout + (store.boot_timeout if g.runs else 0.0), alive=alive)
     except (QemuError, TimeoutError) as e:
         out = outcome_of_exception(e, "source", time.monotonic() - t0)
         cap = Capture(spec.capture_key, None, out, 0, out.seconds, b[spec.src].full_version)

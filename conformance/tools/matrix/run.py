@@ -46,7 +46,8 @@ class MatrixResult:
 
 
 def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path | str | None = None,
-               workers: int = 2, mem_mb: int = 64, timeout: float = 30.0, globals_: Sequence[str] = (),
+               workers: int = 2, mem_mb: int = 64, timeout: float = 30.0, boot_timeout: float | None = None,
+               globals_: Sequence[str] = (),
                progress: Callable[[CellResult, int, int], None] | None = None, explain: bool = True,
                user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = (),
                doing: Callable[[str], None] | None = None, tick: Callable[[], None] | None = None,
@@ -67,7 +68,8 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
     done = 0
     lock = threading.Lock()
     with reaper.temporary_directory("migconform-matrix-") as tmp:  # removed on every way out
-        store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, globals_=globals_,
+        store = CaptureStore(workdir or tmp, binaries, mem_mb=mem_mb, timeout=timeout, boot_timeout=boot_timeout,
+                             globals_=globals_,
                              user_sets=user_sets, extra_devices=extra_devices, doing=doing)
 
         def run_group(specs: list[CellSpec]) -> list[CellResult]:
@@ -103,7 +105,8 @@ def run_matrix(binaries: Mapping[str, QemuBinary], grid: Grid, *, workdir: Path 
         pool.shutdown()
     return MatrixResult(grid, [results[c] for c in cells],
                         {v: binaries[v].full_version for v in grid.versions},
-                        {"mem_mb": mem_mb, "timeout": timeout, "workers": workers, "globals": list(globals_),
+                        {"mem_mb": mem_mb, "timeout": timeout, "boot_timeout": store.boot_timeout,
+                         "workers": workers, "globals": list(globals_),
                          "device_sets": {k: list(v) for k, v in (user_sets or {}).items() if k in grid.devices},
                          "device_args": list(extra_devices),
                          "transport": "fd: into a file, loaded with exec:cat FILE; postcopy, nonconverging and "

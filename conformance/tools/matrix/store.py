@@ -60,19 +60,23 @@ class CaptureStore:
     def __init__(self, root: Path | str, binaries: Mapping[str, QemuBinary], *, mem_mb: int = 64,
                  timeout: float = 30.0, globals_: Sequence[str] = (),
                  user_sets: Mapping[str, Sequence[str]] | None = None, extra_devices: Sequence[str] = (),
-                 doing: Callable[[str], None] | None = None, lock_seconds: float | None = None):
+                 doing: Callable[[str], None] | None = None, lock_seconds: float | None = None,
+                 boot_timeout: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.binaries = dict(binaries)
         self.mem_mb = mem_mb
         self.timeout = timeout
+        # how long a running guest may take to boot (default: the timeout); a wait of its own,
+        # since firmware and a kernel under TCG can take far longer than a load
+        self.boot_timeout = timeout if boot_timeout is None else boot_timeout
         self.globals_ = tuple(globals_)
         self.user_sets = {k: tuple(v) for k, v in (user_sets or {}).items()}  # device sets of the user's
         self.extra_devices = tuple(extra_devices)  # --device arguments, in every cell
         self.doing = doing or (lambda what: None)  # progress: what a capture is at now
         # how long a cell waits for a capture another worker makes: that worker's capture is
         # bounded (boot and migration, each by the timeout; QEMU killed after), so this is too
-        self.lock_seconds = 3 * timeout + 30.0 if lock_seconds is None else lock_seconds
+        self.lock_seconds = self.boot_timeout + 2 * timeout + 30.0 if lock_seconds is None else lock_seconds
         self._captures: Memo[Capture] = Memo()
         self.verdicts: Memo[CheckerVerdict] = Memo()
         self.dumps: Memo[dict] = Memo()
@@ -158,20 +162,19 @@ class CaptureStore:
         started = None
         if g.runs:
             def started(q) -> None:
-                # the boot is one more wait of the cell, bounded by its timeout like the others
-                guest_programs.wait_started(q, g, self.timeout)
+                guest_programs.wait_started(q, g, self.boot_timeout)
                 self.doing(f"{what}: guest up, migrating")
                 if mode == "stopped":  # programmed devices, nothing dirtied while migrating
                     q.cmd("stop")
         what = f"capture {version} {machine} {devices} guest={guest_name} accel={accel}"
-        self.doing(f"{what}: booting the guest (at most {self.timeout:.0f} s)" if g.runs else what)
+        self.doing(f"{what}: booting the guest (at most {self.boot_timeout:.0f} s)" if g.runs else what)
         t0 = time.monotonic()
         try:
             r = capture_stream(binary, out, machine=machine, devices=dev, mem_mb=g.mem_mb(self.mem_mb),
                                capabilities={**{c: True for c in caps}, **sides.source_capabilities},
                                parameters=sides.source_parameters,
                                globals_=(*self.globals_, *sides.source_globals), extra_args=extra,
-                               timeout=self.timeout * (2 if g.runs else 1), running=g.runs,
+                               timeout=self.timeout + (self.boot_timeout if g.runs else 0.0), running=g.runs,
                                started=started,
                                compare_ram=True)
         except (QemuError, TimeoutError) as e:
