@@ -177,9 +177,10 @@ def signal_run(command: str, argv: list[str], sig: str, delay: float, *, grace: 
         if "Traceback" in run.stderr and not run.before_handler:
             run.problems.append("a traceback on stderr")
         if not run.finished_first and sig != KILL_PARENT and not run.before_handler:
-            # what a command says it waits for ("listening on ...") comes before, as it should
+            # what a command says it waits for ("listening on ...") and what the matrix says it
+            # does (its progress lines, e.g. the KVM probe) come before, as they should
             lines = [ln for ln in run.stderr.strip().splitlines()
-                     if not ln.startswith(("migconform: listening on ", "migconform: waiting for "))]
+                     if not ln.startswith(("migconform: listening on ", "migconform: waiting for ", "matrix: "))]
             if run.returncode != EXPECTED_CODE[sig] or lines != [EXPECTED_LINE[sig]]:
                 run.problems.append(f"exit {run.returncode} with stderr {lines[-3:]!r}, "
                                     f"expected {EXPECTED_CODE[sig]} with {EXPECTED_LINE[sig]!r}")

@@ -96,7 +96,9 @@ def migrate_sided(src: QemuBinary, dst: QemuBinary, *, machine: str, mem_mb: int
                 # both guests are stopped now (the source in postmigrate): their RAM must be equal
                 if out.kind == "completed" and pmem_digest(s, mem_mb) != pmem_digest(d, mem_mb):
                     out = SidedOutcome("ram-differs", "destination", "completed, guest RAM differs from the source's")
-            rec.wait_closed(1.0)
+                # the source still alive: a channel the destination did not wait for (a multifd
+                # packet after the main stream ended) is recorded whole, not cut by the kill
+                rec.wait_closed(3.0)
             conns = [bytes(c.forward) for c in rec.connections]
             if conns:
                 out.main, out.return_path = conns[0], bytes(rec.connections[0].backward)
