@@ -330,7 +330,11 @@ def test_model_agrees_with_real_one_sided_migrations(qemu, tmp_path, record_prop
         cell = tmp_path / f"cell{n}"
         cell.mkdir()
         verdict, rep = _model(out, row, only, running, sv, dv, machine, src, dst, cell)
-        if out.kind == "hung" and verdict != REAL["hung"]:
+        cut = out.kind == "completed" and any(v.code.value == "truncated" for v in rep.violations)
+        if (out.kind == "hung" and verdict != REAL["hung"]) or (cut and verdict != REAL["completed"]):
+            # (a completed load whose recording ends mid-packet: the destination finished and
+            # closed a channel while the source was still writing to it; the recording is not
+            # the stream the destination read, so the cell is migrated again)
             # a loaded machine (parallel workers) can stretch a good migration past 12 s: a hang
             # the model does not predict is confirmed by a second, longer wait
             out = migrate(60)
