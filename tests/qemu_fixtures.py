@@ -22,3 +22,14 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     # registering the plugin here applies its own pytest_addoption (a historic hook) at once
     if not pluginmanager.is_registered(_plugin) and not pluginmanager.has_plugin(PLUGIN_NAME):
         pluginmanager.register(_plugin, PLUGIN_NAME)
+
+
+@pytest.fixture(scope="module")
+def linux():
+    """The Linux guest (Debian's kernel, our initramfs) that scripts/setup.sh prepares."""
+    from conformance.qemu import guests
+
+    try:
+        return guests.guest("linux", "/nonexistent-unused")
+    except ValueError as e:
+        pytest.fail(f"{e}: the Linux guest is part of the set-up (scripts/setup.sh)")

@@ -55,13 +55,6 @@ def test_progress_says_what_a_worker_is_at_and_ticks_without_a_finished_cell():
 
 # ---------------------------------------------------------------- real QEMU
 
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return guests.guest("linux", "/nonexistent-unused")
-    except ValueError as e:
-        pytest.fail(f"{e}: the Linux guest is part of the set-up (scripts/setup.sh)")
-
 
 @pytest.mark.qemu
 def test_a_guest_that_prints_nothing_ends_the_wait_at_the_timeout(qemu, linux):

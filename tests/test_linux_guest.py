@@ -91,13 +91,6 @@ DEVICES = ("-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev
            "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0")
 
 
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return guests.guest("linux", "/nonexistent-unused")
-    except ValueError as e:
-        pytest.fail(f"{e}: the Linux guest is part of the set-up (scripts/setup.sh)")
-
 
 @pytest.mark.qemu
 @pytest.mark.slow
